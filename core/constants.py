@@ -1,0 +1,38 @@
+"""Every name shared across processes, defined once.
+
+Channel and key formats take the deployment namespace so that several deployments (or
+test sessions) can share one Redis without hearing each other.
+"""
+
+from typing import Final
+
+QUEUE_SUFFIX: Final = "queue"
+#: arq function that runs every task; the job carries only the task id.
+RUN_TASK_FUNCTION: Final = "run_task"
+SWEEP_FUNCTION: Final = "sweep"
+
+#: The tenant used when authentication is switched off (local embedded run).
+ANONYMOUS_OWNER: Final = "public"
+
+
+def queue_name(namespace: str) -> str:
+    return f"{namespace}:{QUEUE_SUFFIX}"
+
+
+def task_channel(namespace: str, task_id: str) -> str:
+    """Redis pub/sub channel carrying one task's events."""
+    return f"{namespace}:task:{task_id}"
+
+
+def tenant_channel(namespace: str, owner: str) -> str:
+    """Redis pub/sub channel carrying every event of one tenant's tasks."""
+    return f"{namespace}:tenant:{owner}"
+
+
+def control_channel(namespace: str) -> str:
+    """Channel workers listen on for cancellation requests."""
+    return f"{namespace}:control"
+
+
+def worker_heartbeat_key(namespace: str, worker_id: str) -> str:
+    return f"{namespace}:worker:{worker_id}"

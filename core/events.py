@@ -1,0 +1,110 @@
+"""The event contract: what a worker or the API appends, and what streams and history carry.
+
+One JSON shape is used on the Redis channel, in ``GET /tasks/{id}/events`` and as the ``data:``
+of every SSE message. Each event is also a snapshot of its task (status, progress, result,
+error), so the seed's browser snippet can read ``data.status`` / ``data.progress`` /
+``data.result`` from any message.
+"""
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from core.states import EventType, Status, allowed_from, target
+
+
+@dataclass(slots=True)
+class NewEvent:
+    """An event to append. ``attempt`` fences writes from superseded attempts (None = API)."""
+
+    task_id: str
+    owner: str
+    type: EventType
+    attempt: int | None = None
+    progress: float | None = None
+    message: str | None = None
+    data: Any = None
+    result: Any = None
+    error: str | None = None
+    worker_id: str | None = None
+
+    def to_sql(self) -> dict[str, Any]:
+        frm = allowed_from(self.type)
+        to = target(self.type)
+        return {
+            "task_id": self.task_id,
+            "owner": self.owner,
+            "type": self.type.value,
+            "from": sorted(frm) if frm else None,
+            "to": to.value if to else None,
+            "attempt": self.attempt,
+            "progress": self.progress,
+            "message": self.message,
+            "data": self.data,
+            "result": self.result,
+            "error": self.error,
+            "worker_id": self.worker_id,
+        }
+
+
+@dataclass(slots=True)
+class Event:
+    """A persisted event, as every reader sees it."""
+
+    task_id: str
+    seq: int
+    tenant_seq: int
+    type: str
+    status: str
+    progress: float
+    message: str | None
+    data: Any
+    attempt: int
+    created_at: datetime
+    owner: str = ""  # routing only; not part of the wire JSON
+    raw: str = field(default="", repr=False, compare=False)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+    def to_json(self) -> dict[str, Any]:
+        failed = self.type in (EventType.FAILED, EventType.CANCELLED)
+        return {
+            "task_id": self.task_id,
+            "seq": self.seq,
+            "tenant_seq": self.tenant_seq,
+            "type": self.type,
+            "status": self.status,
+            "progress": self.progress,
+            "message": self.message,
+            "data": self.data,
+            "result": self.data if self.type == EventType.COMPLETED else None,
+            "error": self.message if failed else None,
+            "attempt": self.attempt,
+            "created_at": self.created_at.isoformat(),
+        }
+
+    def encode(self) -> str:
+        if not self.raw:
+            self.raw = json.dumps(self.to_json(), separators=(",", ":"))
+        return self.raw
+
+    @classmethod
+    def decode(cls, raw: str | bytes, owner: str = "") -> "Event":
+        d = json.loads(raw)
+        return cls(
+            task_id=d["task_id"],
+            seq=int(d["seq"]),
+            tenant_seq=int(d["tenant_seq"]),
+            type=d["type"],
+            status=d["status"],
+            progress=float(d["progress"]),
+            message=d["message"],
+            data=d["data"],
+            attempt=int(d["attempt"]),
+            created_at=datetime.fromisoformat(d["created_at"]),
+            owner=owner,
+            raw=raw if isinstance(raw, str) else raw.decode(),
+        )

@@ -1,0 +1,65 @@
+"""The one settings object, read from the environment Heroku-style.
+
+Built explicitly (``Settings()``) by each process's entry point and by tests — never at
+import time — so tests can build their own.
+"""
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept Heroku's ``postgres://`` and SQLAlchemy-style driver suffixes."""
+    for prefix in ("postgres://", "postgresql+asyncpg://", "postgresql+psycopg://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TASKSTREAM_", extra="ignore", populate_by_name=True
+    )
+
+    # Heroku-style names, read without the prefix.
+    database_url: Annotated[str, Field(validation_alias="DATABASE_URL")] = (
+        "postgresql://postgres@127.0.0.1:55432/postgres"
+    )
+    redis_url: Annotated[str, Field(validation_alias="REDIS_URL")] = "redis://127.0.0.1:56379/0"
+    port: Annotated[int, Field(validation_alias="PORT")] = 8000
+
+    #: Prefix of every Redis key and channel; lets deployments and tests share a Redis.
+    namespace: str = "ts"
+    #: Heroku Redis (rediss://) uses self-signed certificates.
+    redis_tls_verify: bool = False
+
+    # Database pool.
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+
+    # Worker (arq). arq's defaults are a 0.5 s poll and a one-hour health key.
+    worker_max_jobs: int = 50
+    worker_poll_delay: float = 0.05
+    worker_health_check_interval: int = 10
+    worker_job_timeout: float = 3600.0
+
+    # Event log group commit.
+    eventlog_max_batch: int = 1000
+
+    # Streams.
+    stream_buffer: int = 256
+    stream_keepalive: float = 15.0
+    stream_replay_page: int = 1000
+
+    # Uploads are stored in PostgreSQL in chunks of this size.
+    upload_chunk_bytes: int = 1 << 20
+    upload_max_bytes: int = 100 << 20
+
+    list_page_max: int = 200
+
+    @field_validator("database_url")
+    @classmethod
+    def _db(cls, v: str) -> str:
+        return normalize_database_url(v)

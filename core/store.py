@@ -1,0 +1,391 @@
+"""All SQL in one place. Routes and the worker runtime call these functions and nothing else.
+
+Connections are taken from the pool for the duration of one call, so no caller holds a
+connection while it waits (an SSE stream in particular holds none).
+"""
+
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from core.events import Event, NewEvent
+from core.states import EventType
+
+Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
+
+
+@dataclass(slots=True)
+class Task:
+    task_id: str
+    owner: str
+    task_type: str
+    params: dict[str, Any]
+    status: str
+    progress: float
+    message: str | None
+    result: Any
+    error: str | None
+    attempts: int
+    max_attempts: int
+    last_seq: int
+    cancel_requested: bool
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+    @classmethod
+    def from_row(cls, r: asyncpg.Record) -> "Task":
+        return cls(
+            task_id=str(r["task_id"]),
+            owner=r["owner"],
+            task_type=r["task_type"],
+            params=r["params"],
+            status=r["status"],
+            progress=r["progress"],
+            message=r["message"],
+            result=r["result"],
+            error=r["error"],
+            attempts=r["attempts"],
+            max_attempts=r["max_attempts"],
+            last_seq=r["last_seq"],
+            cancel_requested=r["cancel_requested"],
+            created_at=r["created_at"],
+            updated_at=r["updated_at"],
+            started_at=r["started_at"],
+            finished_at=r["finished_at"],
+            idempotency_key=r["idempotency_key"],
+            request_hash=r["request_hash"],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        def iso(d: datetime | None) -> str | None:
+            return d.isoformat() if d else None
+
+        return {
+            "task_id": self.task_id,
+            "type": self.task_type,
+            "task_type": self.task_type,
+            "status": self.status,
+            "progress": self.progress,
+            "message": self.message,
+            "result": self.result,
+            "error": self.error,
+            "params": self.params,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "last_event_id": self.last_seq,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+        }
+
+
+@dataclass(slots=True)
+class Appended:
+    """Outcome of one appended event: 'ok' with the event, or why it was refused."""
+
+    outcome: str  # ok | illegal | fenced | missing
+    event: Event | None
+    status: str | None
+
+
+_TASK_COLS = """task_id, owner, task_type, params, status, progress, message, result, error,
+    attempts, max_attempts, last_seq, cancel_requested, created_at, updated_at, started_at,
+    finished_at, idempotency_key, request_hash"""
+
+
+async def append_events(db: Executor, events: Sequence[NewEvent]) -> list[Appended]:
+    """Persist a batch of events in one round trip and one transaction (group commit)."""
+    payload = [e.to_sql() for e in events]
+    rows = await db.fetch("SELECT * FROM ts_append_events($1::jsonb)", payload)
+    out: list[Appended] = []
+    for ev, r in zip(events, rows, strict=True):
+        if r["outcome"] != "ok":
+            out.append(Appended(r["outcome"], None, r["status"]))
+            continue
+        data = ev.result if ev.type == EventType.COMPLETED else ev.data
+        out.append(
+            Appended(
+                "ok",
+                Event(
+                    task_id=ev.task_id,
+                    seq=r["seq"],
+                    tenant_seq=r["tenant_seq"],
+                    type=ev.type.value,
+                    status=r["status"],
+                    progress=r["progress"],
+                    message=ev.message if ev.message is not None else ev.error,
+                    data=data,
+                    attempt=r["attempt"],
+                    created_at=r["created_at"],
+                    owner=ev.owner,
+                ),
+                r["status"],
+            )
+        )
+    return out
+
+
+async def ensure_tenant(db: Executor, owner: str) -> None:
+    await db.execute(
+        "INSERT INTO tenants (owner) VALUES ($1) ON CONFLICT (owner) DO NOTHING", owner
+    )
+
+
+async def create_task(
+    pool: asyncpg.Pool,
+    *,
+    owner: str,
+    task_type: str,
+    params: dict[str, Any],
+    max_attempts: int,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> tuple[Task, Event | None]:
+    """Insert a task and its 'created' event atomically.
+
+    With an idempotency key already used by this owner, returns the existing task and None
+    (the caller compares ``request_hash``).
+    """
+    task_id = uuid.uuid4()
+    async with pool.acquire() as conn, conn.transaction():
+        await ensure_tenant(conn, owner)
+        row = await conn.fetchrow(
+            f"""INSERT INTO tasks (task_id, owner, task_type, params, max_attempts,
+                                   idempotency_key, request_hash)
+                VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
+                ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL
+                DO NOTHING
+                RETURNING {_TASK_COLS}""",
+            task_id, owner, task_type, params, max_attempts, idempotency_key, request_hash,
+        )
+        if row is None:
+            existing = await conn.fetchrow(
+                f"SELECT {_TASK_COLS} FROM tasks WHERE owner = $1 AND idempotency_key = $2",
+                owner, idempotency_key,
+            )
+            assert existing is not None
+            return Task.from_row(existing), None
+        (appended,) = await append_events(
+            conn, [NewEvent(task_id=str(task_id), owner=owner, type=EventType.CREATED)]
+        )
+        assert appended.event is not None
+        task = Task.from_row(row)
+        task.last_seq = appended.event.seq
+        return task, appended.event
+
+
+async def get_task(db: Executor, task_id: uuid.UUID, owner: str | None = None) -> Task | None:
+    """One task; with ``owner`` given, another tenant's task is simply not found."""
+    if owner is None:
+        row = await db.fetchrow(f"SELECT {_TASK_COLS} FROM tasks WHERE task_id = $1", task_id)
+    else:
+        row = await db.fetchrow(
+            f"SELECT {_TASK_COLS} FROM tasks WHERE task_id = $1 AND owner = $2", task_id, owner
+        )
+    return Task.from_row(row) if row else None
+
+
+def encode_cursor(task: Task) -> str:
+    raw = json.dumps([task.created_at.isoformat(), task.task_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Raises ValueError on anything that is not a cursor we issued."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, tid = json.loads(raw)
+        return datetime.fromisoformat(created), uuid.UUID(tid)
+    except Exception as exc:  # any decoding failure means a bad cursor
+        raise ValueError("malformed cursor") from exc
+
+
+async def list_tasks(
+    db: Executor,
+    owner: str,
+    *,
+    status: Sequence[str] = (),
+    task_type: Sequence[str] = (),
+    limit: int,
+    cursor: tuple[datetime, uuid.UUID] | None = None,
+) -> list[Task]:
+    """Newest first, keyset pagination on (created_at, task_id)."""
+    rows = await db.fetch(
+        f"""SELECT {_TASK_COLS} FROM tasks
+            WHERE owner = $1
+              AND (cardinality($2::text[]) = 0 OR status = ANY($2::text[]))
+              AND (cardinality($3::text[]) = 0 OR task_type = ANY($3::text[]))
+              AND ($4::timestamptz IS NULL OR (created_at, task_id) < ($4, $5::uuid))
+            ORDER BY created_at DESC, task_id DESC
+            LIMIT $6""",
+        owner, list(status), list(task_type),
+        cursor[0] if cursor else None, cursor[1] if cursor else None, limit,
+    )
+    return [Task.from_row(r) for r in rows]
+
+
+_EVENT_COLS = (
+    "owner, task_id, seq, tenant_seq, type, status, progress, message, data, attempt, created_at"
+)
+
+
+def _event(r: asyncpg.Record) -> Event:
+    return Event(
+        task_id=str(r["task_id"]), seq=r["seq"], tenant_seq=r["tenant_seq"], type=r["type"],
+        status=r["status"], progress=r["progress"], message=r["message"], data=r["data"],
+        attempt=r["attempt"], created_at=r["created_at"], owner=r["owner"],
+    )
+
+
+async def events_after(
+    db: Executor, task_id: uuid.UUID | str, after: int, limit: int
+) -> list[Event]:
+    rows = await db.fetch(
+        f"""SELECT {_EVENT_COLS} FROM task_events WHERE task_id = $1 AND seq > $2
+            ORDER BY seq LIMIT $3""",
+        task_id if isinstance(task_id, uuid.UUID) else uuid.UUID(task_id), after, limit,
+    )
+    return [_event(r) for r in rows]
+
+
+async def tenant_events_after(db: Executor, owner: str, after: int, limit: int) -> list[Event]:
+    rows = await db.fetch(
+        f"""SELECT {_EVENT_COLS} FROM task_events WHERE owner = $1 AND tenant_seq > $2
+            ORDER BY tenant_seq LIMIT $3""",
+        owner, after, limit,
+    )
+    return [_event(r) for r in rows]
+
+
+async def tenant_last_seq(db: Executor, owner: str) -> int:
+    v = await db.fetchval("SELECT last_seq FROM tenants WHERE owner = $1", owner)
+    return int(v or 0)
+
+
+# --- uploads -------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Upload:
+    upload_id: str
+    owner: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+
+
+async def begin_upload(conn: asyncpg.Connection, owner: str, upload_id: uuid.UUID,
+                       filename: str, content_type: str) -> None:
+    """Inside the caller's transaction: the upload row exists only if every chunk lands."""
+    await ensure_tenant(conn, owner)
+    await conn.execute(
+        """INSERT INTO uploads (upload_id, owner, filename, content_type, size, sha256)
+           VALUES ($1, $2, $3, $4, 0, '')""",
+        upload_id, owner, filename, content_type,
+    )
+
+
+async def add_upload_chunk(conn: asyncpg.Connection, upload_id: uuid.UUID, idx: int,
+                           data: bytes) -> None:
+    await conn.execute(
+        "INSERT INTO upload_chunks (upload_id, idx, data) VALUES ($1, $2, $3)",
+        upload_id, idx, data,
+    )
+
+
+async def finish_upload(conn: asyncpg.Connection, upload_id: uuid.UUID, size: int,
+                        sha256: str) -> None:
+    await conn.execute(
+        "UPDATE uploads SET size = $2, sha256 = $3 WHERE upload_id = $1", upload_id, size, sha256
+    )
+
+
+async def get_upload(db: Executor, upload_id: uuid.UUID, owner: str | None = None
+                     ) -> Upload | None:
+    r = await db.fetchrow(
+        """SELECT upload_id, owner, filename, content_type, size, sha256 FROM uploads
+           WHERE upload_id = $1 AND ($2::text IS NULL OR owner = $2)""",
+        upload_id, owner,
+    )
+    if r is None:
+        return None
+    return Upload(str(r["upload_id"]), r["owner"], r["filename"], r["content_type"], r["size"],
+                  r["sha256"])
+
+
+async def iter_upload(pool: asyncpg.Pool, upload_id: uuid.UUID) -> AsyncIterator[bytes]:
+    """Chunks in order, one query each, so a large file never sits in memory whole."""
+    idx = 0
+    while True:
+        data = await pool.fetchval(
+            "SELECT data FROM upload_chunks WHERE upload_id = $1 AND idx = $2", upload_id, idx
+        )
+        if data is None:
+            return
+        yield bytes(data)
+        idx += 1
+
+
+# --- document chunks -----------------------------------------------------------------------
+
+async def store_document_chunks(
+    db: Executor, task_id: str, chunks: Sequence[tuple[int, int | None, str, list[float]]]
+) -> None:
+    """Replace a task's chunks (a retried attempt rewrites them, never duplicates)."""
+    tid = uuid.UUID(task_id)
+    async with _tx(db) as conn:
+        await conn.execute("DELETE FROM document_chunks WHERE task_id = $1", tid)
+        await conn.executemany(
+            """INSERT INTO document_chunks (task_id, chunk_index, page, content, embedding)
+               VALUES ($1, $2, $3, $4, $5)""",
+            [(tid, i, page, text, vec) for i, page, text, vec in chunks],
+        )
+
+
+async def count_document_chunks(db: Executor, task_id: str) -> int:
+    return int(await db.fetchval(
+        "SELECT count(*) FROM document_chunks WHERE task_id = $1", uuid.UUID(task_id)) or 0)
+
+
+class _tx:
+    """``async with _tx(pool_or_conn) as conn``: a transaction on a pooled or given connection."""
+
+    def __init__(self, db: Executor) -> None:
+        self._db = db
+        self._conn: Any = None
+        self._ctx: Any = None
+        self._tr: Any = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        if isinstance(self._db, asyncpg.Pool):
+            self._ctx = self._db.acquire()
+            self._conn = await self._ctx.__aenter__()
+        else:
+            self._conn = self._db
+        self._tr = self._conn.transaction()
+        await self._tr.__aenter__()
+        return self._conn  # type: ignore[no-any-return]
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            await self._tr.__aexit__(*exc)
+        finally:
+            if self._ctx is not None:
+                await self._ctx.__aexit__(*exc)
+
+
+async def delete_task(db: Executor, task_id: uuid.UUID) -> None:
+    """Undo a submission whose enqueue failed (its events cascade)."""
+    await db.execute("DELETE FROM tasks WHERE task_id = $1", task_id)

@@ -1,0 +1,90 @@
+"""The task-type catalogue: names, parameter models and policies.
+
+The web process validates submissions against these models and publishes their JSON schemas
+at ``GET /task-types`` without importing any task implementation (those live in
+``worker/tasks`` with their heavy dependencies, such as PDF parsing).
+"""
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Params(BaseModel):
+    """Base of every parameter model: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DemoParams(Params):
+    """The seed's "process for N seconds", made honest: split into reported steps."""
+
+    duration: float = Field(5.0, ge=0, le=3600, description="Total seconds of work.")
+    steps: int = Field(10, ge=1, le=1000, description="Progress events to report.")
+    fail_at_step: int | None = Field(
+        None, ge=1, description="Raise an error at this step (to see a failure end to end)."
+    )
+
+
+class NoopParams(Params):
+    """Does nothing but report ``events`` progress events as fast as it can (benchmarks)."""
+
+    events: int = Field(0, ge=0, le=100_000)
+
+
+class DocumentParams(Params):
+    """Parse an uploaded PDF, text or Markdown file, chunk it, embed and store the chunks."""
+
+    upload_id: uuid.UUID
+    chunk_size: int = Field(1000, ge=100, le=20_000, description="Characters per chunk.")
+    chunk_overlap: int = Field(100, ge=0, le=5_000)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskType:
+    name: str
+    params: type[Params]
+    description: str
+    max_attempts: int = 1
+    timeout: float | None = None
+
+    def schema(self) -> dict[str, Any]:
+        return {
+            "type": self.name,
+            "description": self.description,
+            "max_attempts": self.max_attempts,
+            "timeout": self.timeout,
+            "params_schema": self.params.model_json_schema(),
+        }
+
+
+TASK_TYPES: dict[str, TaskType] = {
+    t.name: t
+    for t in (
+        TaskType("demo", DemoParams, "Sleep through N seconds in reported steps."),
+        TaskType("noop", NoopParams, "No work; optionally a burst of progress events."),
+        TaskType(
+            "document_process",
+            DocumentParams,
+            "Parse a PDF/text/Markdown upload, chunk, embed and store it.",
+            timeout=1800,
+        ),
+    )
+}
+
+
+class UnknownTaskType(LookupError):
+    pass
+
+
+def validate_params(task_type: str, params: dict[str, Any]) -> Params:
+    """Raises UnknownTaskType or pydantic.ValidationError naming the problem."""
+    spec = TASK_TYPES.get(task_type)
+    if spec is None:
+        raise UnknownTaskType(task_type)
+    return spec.params.model_validate(params)
+
+
+__all__ = ["TASK_TYPES", "TaskType", "UnknownTaskType", "ValidationError", "validate_params"]

@@ -1,0 +1,66 @@
+"""The web process: ``uvicorn service.app:create_app --factory`` (the Procfile's ``web:``)."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+
+from core import queue
+from core.constants import control_channel
+from core.db import create_pool
+from core.eventlog import EventLog
+from core.settings import Settings
+from service import errors
+from service.deps import Resources
+from service.hub import Hub
+from service.routes import router
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await create_pool(settings.database_url, min_size=settings.db_pool_min,
+                                 max_size=settings.db_pool_max)
+        arq = await queue.connect(settings)
+        hub = Hub(settings.redis_url, control_channel=control_channel(settings.namespace),
+                  buffer=settings.stream_buffer)
+        await hub.start()
+        eventlog = EventLog(pool, arq, settings.namespace, max_batch=settings.eventlog_max_batch)
+        eventlog.start()
+        app.state.resources = Resources(settings, pool, arq, hub, eventlog)
+        try:
+            yield
+        finally:
+            await eventlog.close()
+            await hub.close()
+            await arq.aclose()
+            await pool.close()
+
+    app = FastAPI(
+        title="Taskstream",
+        version="0.1.0",
+        description="Long-running tasks behind a REST API, with progress pushed over SSE.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(router)
+
+    @app.get("/health", tags=["operations"])
+    async def health() -> dict[str, object]:
+        """Liveness and whether the pub/sub hub is connected. No authentication."""
+        res: Resources = app.state.resources
+        return {"status": "ok", "hub_connected": res.hub.connected, "streams": res.hub.streams}
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> HTMLResponse:
+        page = resources.files("service.static").joinpath("index.html").read_text()
+        return HTMLResponse(page)
+
+    return app

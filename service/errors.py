@@ -1,0 +1,88 @@
+"""The API's error hierarchy, mapped to HTTP once, at the edge (``install``).
+
+    ApiError
+    ├── BadRequest            400
+    ├── NotFound              404  (also another tenant's task: no existence oracle)
+    ├── Conflict              409
+    ├── PayloadTooLarge       413
+    ├── UnsupportedMediaType  415
+    ├── Unprocessable         422
+    └── Unavailable           503  (+ Retry-After; Redis or PostgreSQL briefly away)
+
+Responses are ``{"error": code, "detail": reason}``; never a stack trace, SQL or a path.
+"""
+
+import logging
+
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from core.eventlog import TRANSIENT_DB_ERRORS
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    status = 500
+    code = "error"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class BadRequest(ApiError):
+    status, code = 400, "bad_request"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
+class Unprocessable(ApiError):
+    status, code = 422, "unprocessable"
+
+
+class Unavailable(ApiError):
+    status, code = 503, "unavailable"
+
+    def __init__(self, detail: str, retry_after: int = 2) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status,
+                        headers=exc.headers)
+
+
+def install(app: FastAPI) -> None:
+    async def api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return error_response(exc)
+
+    async def backend_down(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("backend unavailable: %s", exc)
+        return error_response(Unavailable("a backing service is briefly unavailable; retry"))
+
+    app.add_exception_handler(ApiError, api_error)
+    down: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError,
+                                         asyncpg.TooManyConnectionsError)
+    for err in (*down, *TRANSIENT_DB_ERRORS):
+        if issubclass(err, Exception):
+            app.add_exception_handler(err, backend_down)

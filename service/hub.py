@@ -1,0 +1,247 @@
+"""One Redis pub/sub connection per web process, fanned out in-process to every stream.
+
+Modelled on saq's PubSubMultiplexer, plus what streams need to never miss an event:
+
+* ``subscribe()`` returns only after Redis has *confirmed* the SUBSCRIBE (redis-py's own
+  ``subscribe()`` only sends it), so a stream that replays from PostgreSQL afterwards cannot
+  fall in the gap between its replay and its first live message.
+* The connection is supervised: if Redis goes away the hub reconnects with backoff,
+  resubscribes every channel, and pushes ``RESYNC`` to every subscriber, which then catches
+  up from PostgreSQL.
+* Each subscriber has a bounded buffer. A slow consumer never blocks the reader: rapid
+  progress events for the same task are coalesced when its buffer is full, and if a
+  lifecycle event does not fit, the subscription is marked overflowed and its stream closes
+  (the client resumes with Last-Event-ID).
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from core.events import Event
+from core.states import EventType
+
+log = logging.getLogger(__name__)
+
+RESYNC: Final = "resync"
+
+
+class HubUnavailable(Exception):
+    """Redis is not reachable right now; the caller should answer 503 with Retry-After."""
+
+
+class Subscription:
+    def __init__(self, channel: str, limit: int) -> None:
+        self.channel = channel
+        self.limit = limit
+        self.overflowed = False
+        # (event, coalesced): coalesced=True means earlier progress was skipped on purpose.
+        self._items: deque[tuple[Event, bool] | str] = deque()
+        self._wake = asyncio.Event()
+
+    def push(self, item: Event | str) -> None:
+        if self.overflowed:
+            return
+        if isinstance(item, str):
+            self._items.append(item)
+        elif len(self._items) >= self.limit:
+            last = self._items[-1]
+            if (item.type == EventType.PROGRESS and not isinstance(last, str)
+                    and last[0].type == EventType.PROGRESS and last[0].task_id == item.task_id):
+                self._items[-1] = (item, True)
+            else:
+                self.overflowed = True
+        else:
+            self._items.append((item, False))
+        self._wake.set()
+
+    async def get(self) -> tuple[Event, bool] | str:
+        while not self._items:
+            self._wake.clear()
+            await self._wake.wait()
+        return self._items.popleft()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Hub:
+    def __init__(self, redis_url: str, *, control_channel: str, buffer: int = 256,
+                 connect_timeout: float = 5.0, **redis_kwargs: Any) -> None:
+        self._url = redis_url
+        self._redis_kwargs = redis_kwargs
+        self._home = control_channel  # always subscribed, so the connection always exists
+        self._buffer = buffer
+        self._connect_timeout = connect_timeout
+        self._subs: dict[str, set[Subscription]] = {}
+        self._confirmed: dict[str, asyncio.Future[None]] = {}
+        self._ps: PubSub | None = None
+        self._client: Redis | None = None
+        self._connected = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self.reconnects = 0
+        self.messages = 0
+
+    @property
+    def streams(self) -> int:
+        return sum(len(s) for s in self._subs.values())
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def start(self) -> None:
+        self._runner = asyncio.create_task(self._supervise(), name="hub")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), self._connect_timeout)
+
+    async def close(self) -> None:
+        if self._runner:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        await self._drop_connection()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
+        """Yield a subscription once Redis has confirmed the channel's SUBSCRIBE."""
+        sub = Subscription(channel, self._buffer)
+        self._subs.setdefault(channel, set()).add(sub)
+        try:
+            await self._confirm(channel)
+            yield sub
+        finally:
+            subs = self._subs.get(channel)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subs[channel]
+                    self._confirmed.pop(channel, None)
+                    await self._send("unsubscribe", channel)
+                    if channel in self._subs:  # re-subscribed while we unsubscribed
+                        await self._send("subscribe", channel)
+
+    async def _confirm(self, channel: str) -> None:
+        deadline = asyncio.get_running_loop().time() + self._connect_timeout
+        while True:
+            try:
+                await asyncio.wait_for(self._connected.wait(),
+                                       deadline - asyncio.get_running_loop().time())
+            except TimeoutError as exc:
+                raise HubUnavailable("redis pub/sub is not connected") from exc
+            fut = self._confirmed.get(channel)
+            if fut is None:
+                fut = asyncio.get_running_loop().create_future()
+                self._confirmed[channel] = fut
+                if not await self._send("subscribe", channel):
+                    self._confirmed.pop(channel, None)
+                    continue
+            try:
+                await asyncio.wait_for(asyncio.shield(fut),
+                                       max(0.01, deadline - asyncio.get_running_loop().time()))
+                return
+            except TimeoutError as exc:
+                raise HubUnavailable("redis did not confirm the subscription") from exc
+            except ConnectionError:
+                continue  # connection dropped while waiting; the supervisor resubscribes
+
+    async def _send(self, command: str, channel: str) -> bool:
+        ps = self._ps
+        if ps is None:
+            return False
+        try:
+            if command == "subscribe":
+                await ps.subscribe(channel)
+            else:
+                await ps.unsubscribe(channel)
+            return True
+        except (RedisError, OSError) as exc:
+            log.warning("pub/sub %s %s failed: %s", command, channel, exc)
+            return False
+
+    async def _supervise(self) -> None:
+        delay = 0.05
+        first = True
+        while True:
+            try:
+                await self._connect()
+                if not first:
+                    self.reconnects += 1
+                    for subs in self._subs.values():
+                        for sub in subs:
+                            sub.push(RESYNC)
+                first = False
+                delay = 0.05
+                await self._read()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("pub/sub connection lost (%s); reconnecting in %.2fs", exc, delay)
+            self._connected.clear()
+            for fut in self._confirmed.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError("pub/sub connection lost"))
+                    fut.exception()  # mark retrieved; waiters retry
+            self._confirmed.clear()
+            await self._drop_connection()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _connect(self) -> None:
+        self._client = Redis.from_url(self._url, socket_connect_timeout=2,
+                                      health_check_interval=10, **self._redis_kwargs)
+        ps = self._client.pubsub()
+        channels = [self._home, *self._subs]
+        loop = asyncio.get_running_loop()
+        self._confirmed = {ch: loop.create_future() for ch in channels}
+        await ps.subscribe(*channels)
+        self._ps = ps
+        self._connected.set()
+
+    async def _drop_connection(self) -> None:
+        ps, client = self._ps, self._client
+        self._ps = self._client = None
+        with contextlib.suppress(Exception):
+            if ps is not None:
+                await ps.aclose()  # type: ignore[no-untyped-call]
+        with contextlib.suppress(Exception):
+            if client is not None:
+                await client.aclose()
+
+    async def _read(self) -> None:
+        ps = self._ps
+        assert ps is not None
+        while True:
+            msg = await ps.get_message(timeout=5.0)
+            if msg is None:
+                continue
+            kind = msg["type"]
+            channel = msg["channel"]
+            if isinstance(channel, bytes):
+                channel = channel.decode()
+            if kind == "message":
+                self._dispatch(channel, msg["data"])
+            elif kind == "subscribe":
+                fut = self._confirmed.get(channel)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+
+    def _dispatch(self, channel: str, data: bytes | str) -> None:
+        subs = self._subs.get(channel)
+        if not subs:
+            return
+        self.messages += 1
+        try:
+            event = Event.decode(data)
+        except (ValueError, KeyError, TypeError):
+            log.warning("undecodable message on %s dropped", channel)
+            return
+        for sub in subs:
+            sub.push(event)

@@ -1,0 +1,8 @@
+from fastapi import APIRouter
+
+from service.routes import streams, tasks, uploads
+
+router = APIRouter()
+router.include_router(tasks.router)
+router.include_router(streams.router)
+router.include_router(uploads.router)

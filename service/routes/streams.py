@@ -1,0 +1,116 @@
+"""SSE routes: one task's progress, or every task of the caller on one connection.
+
+Each message is an unnamed SSE event (the seed's ``onmessage`` receives it) whose ``data:``
+is the event JSON — also a snapshot with ``task_id, status, progress, result`` — and whose
+``id:`` is a short sequence number, so a reconnecting EventSource resumes with Last-Event-ID.
+"""
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+from sse_starlette import EventSourceResponse
+
+from core import store
+from core.constants import task_channel, tenant_channel
+from core.events import Event
+from core.ids import parse_event_cursor
+from service.deps import Owner, Res, Resources
+from service.errors import BadRequest, Unavailable
+from service.hub import HubUnavailable
+from service.routes.tasks import ERRORS, load_task
+from service.streams import StreamSpec, follow
+
+router = APIRouter(tags=["streams"])
+
+LastEventIdHeader = Annotated[str | None, Header(alias="Last-Event-ID")]
+LastEventIdQuery = Annotated[
+    str | None,
+    Query(description="For clients that cannot set headers (a native EventSource's first "
+                      "connect). The Last-Event-ID header wins when both are present."),
+]
+SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+          "description": "An SSE stream of task events."},
+    204: {"description": "Nothing more to send: the task finished and the client has it all."},
+    **ERRORS,
+}
+
+
+def cursor_from(header: str | None, query: str | None) -> int:
+    raw = header if header is not None else query
+    if raw is None or raw == "":
+        return 0
+    cursor = parse_event_cursor(raw)
+    if cursor is None:
+        raise BadRequest("Last-Event-ID must be a decimal event sequence number")
+    return cursor
+
+
+def sse(res: Resources, spec: StreamSpec, key_name: str) -> EventSourceResponse:
+    async def gen() -> AsyncIterator[dict[str, str]]:
+        try:
+            async for ev in events:
+                yield {"id": str(getattr(ev, key_name)), "data": ev.encode()}
+        except HubUnavailable:
+            return  # Redis went away as we subscribed: end; the client resumes
+
+    events: AsyncIterator[Event] = follow(res.hub, spec)
+    return EventSourceResponse(gen(), ping=res.settings.stream_keepalive, send_timeout=30)
+
+
+async def _opened(res: Resources, spec: StreamSpec, key_name: str) -> EventSourceResponse:
+    # Subscribe before answering, so "Redis is down" is a 503 rather than a broken stream.
+    if not res.hub.connected:
+        raise Unavailable("live updates are briefly unavailable; retry")
+    return sse(res, spec, key_name)
+
+
+@router.get("/tasks/{task_id}/stream", response_class=EventSourceResponse,
+            responses=SSE_RESPONSE)
+async def task_stream(task_id: str, res: Res, owner: Owner,
+                      last_event_id_header: LastEventIdHeader = None,
+                      last_event_id: LastEventIdQuery = None) -> Response:
+    """Live events of one task; ends after its terminal event."""
+    cursor = cursor_from(last_event_id_header, last_event_id)
+    task = await load_task(res, owner, task_id)
+    if task.status in ("completed", "failed", "cancelled") and cursor >= task.last_seq:
+        return Response(status_code=204)  # stops a reconnecting EventSource for good
+    pool = res.pool
+
+    async def fetch(after: int, limit: int) -> list[Event]:
+        return await store.events_after(pool, task.task_id, after, limit)
+
+    spec = StreamSpec(
+        channel=task_channel(res.settings.namespace, task.task_id), cursor=cursor,
+        key=lambda e: e.seq, fetch=fetch, ends_on_terminal=True,
+        page=res.settings.stream_replay_page,
+    )
+    try:
+        return await _opened(res, spec, "seq")
+    except HubUnavailable as exc:
+        raise Unavailable(str(exc)) from exc
+
+
+@router.get("/stream", response_class=EventSourceResponse, responses=SSE_RESPONSE)
+async def tenant_stream(res: Res, owner: Owner,
+                        last_event_id_header: LastEventIdHeader = None,
+                        last_event_id: LastEventIdQuery = None) -> Response:
+    """Every event of every task of the caller, on one connection (ids: ``tenant_seq``).
+
+    Without a Last-Event-ID it starts from now; with one it resumes after it.
+    """
+    cursor = cursor_from(last_event_id_header, last_event_id)
+    pool = res.pool
+    if last_event_id_header is None and last_event_id is None:
+        cursor = await store.tenant_last_seq(pool, owner)
+
+    async def fetch(after: int, limit: int) -> list[Event]:
+        return await store.tenant_events_after(pool, owner, after, limit)
+
+    spec = StreamSpec(
+        channel=tenant_channel(res.settings.namespace, owner), cursor=cursor,
+        key=lambda e: e.tenant_seq, fetch=fetch, ends_on_terminal=False,
+        page=res.settings.stream_replay_page,
+    )
+    return await _opened(res, spec, "tenant_seq")

@@ -1,0 +1,200 @@
+"""Task routes: submit, list, read, history, cancel, catalogue."""
+
+import hashlib
+import json
+import logging
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+from pydantic import ValidationError
+
+from core import queue, store
+from core.constants import control_channel
+from core.events import NewEvent
+from core.states import EventType, Status, is_terminal
+from core.tasktypes import TASK_TYPES, UnknownTaskType, validate_params
+from service.deps import Owner, Res, Resources
+from service.errors import BadRequest, Conflict, NotFound, Unavailable, Unprocessable
+from service.schemas import (
+    ErrorOut,
+    EventPage,
+    SubmitTask,
+    TaskOut,
+    TaskPage,
+    TaskTypeOut,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    c: {"model": ErrorOut} for c in (400, 404, 409, 413, 415, 422, 503)
+}
+
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", max_length=200,
+                       description="Same key and body return the same task.")
+]
+
+
+def task_json(task: store.Task) -> dict[str, Any]:
+    out = task.to_json()
+    base = f"/tasks/{task.task_id}"
+    out["links"] = {"self": base, "stream": f"{base}/stream", "events": f"{base}/events"}
+    return out
+
+
+async def load_task(res: Resources, owner: str, task_id: str) -> store.Task:
+    """The caller's task, or 404 — for a malformed id and for another tenant's task alike."""
+    try:
+        tid = uuid.UUID(task_id)
+    except ValueError:
+        raise NotFound(f"task {task_id!r} not found") from None
+    task = await store.get_task(res.pool, tid, owner)
+    if task is None:
+        raise NotFound(f"task {task_id!r} not found")
+    return task
+
+
+def request_hash(task_type: str, params: dict[str, Any]) -> str:
+    body = json.dumps({"type": task_type, "params": params}, sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+async def submit(res: Resources, owner: str, task_type: str, params: dict[str, Any],
+                 idempotency_key: str | None, *, fingerprint: dict[str, Any] | None = None,
+                 ) -> tuple[store.Task, bool]:
+    """Validate, insert (task + 'created' event), enqueue. Returns (task, newly_created).
+
+    ``fingerprint`` replaces the params in the idempotency comparison (an upload compares
+    the file's digest, since each upload gets a new id).
+    """
+    try:
+        model = validate_params(task_type, params)
+    except UnknownTaskType:
+        known = ", ".join(sorted(TASK_TYPES))
+        raise Unprocessable(f"unknown task type {task_type!r}; known types: {known}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors()
+        )
+        raise Unprocessable(f"invalid params for {task_type!r}: {problems}") from None
+    clean = model.model_dump(mode="json")
+    digest = request_hash(task_type, fingerprint or clean)
+    task, created = await store.create_task(
+        res.pool, owner=owner, task_type=task_type, params=clean,
+        max_attempts=TASK_TYPES[task_type].max_attempts,
+        idempotency_key=idempotency_key, request_hash=digest if idempotency_key else None,
+    )
+    if created is None:
+        if task.request_hash != digest:
+            raise Conflict("Idempotency-Key was already used with a different request body")
+        return task, False
+    await res.eventlog.publish([created])
+    try:
+        await queue.enqueue_task(res.arq, res.settings, task.task_id)
+    except Exception as exc:
+        # Redis is away: take the task back so the client's retry does not duplicate it.
+        log.warning("enqueue failed for %s: %s", task.task_id, exc)
+        await store.delete_task(res.pool, uuid.UUID(task.task_id))
+        raise Unavailable("the task queue is briefly unavailable; retry") from exc
+    return task, True
+
+
+@router.post("/tasks", status_code=202, response_model=TaskOut, responses=ERRORS,
+             tags=["tasks"])
+async def create_task(body: SubmitTask, res: Res, owner: Owner, response: Response,
+                      idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
+    """Submit a task of a registered type; returns at once with its id and links."""
+    task, created = await submit(res, owner, body.type, body.params, idempotency_key)
+    response.headers["Location"] = f"/tasks/{task.task_id}"
+    if not created:
+        response.status_code = 200
+    return task_json(task)
+
+
+@router.get("/tasks", response_model=TaskPage, responses=ERRORS, tags=["tasks"])
+async def list_tasks(
+    res: Res,
+    owner: Owner,
+    status: Annotated[list[Status] | None, Query(description="Repeatable.")] = None,
+    type: Annotated[list[str] | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> dict[str, Any]:
+    """The caller's tasks, newest first; follow ``next_cursor`` for the next page."""
+    after = None
+    if cursor:
+        try:
+            after = store.decode_cursor(cursor)
+        except ValueError:
+            raise BadRequest("malformed cursor; pass back next_cursor unchanged") from None
+    tasks = await store.list_tasks(
+        res.pool, owner, status=[s.value for s in status or []], task_type=type or [],
+        limit=limit + 1, cursor=after,
+    )
+    more = len(tasks) > limit
+    tasks = tasks[:limit]
+    return {
+        "items": [task_json(t) for t in tasks],
+        "next_cursor": store.encode_cursor(tasks[-1]) if more and tasks else None,
+    }
+
+
+@router.get("/task-types", response_model=list[TaskTypeOut], tags=["tasks"])
+async def task_types() -> list[dict[str, Any]]:
+    """Every registered task type with the JSON schema of its params."""
+    return [t.schema() for t in TASK_TYPES.values()]
+
+
+@router.get("/tasks/{task_id}", response_model=TaskOut, responses=ERRORS, tags=["tasks"])
+async def get_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
+    """A snapshot of one task (the seed's status endpoint)."""
+    return task_json(await load_task(res, owner, task_id))
+
+
+@router.get("/tasks/{task_id}/events", response_model=EventPage, responses=ERRORS,
+            tags=["tasks"])
+async def task_events(
+    task_id: str, res: Res, owner: Owner,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+) -> dict[str, Any]:
+    """The task's event history, oldest first, after sequence number ``after``."""
+    task = await load_task(res, owner, task_id)
+    events = await store.events_after(res.pool, task.task_id, after, limit)
+    return {
+        "items": [e.to_json() for e in events],
+        "next_after": events[-1].seq if len(events) == limit else None,
+    }
+
+
+@router.post("/tasks/{task_id}/cancel", response_model=TaskOut, responses=ERRORS,
+             tags=["tasks"])
+async def cancel_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
+    """Cancel: a pending task never starts; a running one is stopped within about a second.
+
+    Idempotent: cancelling a cancelled task returns it unchanged; a task that already
+    completed or failed is 409.
+    """
+    task = await load_task(res, owner, task_id)
+    for _ in range(3):
+        if task.status == Status.CANCELLED:
+            return task_json(task)
+        if is_terminal(task.status):
+            raise Conflict(f"task already {task.status}; nothing to cancel")
+        etype = EventType.CANCELLED if task.status == Status.PENDING else \
+            EventType.CANCEL_REQUESTED
+        done = await res.eventlog.append(NewEvent(
+            task_id=task.task_id, owner=owner, type=etype,
+            error="cancelled by request" if etype == EventType.CANCELLED else None,
+            message=None if etype == EventType.CANCELLED else "cancellation requested",
+        ))
+        if done.outcome == "ok":
+            if etype == EventType.CANCEL_REQUESTED:
+                await res.arq.publish(control_channel(res.settings.namespace),
+                                      json.dumps({"cancel": task.task_id}))
+            break
+        task = await load_task(res, owner, task_id)  # it moved on meanwhile: look again
+    return task_json(await load_task(res, owner, task_id))

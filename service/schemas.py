@@ -1,0 +1,86 @@
+"""Request and response models of the HTTP API (they are also the OpenAPI document)."""
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SubmitTask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=100, description="A name from GET /task-types.")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Links(BaseModel):
+    self: str
+    stream: str
+    events: str
+
+
+class TaskOut(BaseModel):
+    task_id: str
+    type: str
+    task_type: str
+    status: str
+    progress: float
+    message: str | None
+    result: Any
+    error: str | None
+    params: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    last_event_id: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    links: Links
+
+
+class TaskPage(BaseModel):
+    items: list[TaskOut]
+    next_cursor: str | None
+
+
+class EventOut(BaseModel):
+    task_id: str
+    seq: int
+    tenant_seq: int
+    type: str
+    status: str
+    progress: float
+    message: str | None
+    data: Any
+    result: Any
+    error: str | None
+    attempt: int
+    created_at: datetime
+
+
+class EventPage(BaseModel):
+    items: list[EventOut]
+    next_after: int | None
+
+
+class TaskTypeOut(BaseModel):
+    type: str
+    description: str
+    max_attempts: int
+    timeout: float | None
+    params_schema: dict[str, Any]
+
+
+class UploadOut(BaseModel):
+    task_id: str
+    status: str
+    upload_id: str
+    filename: str
+    size: int
+    links: Links
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: str

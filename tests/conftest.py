@@ -1,0 +1,135 @@
+"""Shared fixtures: real PostgreSQL and Redis (started if absent), an isolated database and
+key namespace for this session, a real web server and worker, and an httpx client."""
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from core.db import create_pool
+from core.migrate import migrate
+from core.settings import Settings
+from tests.servers import WebServer, WorkerProc, service_env
+
+T = TypeVar("T")
+
+
+def _with_db(url: str, db: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{db}"
+
+
+@pytest.fixture(scope="session")
+def backing() -> tuple[str, str]:
+    """Admin URLs of a PostgreSQL and a Redis: from the environment, else started locally."""
+    pg = os.environ.get("TASKSTREAM_TEST_DATABASE_URL")
+    rd = os.environ.get("TASKSTREAM_TEST_REDIS_URL")
+    if pg and rd:
+        return pg, rd
+    import devservices
+
+    pg_h, rd_h = devservices.ensure()
+    return pg_h.url, rd_h.url
+
+
+@pytest.fixture(scope="session")
+def settings(backing: tuple[str, str]) -> Iterator[Settings]:
+    """A fresh database and Redis namespace for this test session, migrated."""
+    admin_pg, redis_url = backing
+    name = f"ts_test_{uuid.uuid4().hex[:10]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_pg)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        await migrate(_with_db(admin_pg, name))
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(admin_pg)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    yield Settings(database_url=_with_db(admin_pg, name), redis_url=redis_url,
+                   namespace=f"t{uuid.uuid4().hex[:8]}")
+    asyncio.run(drop())
+
+
+@pytest.fixture(scope="session")
+def env(settings: Settings) -> dict[str, str]:
+    return service_env(settings.database_url, settings.redis_url, settings.namespace)
+
+
+@pytest.fixture(scope="session")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def web(env: dict[str, str], logs: Path) -> Iterator[WebServer]:
+    server = WebServer(env, logs / "web.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(env: dict[str, str], logs: Path) -> Iterator[WorkerProc]:
+    proc = WorkerProc(env, logs / "worker.log")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+async def client(web: WebServer, worker: WorkerProc) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=web.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(settings.database_url, min_size=1, max_size=5)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    r = Redis.from_url(settings.redis_url)
+    yield r
+    await r.aclose()
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 20,
+                     interval: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+async def wait_terminal(client: httpx.AsyncClient, task_id: str,
+                        timeout: float = 30) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        t: dict[str, Any] = (await client.get(f"/tasks/{task_id}")).json()
+        return t if t["status"] in ("completed", "failed", "cancelled") else None
+
+    return await eventually(check, timeout)

@@ -1,0 +1,124 @@
+"""The worker process: ``python -m worker`` (the Procfile's ``worker:`` line).
+
+Builds the settings explicitly, then runs an arq ``Worker`` whose only job function is the
+runtime's ``run_task``. Pools are opened in ``on_startup`` and closed in ``on_shutdown``,
+reachable from jobs through the typed context.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import uuid
+from typing import Any, TypedDict
+
+import asyncpg
+from arq.worker import Worker, func
+from redis.asyncio import Redis
+
+from core.constants import RUN_TASK_FUNCTION, control_channel, queue_name
+from core.db import create_pool
+from core.eventlog import EventLog
+from core.queue import redis_settings
+from core.serialization import deserialize, serialize
+from core.settings import Settings
+from worker.runtime import Runtime
+from worker.tasks import load_all
+
+log = logging.getLogger("worker")
+
+
+class WorkerContext(TypedDict):
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: Redis
+    eventlog: EventLog
+    runtime: Runtime
+    control: "asyncio.Task[None]"
+
+
+async def run_task(ctx: dict[str, Any], task_id: str) -> str:
+    runtime: Runtime = ctx["runtime"]
+    return await runtime.run(task_id)
+
+
+async def _listen_control(redis: Redis, settings: Settings, runtime: Runtime) -> None:
+    """Cancellation requests arrive on one control channel; the worker running the task acts."""
+    delay = 0.1
+    while True:
+        try:
+            async with redis.pubsub() as ps:
+                await ps.subscribe(control_channel(settings.namespace))
+                delay = 0.1
+                async for msg in ps.listen():
+                    if msg.get("type") != "message":
+                        continue
+                    try:
+                        body = json.loads(msg["data"])
+                    except ValueError:
+                        continue
+                    if isinstance(body, dict) and isinstance(body.get("cancel"), str):
+                        runtime.request_cancel(body["cancel"])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Redis away: reconnect with backoff
+            log.warning("control channel lost (%s); reconnecting", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def build_worker(settings: Settings, *, burst: bool = False,
+                 worker_id: str | None = None) -> Worker:
+    worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        pool = await create_pool(settings.database_url, min_size=settings.db_pool_min,
+                                 max_size=settings.db_pool_max)
+        redis: Redis = ctx["redis"]
+        eventlog = EventLog(pool, redis, settings.namespace,
+                            max_batch=settings.eventlog_max_batch)
+        eventlog.start()
+        runtime = Runtime(settings=settings, pool=pool, eventlog=eventlog, worker_id=worker_id,
+                          implementations=load_all())
+        ctx.update(settings=settings, pool=pool, eventlog=eventlog, runtime=runtime,
+                   control=asyncio.create_task(_listen_control(redis, settings, runtime)))
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        control = ctx.get("control")
+        if control is not None:
+            control.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await control
+        if "eventlog" in ctx:
+            await ctx["eventlog"].close()
+        if "pool" in ctx:
+            await ctx["pool"].close()
+
+    return Worker(
+        functions=[func(run_task, name=RUN_TASK_FUNCTION, max_tries=1_000_000)],
+        queue_name=queue_name(settings.namespace),
+        redis_settings=redis_settings(settings),
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        on_startup=startup,
+        on_shutdown=shutdown,
+        max_jobs=settings.worker_max_jobs,
+        poll_delay=settings.worker_poll_delay,
+        health_check_interval=settings.worker_health_check_interval,
+        job_timeout=settings.worker_job_timeout + 60,
+        keep_result=0,
+        burst=burst,
+        handle_signals=not burst,
+    )
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    build_worker(Settings()).run()
+
+
+if __name__ == "__main__":
+    main()

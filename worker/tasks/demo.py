@@ -1,0 +1,30 @@
+"""``demo`` and ``noop``: the seed's timed task made honest, and a no-op for benchmarks."""
+
+import asyncio
+from typing import Any
+
+from core.tasktypes import DemoParams, NoopParams
+from worker.context import TaskContext
+from worker.tasks import task
+
+
+class DemoFailure(RuntimeError):
+    pass
+
+
+@task("demo")
+async def demo(ctx: TaskContext, params: DemoParams) -> dict[str, Any]:
+    step_time = params.duration / params.steps
+    for step in range(1, params.steps + 1):
+        await asyncio.sleep(step_time)
+        if params.fail_at_step == step:
+            raise DemoFailure(f"failed at step {step} of {params.steps}, as asked")
+        await ctx.progress(100 * step / params.steps, f"step {step}/{params.steps}")
+    return {"steps": params.steps, "duration": params.duration}
+
+
+@task("noop")
+async def noop(ctx: TaskContext, params: NoopParams) -> dict[str, Any]:
+    for i in range(1, params.events + 1):
+        await ctx.progress(100 * i / params.events)
+    return {"events": params.events}
