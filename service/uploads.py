@@ -23,6 +23,8 @@ from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 FILE_FIELD = "file"
 MAX_FILENAME = 255
+#: Room for a 10 KB hostile filename, which we then truncate; beyond this it is a 400.
+MAX_PART_HEADER = 16 * 1024
 
 
 def sanitize_filename(raw: str) -> str:
@@ -106,7 +108,7 @@ async def receive_upload(request: Request, pool: store.Executor, owner: str, *,
         "on_header_value": rx.on_header_value, "on_header_end": rx.on_header_end,
         "on_headers_finished": rx.on_headers_finished, "on_part_data": rx.on_part_data,
         "on_part_end": rx.on_part_end,
-    })
+    }, max_header_size=MAX_PART_HEADER)
     upload_id = uuid.uuid4()
     result: UploadResult | None = None
     buf = bytearray()
@@ -116,12 +118,13 @@ async def receive_upload(request: Request, pool: store.Executor, owner: str, *,
     in_file = False
 
     async with store._tx(pool) as conn:
-        async def flush() -> None:
+        async def flush(final: bool = False) -> None:
+            # Fixed-size chunks, so a reader can seek by index; the last may be shorter.
             nonlocal idx
-            if buf:
-                await store.add_upload_chunk(conn, upload_id, idx, bytes(buf))
+            while len(buf) >= chunk_bytes or (final and buf):
+                await store.add_upload_chunk(conn, upload_id, idx, bytes(buf[:chunk_bytes]))
+                del buf[:chunk_bytes]
                 idx += 1
-                buf.clear()
 
         try:
             async for piece in request.stream():
@@ -145,8 +148,7 @@ async def receive_upload(request: Request, pool: store.Executor, owner: str, *,
                             raise PayloadTooLarge(f"upload exceeds the limit of {max_bytes} bytes")
                         sha.update(payload)
                         buf += payload
-                        if len(buf) >= chunk_bytes:
-                            await flush()
+                        await flush()
                     elif kind == "end" and in_file:
                         in_file = False
                 rx.events.clear()
@@ -159,7 +161,7 @@ async def receive_upload(request: Request, pool: store.Executor, owner: str, *,
             raise BadRequest("multipart body ended inside the file part")
         if size == 0:
             raise BadRequest("the uploaded file is empty")
-        await flush()
+        await flush(final=True)
         await store.finish_upload(conn, upload_id, size, sha.hexdigest())
     result.size = size
     result.sha256 = sha.hexdigest()
