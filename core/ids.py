@@ -18,7 +18,6 @@ def parse_event_cursor(value: str | None) -> int | None:
     """A Last-Event-ID is a short decimal sequence number; anything else is ignored (None)."""
     if value is None:
         return None
-    value = value.strip()
     if not value or len(value) > 19 or not value.isascii() or not value.isdigit():
         return None
     return int(value)

@@ -74,6 +74,8 @@ async def task_stream(task_id: str, res: Res, owner: Owner,
     """Live events of one task; ends after its terminal event."""
     cursor = cursor_from(last_event_id_header, last_event_id)
     task = await load_task(res, owner, task_id)
+    if cursor > task.last_seq:
+        raise BadRequest(f"Last-Event-ID {cursor} is ahead of this task's last event")
     if task.status in ("completed", "failed", "cancelled") and cursor >= task.last_seq:
         return Response(status_code=204)  # stops a reconnecting EventSource for good
     pool = res.pool
