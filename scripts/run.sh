@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Run the service locally: web + worker from the Procfile (via honcho).
+# With neither DATABASE_URL nor REDIS_URL set, a project-local PostgreSQL and Redis are started
+# (data in .data/, ports 55432/56379; `.venv/bin/python -m devservices down` stops them).
+# If only one is set, the other one comes from the local servers.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+./scripts/bootstrap.sh
+
+if [[ -z "${DATABASE_URL:-}" || -z "${REDIS_URL:-}" ]]; then
+    urls="$(.venv/bin/python -m devservices up)"
+    while IFS='=' read -r key value; do
+        if [[ -n "$key" && -z "${!key:-}" ]]; then
+            export "$key=$value"
+        fi
+    done <<<"$urls"
+fi
+
+.venv/bin/python -m core.migrate
+
+# Every Procfile process but `release` (a one-shot: honcho stops everything when one exits).
+mapfile -t procs < <(sed -nE 's/^([A-Za-z0-9_-]+):.*/\1/p' Procfile | grep -vx release)
+
+export PORT="${PORT:-8000}"
+export PATH="$PWD/.venv/bin:$PATH"
+exec .venv/bin/honcho start -f Procfile "${procs[@]}"
