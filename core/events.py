@@ -28,6 +28,7 @@ class NewEvent:
     result: Any = None
     error: str | None = None
     worker_id: str | None = None
+    lease: float | None = None  # 'started': seconds until the lease must be renewed
 
     def to_sql(self) -> dict[str, Any]:
         frm = allowed_from(self.type)
@@ -45,6 +46,7 @@ class NewEvent:
             "result": self.result,
             "error": self.error,
             "worker_id": self.worker_id,
+            "lease": self.lease,
         }
 
 

@@ -3,6 +3,7 @@
 from urllib.parse import urlsplit
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import in_progress_key_prefix, job_key_prefix
 
 from core.constants import RUN_TASK_FUNCTION, queue_name
 from core.serialization import deserialize, serialize
@@ -27,18 +28,29 @@ async def connect(settings: Settings) -> ArqRedis:
     )
 
 
-async def enqueue_task(arq: ArqRedis, settings: Settings, task_id: str, attempt_hint: int = 0,
-                       defer_by: float | None = None) -> bool:
-    """Put a task on the queue; the job carries only the task id.
+def job_id(task_id: str, seq: int) -> str:
+    """A task's job id: its id and the seq of the event that made it pending.
 
-    The job id is ``task_id:n`` so a re-drive is a new job while a duplicate enqueue of the
-    same run is refused by arq. Returns False when that job is already queued.
+    While a task is pending nothing else is appended to it, so every process that wants to
+    (re-)enqueue the same pending state computes the same id, and arq refuses the duplicate.
+    A retry, a re-queue or a re-drive is a new state and so a new job.
     """
+    return f"{task_id}:{seq}"
+
+
+async def enqueue_task(arq: ArqRedis, settings: Settings, task_id: str, seq: int,
+                       defer_by: float | None = None) -> bool:
+    """Put a task on the queue; the job carries only the task id. False if already queued."""
     job = await arq.enqueue_job(
         RUN_TASK_FUNCTION,
         task_id,
-        _job_id=f"{task_id}:{attempt_hint}",
+        _job_id=job_id(task_id, seq),
         _queue_name=queue_name(settings.namespace),
         _defer_by=defer_by,
     )
     return job is not None
+
+
+async def job_known(arq: ArqRedis, jid: str) -> bool:
+    """Whether arq still has this job queued, deferred or running."""
+    return bool(await arq.exists(job_key_prefix + jid, in_progress_key_prefix + jid))

@@ -45,6 +45,19 @@ class Settings(BaseSettings):
     worker_health_check_interval: int = 10
     worker_job_timeout: float = 3600.0
 
+    # Failure semantics. Recovery of a SIGKILLed task takes about lease + sweep interval.
+    heartbeat_interval: float = 5.0
+    lease_seconds: float = 20.0
+    sweep_interval: float = 5.0
+    #: A pending task this old whose job is not on the queue is re-enqueued by the sweeper.
+    pending_stale_seconds: float = 10.0
+    #: Attempts lost with their worker before the task is failed as a poison pill.
+    max_crashes: int = 3
+    #: SIGTERM: running tasks get this long to finish before they are re-queued (Heroku: 30 s).
+    shutdown_grace: int = 25
+    retry_backoff: float = 1.0
+    retry_backoff_max: float = 300.0
+
     # Event log group commit.
     eventlog_max_batch: int = 1000
 

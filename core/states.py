@@ -32,6 +32,7 @@ class EventType(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    REDRIVEN = "redriven"
 
 
 #: For each event type: (statuses the task may be in, status it moves to; None = unchanged).
@@ -47,6 +48,7 @@ TRANSITIONS: Final[dict[EventType, tuple[frozenset[Status], Status | None]]] = {
     EventType.COMPLETED: (frozenset({Status.RUNNING}), Status.COMPLETED),
     EventType.FAILED: (frozenset({Status.PENDING, Status.RUNNING}), Status.FAILED),
     EventType.CANCELLED: (frozenset({Status.PENDING, Status.RUNNING}), Status.CANCELLED),
+    EventType.REDRIVEN: (frozenset({Status.FAILED, Status.CANCELLED}), Status.PENDING),
 }
 
 #: Events that change lifecycle; never coalesced or dropped by a stream.

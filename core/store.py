@@ -8,7 +8,7 @@ import base64
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -42,6 +42,10 @@ class Task:
     finished_at: datetime | None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    failures: int = 0
+    crashes: int = 0
+    failure_reason: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, r: asyncpg.Record) -> "Task":
@@ -65,6 +69,10 @@ class Task:
             finished_at=r["finished_at"],
             idempotency_key=r["idempotency_key"],
             request_hash=r["request_hash"],
+            failures=r["failures"],
+            crashes=r["crashes"],
+            failure_reason=r["failure_reason"],
+            options=r["options"],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -83,6 +91,8 @@ class Task:
             "params": self.params,
             "attempts": self.attempts,
             "max_attempts": self.max_attempts,
+            "failures": self.failures,
+            "failure_reason": self.failure_reason,
             "last_event_id": self.last_seq,
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
@@ -102,7 +112,7 @@ class Appended:
 
 _TASK_COLS = """task_id, owner, task_type, params, status, progress, message, result, error,
     attempts, max_attempts, last_seq, cancel_requested, created_at, updated_at, started_at,
-    finished_at, idempotency_key, request_hash"""
+    finished_at, idempotency_key, request_hash, failures, crashes, failure_reason, options"""
 
 
 async def append_events(db: Executor, events: Sequence[NewEvent]) -> list[Appended]:
@@ -152,6 +162,7 @@ async def create_task(
     max_attempts: int,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> tuple[Task, Event | None]:
     """Insert a task and its 'created' event atomically.
 
@@ -163,12 +174,13 @@ async def create_task(
         await ensure_tenant(conn, owner)
         row = await conn.fetchrow(
             f"""INSERT INTO tasks (task_id, owner, task_type, params, max_attempts,
-                                   idempotency_key, request_hash)
-                VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
+                                   idempotency_key, request_hash, options)
+                VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8::jsonb)
                 ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL
                 DO NOTHING
                 RETURNING {_TASK_COLS}""",
             task_id, owner, task_type, params, max_attempts, idempotency_key, request_hash,
+            options or {},
         )
         if row is None:
             existing = await conn.fetchrow(
@@ -389,3 +401,65 @@ class _tx:
 async def delete_task(db: Executor, task_id: uuid.UUID) -> None:
     """Undo a submission whose enqueue failed (its events cascade)."""
     await db.execute("DELETE FROM tasks WHERE task_id = $1", task_id)
+
+
+# --- leases, sweeping, dead letters ----------------------------------------------------------
+
+async def renew_leases(db: Executor, worker_id: str, lease: float) -> list[tuple[str, bool]]:
+    """Heartbeat: extend the lease of every task this worker runs; returns (task_id,
+    cancel_requested) so a cancel whose pub/sub message was lost still lands."""
+    rows = await db.fetch(
+        """UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $2)
+           WHERE worker_id = $1 AND status = 'running'
+           RETURNING task_id, cancel_requested""",
+        worker_id, lease,
+    )
+    return [(str(r["task_id"]), r["cancel_requested"]) for r in rows]
+
+
+@dataclass(slots=True)
+class Lost:
+    task_id: str
+    owner: str
+    attempts: int
+    crashes: int
+
+
+async def expired_leases(db: Executor, limit: int = 100) -> list[Lost]:
+    """Running tasks whose worker stopped renewing its lease (killed, or paused)."""
+    rows = await db.fetch(
+        """SELECT task_id, owner, attempts, crashes FROM tasks
+           WHERE status = 'running' AND lease_expires_at < now()
+           ORDER BY lease_expires_at LIMIT $1""",
+        limit,
+    )
+    return [Lost(str(r["task_id"]), r["owner"], r["attempts"], r["crashes"]) for r in rows]
+
+
+async def stale_pending(db: Executor, older_than: float, limit: int = 500
+                        ) -> list[tuple[str, int]]:
+    """Pending tasks untouched for a while: (task_id, last_seq) — their job id's parts."""
+    rows = await db.fetch(
+        """SELECT task_id, last_seq FROM tasks
+           WHERE status = 'pending' AND updated_at < now() - make_interval(secs => $1)
+           ORDER BY updated_at LIMIT $2""",
+        older_than, limit,
+    )
+    return [(str(r["task_id"]), r["last_seq"]) for r in rows]
+
+
+_HISTORY_TYPES = ["started", "retrying", "requeued", "failed", "cancelled", "redriven"]
+
+
+async def attempt_history(db: Executor, task_ids: Sequence[str]) -> dict[str, list[Event]]:
+    """The lifecycle events of several tasks (for the dead-letter listing), in order."""
+    rows = await db.fetch(
+        f"""SELECT {_EVENT_COLS} FROM task_events
+            WHERE task_id = ANY($1::uuid[]) AND type = ANY($2::text[])
+            ORDER BY task_id, seq""",
+        [uuid.UUID(t) for t in task_ids], _HISTORY_TYPES,
+    )
+    out: dict[str, list[Event]] = {t: [] for t in task_ids}
+    for r in rows:
+        out[str(r["task_id"])].append(_event(r))
+    return out

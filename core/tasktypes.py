@@ -12,6 +12,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
+class PermanentError(Exception):
+    """Raised by task code for failures a retry cannot fix (bad input, a corrupt file)."""
+
+
 class Params(BaseModel):
     """Base of every parameter model: unknown fields are an error, not silently dropped."""
 
@@ -25,6 +29,9 @@ class DemoParams(Params):
     steps: int = Field(10, ge=1, le=1000, description="Progress events to report.")
     fail_at_step: int | None = Field(
         None, ge=1, description="Raise an error at this step (to see a failure end to end)."
+    )
+    fail_attempts: int = Field(
+        1_000_000, ge=0, description="With fail_at_step: only the first N attempts fail."
     )
 
 
@@ -48,7 +55,9 @@ class TaskType:
     params: type[Params]
     description: str
     max_attempts: int = 1
-    timeout: float | None = None
+    timeout: float | None = None  # hard: the task is cancelled
+    soft_timeout: float | None = None  # soft: SoftTimeLimitExceeded at the next report
+    retry_timeouts: bool = True
 
     def schema(self) -> dict[str, Any]:
         return {
@@ -56,6 +65,7 @@ class TaskType:
             "description": self.description,
             "max_attempts": self.max_attempts,
             "timeout": self.timeout,
+            "soft_timeout": self.soft_timeout,
             "params_schema": self.params.model_json_schema(),
         }
 
@@ -63,13 +73,16 @@ class TaskType:
 TASK_TYPES: dict[str, TaskType] = {
     t.name: t
     for t in (
-        TaskType("demo", DemoParams, "Sleep through N seconds in reported steps."),
+        TaskType("demo", DemoParams, "Sleep through N seconds in reported steps.",
+                 max_attempts=1),
         TaskType("noop", NoopParams, "No work; optionally a burst of progress events."),
         TaskType(
             "document_process",
             DocumentParams,
             "Parse a PDF/text/Markdown upload, chunk, embed and store it.",
+            max_attempts=3,
             timeout=1800,
+            soft_timeout=1700,
         ),
     )
 }
@@ -87,4 +100,22 @@ def validate_params(task_type: str, params: dict[str, Any]) -> Params:
     return spec.params.model_validate(params)
 
 
-__all__ = ["TASK_TYPES", "TaskType", "UnknownTaskType", "ValidationError", "validate_params"]
+class TaskOptions(BaseModel):
+    """Per-submission overrides of the type's policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int | None = Field(None, ge=1, le=50)
+    timeout: float | None = Field(None, gt=0, le=7 * 24 * 3600)
+    soft_timeout: float | None = Field(None, gt=0, le=7 * 24 * 3600)
+
+
+__all__ = [
+    "TASK_TYPES",
+    "PermanentError",
+    "TaskOptions",
+    "TaskType",
+    "UnknownTaskType",
+    "ValidationError",
+    "validate_params",
+]

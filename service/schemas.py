@@ -11,6 +11,18 @@ class SubmitTask(BaseModel):
 
     type: str = Field(min_length=1, max_length=100, description="A name from GET /task-types.")
     params: dict[str, Any] = Field(default_factory=dict)
+    max_attempts: int | None = Field(None, ge=1, le=50,
+                                     description="Override the type's retry budget.")
+    timeout: float | None = Field(None, gt=0, le=7 * 24 * 3600,
+                                  description="Hard time limit in seconds (task cancelled).")
+    soft_timeout: float | None = Field(
+        None, gt=0, le=7 * 24 * 3600,
+        description="Soft time limit: the task's code gets SoftTimeLimitExceeded.")
+
+    def options(self) -> dict[str, Any]:
+        return {k: v for k, v in (("max_attempts", self.max_attempts),
+                                  ("timeout", self.timeout),
+                                  ("soft_timeout", self.soft_timeout)) if v is not None}
 
 
 class Links(BaseModel):
@@ -31,6 +43,8 @@ class TaskOut(BaseModel):
     params: dict[str, Any]
     attempts: int
     max_attempts: int
+    failures: int
+    failure_reason: str | None
     last_event_id: int
     created_at: datetime
     updated_at: datetime
@@ -57,6 +71,16 @@ class EventOut(BaseModel):
     error: str | None
     attempt: int
     created_at: datetime
+
+
+class DeadLetter(BaseModel):
+    task: TaskOut
+    history: list[EventOut]
+
+
+class DeadLetterPage(BaseModel):
+    items: list[DeadLetter]
+    next_cursor: str | None
 
 
 class EventPage(BaseModel):

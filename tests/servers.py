@@ -83,9 +83,20 @@ class WorkerProc(Proc):
         super().__init__([sys.executable, "-m", "worker"], env, log)
 
 
+#: The recovery clock at test speed: a lost task is re-run within ~3 s.
+TEST_TIMINGS = {
+    "TASKSTREAM_HEARTBEAT_INTERVAL": "0.5",
+    "TASKSTREAM_LEASE_SECONDS": "2",
+    "TASKSTREAM_SWEEP_INTERVAL": "0.5",
+    "TASKSTREAM_PENDING_STALE_SECONDS": "2",
+    "TASKSTREAM_RETRY_BACKOFF": "0.1",
+    "TASKSTREAM_SHUTDOWN_GRACE": "3",
+}
+
+
 def service_env(database_url: str, redis_url: str, namespace: str,
                 **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(DATABASE_URL=database_url, REDIS_URL=redis_url,
-               TASKSTREAM_NAMESPACE=namespace, LOG_LEVEL="WARNING", **extra)
+               TASKSTREAM_NAMESPACE=namespace, LOG_LEVEL="WARNING", **TEST_TIMINGS, **extra)
     return env

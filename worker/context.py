@@ -1,6 +1,7 @@
 """What task code sees: its params, its attempt, and a small API to report progress."""
 
 import json
+import time
 from typing import Any
 
 import asyncpg
@@ -15,9 +16,15 @@ class AttemptSuperseded(Exception):
     """This attempt's writes are refused: the task was cancelled or re-run elsewhere."""
 
 
+class SoftTimeLimitExceeded(Exception):
+    """Raised once, at the first report after the soft time limit: clean up, or return a
+    partial result. The hard limit cancels the task some time later."""
+
+
 class TaskContext:
     def __init__(self, *, task_id: str, owner: str, attempt: int, worker_id: str,
-                 eventlog: EventLog, pool: asyncpg.Pool, settings: Settings) -> None:
+                 eventlog: EventLog, pool: asyncpg.Pool, settings: Settings,
+                 soft_timeout: float | None = None) -> None:
         self.task_id = task_id
         self.owner = owner
         self.attempt = attempt
@@ -26,6 +33,8 @@ class TaskContext:
         self.settings = settings
         self._eventlog = eventlog
         self._progress = 0.0
+        self._soft_deadline = time.monotonic() + soft_timeout if soft_timeout else None
+        self.soft_timed_out = False
 
     @property
     def current_progress(self) -> float:
@@ -49,6 +58,10 @@ class TaskContext:
 
     async def _emit(self, etype: EventType, *, progress: float | None = None,
                     message: str | None = None, data: Any = None) -> None:
+        if (self._soft_deadline is not None and not self.soft_timed_out
+                and time.monotonic() > self._soft_deadline):
+            self.soft_timed_out = True
+            raise SoftTimeLimitExceeded("soft time limit exceeded")
         if data is not None:
             json.dumps(data)  # fail in the task's code, not in the batch writer
         res = await self._eventlog.append(NewEvent(

@@ -17,6 +17,7 @@ from typing import Any, TypedDict
 import asyncpg
 from arq.worker import Worker, func
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from core.constants import RUN_TASK_FUNCTION, control_channel, queue_name
 from core.db import create_pool
@@ -24,6 +25,7 @@ from core.eventlog import EventLog
 from core.queue import redis_settings
 from core.serialization import deserialize, serialize
 from core.settings import Settings
+from worker import sweeper
 from worker.runtime import Runtime
 from worker.tasks import load_all
 
@@ -37,6 +39,19 @@ class WorkerContext(TypedDict):
     eventlog: EventLog
     runtime: Runtime
     control: "asyncio.Task[None]"
+    sweeper: "asyncio.Task[None]"
+
+
+class ResilientWorker(Worker):
+    """arq's worker, except that Redis going away does not kill it: polling pauses and
+    running tasks keep going (they write to PostgreSQL, not Redis)."""
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as exc:
+            log.warning("queue poll failed (%s); retrying", exc)
+            await asyncio.sleep(1.0)
 
 
 async def run_task(ctx: dict[str, Any], task_id: str) -> str:
@@ -80,23 +95,26 @@ def build_worker(settings: Settings, *, burst: bool = False,
         eventlog = EventLog(pool, redis, settings.namespace,
                             max_batch=settings.eventlog_max_batch)
         eventlog.start()
-        runtime = Runtime(settings=settings, pool=pool, eventlog=eventlog, worker_id=worker_id,
-                          implementations=load_all())
+        runtime = Runtime(settings=settings, pool=pool, eventlog=eventlog, arq=ctx["redis"],
+                          worker_id=worker_id, implementations=load_all())
         ctx.update(settings=settings, pool=pool, eventlog=eventlog, runtime=runtime,
-                   control=asyncio.create_task(_listen_control(redis, settings, runtime)))
+                   control=asyncio.create_task(_listen_control(redis, settings, runtime)),
+                   sweeper=asyncio.create_task(
+                       sweeper.run_forever(pool, ctx["redis"], eventlog, runtime, settings)))
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        control = ctx.get("control")
-        if control is not None:
-            control.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await control
+        for name in ("control", "sweeper"):
+            bg = ctx.get(name)
+            if bg is not None:
+                bg.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await bg
         if "eventlog" in ctx:
             await ctx["eventlog"].close()
         if "pool" in ctx:
             await ctx["pool"].close()
 
-    return Worker(
+    return ResilientWorker(
         functions=[func(run_task, name=RUN_TASK_FUNCTION, max_tries=1_000_000)],
         queue_name=queue_name(settings.namespace),
         redis_settings=redis_settings(settings),
@@ -111,6 +129,8 @@ def build_worker(settings: Settings, *, burst: bool = False,
         keep_result=0,
         burst=burst,
         handle_signals=not burst,
+        # SIGTERM: stop taking jobs, give running ones this long, then re-queue the rest.
+        job_completion_wait=settings.shutdown_grace,
     )
 
 

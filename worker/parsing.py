@@ -9,10 +9,12 @@ import io
 import re
 from dataclasses import dataclass
 
+from core.tasktypes import PermanentError
+
 PDF_MAGIC = b"%PDF-"
 
 
-class DocumentError(ValueError):
+class DocumentError(PermanentError, ValueError):
     """The document cannot be processed; the message says why. Retrying will not help."""
 
 

@@ -2,26 +2,31 @@
 the function name nor the result, and are skipped on several failure paths).
 
 For each job: claim the next attempt (fenced in PostgreSQL), validate params, run the task
-with a timeout, and end in exactly one terminal status — completed, failed (with a useful
-error) or cancelled. A worker shutting down puts the task back to pending instead.
+under its soft and hard time limits, and end in exactly one terminal status — completed,
+failed (with a useful error and a reason: error, timeout, worker_lost) or cancelled. A failed
+attempt with budget left becomes a ``retrying`` event and a deferred job (exponential backoff
+with jitter). A worker shutting down puts its unfinished tasks back to pending without
+spending an attempt of their budget.
 """
 
 import asyncio
 import json
 import logging
+import random
 import uuid
 from typing import Any
 
 import asyncpg
+from arq.connections import ArqRedis
 from pydantic import BaseModel, ValidationError
 
-from core import store
+from core import queue, store
 from core.eventlog import EventLog
 from core.events import NewEvent
 from core.settings import Settings
 from core.states import EventType, is_terminal
-from core.tasktypes import TASK_TYPES
-from worker.context import AttemptSuperseded, TaskContext
+from core.tasktypes import TASK_TYPES, PermanentError, TaskType
+from worker.context import AttemptSuperseded, SoftTimeLimitExceeded, TaskContext
 from worker.tasks import TaskFn
 
 log = logging.getLogger(__name__)
@@ -29,10 +34,11 @@ log = logging.getLogger(__name__)
 
 class Runtime:
     def __init__(self, *, settings: Settings, pool: asyncpg.Pool, eventlog: EventLog,
-                 worker_id: str, implementations: dict[str, TaskFn]) -> None:
+                 arq: ArqRedis, worker_id: str, implementations: dict[str, TaskFn]) -> None:
         self.settings = settings
         self.pool = pool
         self.eventlog = eventlog
+        self.arq = arq
         self.worker_id = worker_id
         self.implementations = implementations
         self.running: dict[str, asyncio.Task[Any]] = {}
@@ -41,7 +47,7 @@ class Runtime:
     def request_cancel(self, task_id: str) -> bool:
         """Cancel a task running here (called on a control message). False if not here."""
         job = self.running.get(task_id)
-        if job is None:
+        if job is None or task_id in self._cancel_requested:
             return False
         self._cancel_requested.add(task_id)
         job.cancel()
@@ -64,24 +70,28 @@ class Runtime:
             return task.status
         started = await self._append(task.owner, task_id, EventType.STARTED,
                                      attempt=task.attempts + 1, worker_id=self.worker_id,
+                                     lease=self.settings.lease_seconds,
                                      message=f"attempt {task.attempts + 1}")
         if started.outcome != "ok" or started.event is None:
             # Cancelled while queued, or another worker holds it: not ours to run.
             return started.outcome
         attempt = started.event.attempt
+        spec = TASK_TYPES.get(task.task_type)
+        opts = task.options
+        soft = opts.get("soft_timeout") or (spec.soft_timeout if spec else None)
         ctx = TaskContext(task_id=task_id, owner=task.owner, attempt=attempt,
                           worker_id=self.worker_id, eventlog=self.eventlog, pool=self.pool,
-                          settings=self.settings)
-        spec = TASK_TYPES.get(task.task_type)
+                          settings=self.settings, soft_timeout=soft)
         impl = self.implementations.get(task.task_type)
         if spec is None or impl is None:
-            return await self._fail(ctx, f"unknown task type {task.task_type!r}")
+            return await self._fail(ctx, f"unknown task type {task.task_type!r}", "error")
         try:
             params = spec.params.model_validate(task.params)
         except ValidationError as exc:
-            return await self._fail(ctx, f"invalid params: {exc.errors(include_url=False)}")
+            return await self._fail(ctx, f"invalid params: {exc.errors(include_url=False)}",
+                                    "error")
 
-        timeout = spec.timeout or self.settings.worker_job_timeout
+        timeout = opts.get("timeout") or spec.timeout or self.settings.worker_job_timeout
         job = asyncio.create_task(impl(ctx, params), name=f"task:{task_id}")
         self.running[task_id] = job
         try:
@@ -90,18 +100,21 @@ class Runtime:
         except TimeoutError:
             job.cancel()
             await _settle(job)
-            return await self._fail(ctx, f"timed out after {timeout:g}s")
+            return await self._failed_attempt(ctx, task, spec, "timeout",
+                                              f"timed out after {timeout:g}s (hard limit)")
         except asyncio.CancelledError:
             if task_id in self._cancel_requested:
                 # The cancel endpoint's request: record it and finish normally.
                 await _settle(job)
                 await self._terminal(ctx, EventType.CANCELLED, error="cancelled by request")
                 return "cancelled"
-            # The worker is shutting down: stop the task, put it back for another worker.
+            # The worker is shutting down past its grace period: stop the task and put it
+            # back to pending (no attempt spent); arq re-queues this job for another worker.
             job.cancel()
             await _settle(job)
             await self._append(ctx.owner, task_id, EventType.REQUEUED, attempt=attempt,
-                               message="worker shutting down; task re-queued")
+                               message="worker shutting down; task re-queued",
+                               data={"reason": "shutdown"})
             raise
         except AttemptSuperseded:
             return "superseded"
@@ -109,8 +122,14 @@ class Runtime:
             if task_id in self._cancel_requested:
                 await self._terminal(ctx, EventType.CANCELLED, error="cancelled by request")
                 return "cancelled"
-            log.exception("task %s (%s) attempt %d failed", task_id, task.task_type, attempt)
-            return await self._fail(ctx, f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, SoftTimeLimitExceeded):
+                return await self._failed_attempt(ctx, task, spec, "timeout",
+                                                  f"timed out: soft limit of {soft:g}s")
+            log.warning("task %s (%s) attempt %d raised %s", task_id, task.task_type,
+                        attempt, type(exc).__name__, exc_info=exc)
+            reason = "permanent" if isinstance(exc, PermanentError) else "error"
+            return await self._failed_attempt(ctx, task, spec, reason,
+                                              f"{type(exc).__name__}: {exc}")
         finally:
             self.running.pop(task_id, None)
 
@@ -120,24 +139,51 @@ class Runtime:
         try:
             payload = _jsonable(result)
         except (TypeError, ValueError) as exc:
-            return await self._fail(ctx, f"result is not JSON-serializable: {exc}")
+            return await self._fail(ctx, f"result is not JSON-serializable: {exc}", "error")
         await self._terminal(ctx, EventType.COMPLETED, result=payload)
         return "completed"
 
-    async def _fail(self, ctx: TaskContext, error: str) -> str:
-        await self._terminal(ctx, EventType.FAILED, error=error[:4000])
+    async def _failed_attempt(self, ctx: TaskContext, task: store.Task, spec: TaskType,
+                              reason: str, error: str) -> str:
+        """Retry with backoff if the budget and the kind of failure allow, else fail."""
+        max_attempts = int(task.options.get("max_attempts") or task.max_attempts)
+        retryable = reason == "error" or (reason == "timeout" and spec.retry_timeouts)
+        spent = task.failures + 1
+        if not retryable or spent >= max_attempts:
+            return await self._fail(ctx, error, "error" if reason == "permanent" else reason)
+        delay = backoff(spent, self.settings.retry_backoff, self.settings.retry_backoff_max)
+        res = await self._append(
+            ctx.owner, ctx.task_id, EventType.RETRYING, attempt=ctx.attempt, error=error[:4000],
+            message=f"retrying in {delay:.1f}s (failed attempt {spent} of {max_attempts})",
+            data={"reason": reason, "attempt": ctx.attempt, "delay": round(delay, 3),
+                  "error": error[:4000]},
+        )
+        if res.outcome == "ok" and res.event is not None:
+            await queue.enqueue_task(self.arq, self.settings, ctx.task_id, res.event.seq,
+                                     defer_by=delay)
+        return "retrying"
+
+    async def _fail(self, ctx: TaskContext, error: str, reason: str) -> str:
+        await self._terminal(ctx, EventType.FAILED, error=error[:4000], data={"reason": reason})
         return "failed"
 
     async def _terminal(self, ctx: TaskContext, etype: EventType, *, result: Any = None,
-                        error: str | None = None) -> None:
+                        error: str | None = None, data: Any = None) -> None:
         res = await self._append(ctx.owner, ctx.task_id, etype, attempt=ctx.attempt,
-                                 result=result, error=error, progress=ctx.current_progress)
+                                 result=result, error=error, data=data,
+                                 progress=ctx.current_progress)
         if res.outcome != "ok":
             log.info("terminal %s for %s refused: %s", etype, ctx.task_id, res.outcome)
 
     async def _append(self, owner: str, task_id: str, etype: EventType, **kw: Any
                       ) -> store.Appended:
         return await self.eventlog.append(NewEvent(task_id=task_id, owner=owner, type=etype, **kw))
+
+
+def backoff(failures: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter in its upper half: base * 2^(n-1) * [0.5, 1)."""
+    raw = min(cap, base * 2 ** (failures - 1))
+    return float(raw * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not cryptography
 
 
 async def _settle(job: asyncio.Task[Any]) -> None:

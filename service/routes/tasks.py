@@ -17,6 +17,7 @@ from core.tasktypes import TASK_TYPES, UnknownTaskType, validate_params
 from service.deps import Owner, Res, Resources
 from service.errors import BadRequest, Conflict, NotFound, Unavailable, Unprocessable
 from service.schemas import (
+    DeadLetterPage,
     ErrorOut,
     EventPage,
     SubmitTask,
@@ -64,7 +65,7 @@ def request_hash(task_type: str, params: dict[str, Any]) -> str:
 
 async def submit(res: Resources, owner: str, task_type: str, params: dict[str, Any],
                  idempotency_key: str | None, *, fingerprint: dict[str, Any] | None = None,
-                 ) -> tuple[store.Task, bool]:
+                 options: dict[str, Any] | None = None) -> tuple[store.Task, bool]:
     """Validate, insert (task + 'created' event), enqueue. Returns (task, newly_created).
 
     ``fingerprint`` replaces the params in the idempotency comparison (an upload compares
@@ -81,11 +82,13 @@ async def submit(res: Resources, owner: str, task_type: str, params: dict[str, A
         )
         raise Unprocessable(f"invalid params for {task_type!r}: {problems}") from None
     clean = model.model_dump(mode="json")
-    digest = request_hash(task_type, fingerprint or clean)
+    options = options or {}
+    digest = request_hash(task_type, {"p": fingerprint or clean, "o": options})
     task, created = await store.create_task(
         res.pool, owner=owner, task_type=task_type, params=clean,
-        max_attempts=TASK_TYPES[task_type].max_attempts,
+        max_attempts=options.get("max_attempts") or TASK_TYPES[task_type].max_attempts,
         idempotency_key=idempotency_key, request_hash=digest if idempotency_key else None,
+        options=options,
     )
     if created is None:
         if task.request_hash != digest:
@@ -93,7 +96,7 @@ async def submit(res: Resources, owner: str, task_type: str, params: dict[str, A
         return task, False
     await res.eventlog.publish([created])
     try:
-        await queue.enqueue_task(res.arq, res.settings, task.task_id)
+        await queue.enqueue_task(res.arq, res.settings, task.task_id, created.seq)
     except Exception as exc:
         # Redis is away: take the task back so the client's retry does not duplicate it.
         log.warning("enqueue failed for %s: %s", task.task_id, exc)
@@ -107,7 +110,8 @@ async def submit(res: Resources, owner: str, task_type: str, params: dict[str, A
 async def create_task(body: SubmitTask, res: Res, owner: Owner, response: Response,
                       idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
     """Submit a task of a registered type; returns at once with its id and links."""
-    task, created = await submit(res, owner, body.type, body.params, idempotency_key)
+    task, created = await submit(res, owner, body.type, body.params, idempotency_key,
+                                 options=body.options())
     response.headers["Location"] = f"/tasks/{task.task_id}"
     if not created:
         response.status_code = 200
@@ -198,3 +202,40 @@ async def cancel_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
             break
         task = await load_task(res, owner, task_id)  # it moved on meanwhile: look again
     return task_json(await load_task(res, owner, task_id))
+
+
+@router.post("/tasks/{task_id}/retry", response_model=TaskOut, responses=ERRORS,
+             tags=["tasks"])
+async def retry_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
+    """Re-drive a failed or cancelled task: same id, its history continues, a fresh attempt
+    budget. A pending, running or completed task is 409."""
+    task = await load_task(res, owner, task_id)
+    if task.status not in (Status.FAILED, Status.CANCELLED):
+        raise Conflict(f"task is {task.status}; only failed or cancelled tasks can be retried")
+    done = await res.eventlog.append(NewEvent(
+        task_id=task.task_id, owner=owner, type=EventType.REDRIVEN,
+        message="re-driven by request", data={"previous_error": task.error},
+    ))
+    if done.outcome != "ok" or done.event is None:
+        raise Conflict("task changed meanwhile; look at it again")
+    await queue.enqueue_task(res.arq, res.settings, task.task_id, done.event.seq)
+    return task_json(await load_task(res, owner, task_id))
+
+
+@router.get("/dead-letters", response_model=DeadLetterPage, responses=ERRORS,
+            tags=["tasks"])
+async def dead_letters(
+    res: Res, owner: Owner,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> dict[str, Any]:
+    """Failed tasks (attempts exhausted, or a permanent error), newest first, each with its
+    last error and its attempt history. Re-drive one with ``POST /tasks/{id}/retry``."""
+    page = await list_tasks(res, owner, status=[Status.FAILED], limit=limit, cursor=cursor)
+    ids = [t["task_id"] for t in page["items"]]
+    history = await store.attempt_history(res.pool, ids)
+    return {
+        "items": [{"task": t, "history": [e.to_json() for e in history[t["task_id"]]]}
+                  for t in page["items"]],
+        "next_cursor": page["next_cursor"],
+    }

@@ -17,7 +17,7 @@ async def demo(ctx: TaskContext, params: DemoParams) -> dict[str, Any]:
     step_time = params.duration / params.steps
     for step in range(1, params.steps + 1):
         await asyncio.sleep(step_time)
-        if params.fail_at_step == step:
+        if params.fail_at_step == step and ctx.attempt <= params.fail_attempts:
             raise DemoFailure(f"failed at step {step} of {params.steps}, as asked")
         await ctx.progress(100 * step / params.steps, f"step {step}/{params.steps}")
     return {"steps": params.steps, "duration": params.duration}

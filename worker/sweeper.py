@@ -1,0 +1,94 @@
+"""Heartbeats and the sweeper: how a task outlives the worker that was running it.
+
+* Every worker renews, once per ``heartbeat_interval``, the lease of each task it runs (one
+  UPDATE per worker, however many tasks). The same query tells it which of its tasks were
+  asked to cancel, in case that pub/sub message was lost.
+* Every worker also sweeps, once per ``sweep_interval`` (safe to run in all of them at once):
+  a running task whose lease expired lost its worker — it is re-queued (a fresh attempt
+  fences every late write of the old one) or, after ``max_crashes``, failed as
+  ``worker_lost``; a pending task whose job is missing from the queue (a web process died
+  between insert and enqueue, or Redis lost its data) is enqueued again under its
+  deterministic job id, so two sweepers cannot enqueue it twice.
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+from arq.connections import ArqRedis
+
+from core import queue, store
+from core.eventlog import EventLog
+from core.events import NewEvent
+from core.settings import Settings
+from core.states import EventType
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class SweepReport:
+    requeued: int = 0
+    failed: int = 0
+    reenqueued: int = 0
+
+
+async def heartbeat_once(pool: asyncpg.Pool, runtime: Runtime, settings: Settings) -> int:
+    held = await store.renew_leases(pool, runtime.worker_id, settings.lease_seconds)
+    for task_id, cancel_requested in held:
+        if cancel_requested:
+            runtime.request_cancel(task_id)
+    return len(held)
+
+
+async def sweep_once(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
+                     settings: Settings) -> SweepReport:
+    report = SweepReport()
+    for lost in await store.expired_leases(pool):
+        if lost.crashes + 1 >= settings.max_crashes:
+            res = await eventlog.append(NewEvent(
+                task_id=lost.task_id, owner=lost.owner, type=EventType.FAILED,
+                attempt=lost.attempts, data={"reason": "worker_lost"},
+                error=f"worker lost {lost.crashes + 1} times running this task; giving up",
+            ))
+            report.failed += res.outcome == "ok"
+            continue
+        res = await eventlog.append(NewEvent(
+            task_id=lost.task_id, owner=lost.owner, type=EventType.REQUEUED,
+            attempt=lost.attempts, data={"reason": "worker_lost", "attempt": lost.attempts},
+            message=f"attempt {lost.attempts} lost with its worker; re-queued",
+        ))
+        if res.outcome == "ok" and res.event is not None:
+            await queue.enqueue_task(arq, settings, lost.task_id, res.event.seq)
+            report.requeued += 1
+    for task_id, seq in await store.stale_pending(pool, settings.pending_stale_seconds):
+        if not await queue.job_known(arq, queue.job_id(task_id, seq)) and \
+                await queue.enqueue_task(arq, settings, task_id, seq):
+            report.reenqueued += 1
+    if report.requeued or report.failed or report.reenqueued:
+        log.warning("sweep: %s", report)
+    return report
+
+
+async def run_forever(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog, runtime: Runtime,
+                      settings: Settings) -> None:
+    """Heartbeat and sweep on their intervals; a failure (database or Redis away) is logged
+    and retried on the next tick, never fatal."""
+    loop = asyncio.get_running_loop()
+    next_beat = next_sweep = loop.time()
+    while True:
+        now = loop.time()
+        try:
+            if now >= next_beat:
+                next_beat = now + settings.heartbeat_interval
+                await heartbeat_once(pool, runtime, settings)
+            if now >= next_sweep:
+                next_sweep = now + settings.sweep_interval
+                await sweep_once(pool, arq, eventlog, settings)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("heartbeat/sweep failed: %s", exc)
+        await asyncio.sleep(max(0.01, min(next_beat, next_sweep) - loop.time()))
