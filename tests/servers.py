@@ -1,4 +1,4 @@
-"""Real processes for tests: uvicorn on a loopback port and arq workers, as the Procfile runs them."""
+"""Real processes for tests: uvicorn on a loopback port and arq workers, as in the Procfile."""
 
 import os
 import signal
@@ -25,7 +25,7 @@ class Proc:
         self.p: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        fh = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        fh = open(self.log, "ab")
         self.p = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=fh,
                                   stderr=subprocess.STDOUT, start_new_session=True)
         fh.close()

@@ -87,7 +87,8 @@ async def test_bad_input_gets_clear_4xx(client: httpx.AsyncClient) -> None:
     r = await client.post("/tasks", json={"type": "demo", "params": {"bogus": 1}})
     assert r.status_code == 422 and "bogus" in r.json()["detail"]
 
-    r = await client.post("/tasks", content=b"{not json", headers={"content-type": "application/json"})
+    r = await client.post("/tasks", content=b"{not json",
+                          headers={"content-type": "application/json"})
     assert r.status_code == 422
 
     r = await client.post("/tasks", json=["a", "list"])

@@ -15,11 +15,16 @@ class DemoFailure(RuntimeError):
 @task("demo")
 async def demo(ctx: TaskContext, params: DemoParams) -> dict[str, Any]:
     step_time = params.duration / params.steps
-    for step in range(1, params.steps + 1):
-        await asyncio.sleep(step_time)
-        if params.fail_at_step == step and ctx.attempt <= params.fail_attempts:
-            raise DemoFailure(f"failed at step {step} of {params.steps}, as asked")
-        await ctx.progress(100 * step / params.steps, f"step {step}/{params.steps}")
+    try:
+        for step in range(1, params.steps + 1):
+            await asyncio.sleep(step_time)
+            if params.fail_at_step == step and ctx.attempt <= params.fail_attempts:
+                raise DemoFailure(f"failed at step {step} of {params.steps}, as asked")
+            await ctx.progress(100 * step / params.steps, f"step {step}/{params.steps}")
+    except asyncio.CancelledError:
+        # Cancellation reaches task code as CancelledError: clean up, then let it go on.
+        await ctx.log("demo cancelled; cleaned up")
+        raise
     return {"steps": params.steps, "duration": params.duration}
 
 

@@ -1,0 +1,73 @@
+"""A private deployment for failure tests: its own database, Redis DB index and namespace,
+one web process and N worker processes that a test may kill, pause or restart."""
+
+import asyncio
+import os
+import random
+import signal
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+from core.migrate import migrate
+from tests.servers import WebServer, WorkerProc, service_env
+
+
+@dataclass
+class Cluster:
+    database_url: str
+    redis_url: str
+    env: dict[str, str]
+    logs: Path
+    web: WebServer
+    workers: list[WorkerProc] = field(default_factory=list)
+
+    def add_worker(self) -> WorkerProc:
+        w = WorkerProc(self.env, self.logs / f"worker{len(self.workers)}.log")
+        w.start()
+        self.workers.append(w)
+        return w
+
+    def worker_by_pid(self, pid: int) -> WorkerProc:
+        return next(w for w in self.workers if w.p is not None and w.p.pid == pid)
+
+    def stop(self) -> None:
+        for w in self.workers:
+            if w.p is not None and w.p.poll() is None:
+                os.kill(w.p.pid, signal.SIGCONT)
+            w.kill()
+        self.web.stop()
+
+
+async def start_cluster(admin_pg: str, redis_url: str, logs: Path, workers: int = 2,
+                        **extra_env: str) -> Cluster:
+    name = f"ts_cluster_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(admin_pg)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    db = admin_pg.rpartition("/")[0] + "/" + name
+    await migrate(db)
+    # arq's job keys are not namespaced: a Redis DB index of its own keeps them apart.
+    redis = redis_url.rpartition("/")[0] + f"/{random.randint(1, 15)}"
+    env = service_env(db, redis, f"c{uuid.uuid4().hex[:8]}", **extra_env)
+    logs.mkdir(parents=True, exist_ok=True)
+    web = WebServer(env, logs / "web.log")
+    await asyncio.to_thread(web.start)
+    cluster = Cluster(db, redis, env, logs, web)
+    for _ in range(workers):
+        cluster.add_worker()
+    return cluster
+
+
+async def drop_cluster(admin_pg: str, cluster: Cluster) -> None:
+    cluster.stop()
+    name = cluster.database_url.rpartition("/")[2]
+    conn = await asyncpg.connect(admin_pg)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
