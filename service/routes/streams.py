@@ -104,8 +104,11 @@ async def tenant_stream(res: Res, owner: Owner,
     """
     cursor = cursor_from(last_event_id_header, last_event_id)
     pool = res.pool
+    last = await store.tenant_last_seq(pool, owner)
     if last_event_id_header is None and last_event_id is None:
-        cursor = await store.tenant_last_seq(pool, owner)
+        cursor = last
+    elif cursor > last:
+        raise BadRequest(f"Last-Event-ID {cursor} is ahead of your last event")
 
     async def fetch(after: int, limit: int) -> list[Event]:
         return await store.tenant_events_after(pool, owner, after, limit)
