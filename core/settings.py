@@ -72,6 +72,21 @@ class Settings(BaseSettings):
 
     list_page_max: int = 200
 
+    # Security. Auth is on unless switched off explicitly (the local embedded run does).
+    auth: bool = True
+    stream_ticket_ttl: float = 900.0
+    #: Seconds a verified API key is trusted before it is looked up again (revocation lag).
+    key_cache_seconds: float = 5.0
+
+    # Limits; each answered with 413 or 429 (+ Retry-After).
+    max_json_bytes: int = 1 << 20
+    json_max_depth: int = 32
+    max_inflight_per_tenant: int = 10_000
+    submit_rate_per_tenant: int = 200  # per second
+    max_streams_per_tenant: int = 1_000  # per web process
+    max_streams_per_process: int = 20_000
+    stream_max_lifetime: float = 3600.0  # then the stream closes and the client resumes
+
     @field_validator("database_url")
     @classmethod
     def _db(cls, v: str) -> str:

@@ -116,9 +116,21 @@ _TASK_COLS = """task_id, owner, task_type, params, status, progress, message, re
 
 
 async def append_events(db: Executor, events: Sequence[NewEvent]) -> list[Appended]:
-    """Persist a batch of events in one round trip and one transaction (group commit)."""
+    """Persist a batch of events in one round trip and one transaction (group commit).
+
+    The transaction commits asynchronously (see migration 030): the events are durable once
+    ``EventLog.flush()`` has returned, and nobody may hear of them before that. Given a pool,
+    the batch is its own transaction and gets its tenant_seq here; given a connection, it is
+    part of the caller's transaction and gets its tenant_seq at COMMIT (``Event.tenant_seq``
+    is 0 until ``EventLog.flush()`` fills it in), so the tenant's counter is never locked
+    across the caller's round trips.
+    """
     payload = [e.to_sql() for e in events]
-    rows = await db.fetch("SELECT * FROM ts_append_events($1::jsonb)", payload)
+    in_caller_tx = not isinstance(db, asyncpg.Pool)
+    rows = sorted(
+        await db.fetch("SELECT * FROM ts_append_events($1::jsonb, $2)", payload, in_caller_tx),
+        key=lambda r: r["idx"],
+    )
     out: list[Appended] = []
     for ev, r in zip(events, rows, strict=True):
         if r["outcome"] != "ok":
@@ -131,7 +143,7 @@ async def append_events(db: Executor, events: Sequence[NewEvent]) -> list[Append
                 Event(
                     task_id=ev.task_id,
                     seq=r["seq"],
-                    tenant_seq=r["tenant_seq"],
+                    tenant_seq=r["tenant_seq"] or 0,
                     type=ev.type.value,
                     status=r["status"],
                     progress=r["progress"],
@@ -463,3 +475,74 @@ async def attempt_history(db: Executor, task_ids: Sequence[str]) -> dict[str, li
     for r in rows:
         out[str(r["task_id"])].append(_event(r))
     return out
+
+
+# --- API keys ------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class ApiKey:
+    key_id: str
+    tenant: str
+    name: str
+    role: str
+    secret_hash: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+async def create_api_key(db: Executor, key_id: str, tenant: str, name: str, role: str,
+                         secret_hash: str) -> None:
+    await db.execute(
+        """INSERT INTO api_keys (key_id, tenant, name, role, secret_hash)
+           VALUES ($1, $2, $3, $4, $5)""",
+        key_id, tenant, name, role, secret_hash,
+    )
+
+
+async def get_api_key(db: Executor, key_id: str) -> ApiKey | None:
+    r = await db.fetchrow("SELECT * FROM api_keys WHERE key_id = $1", key_id)
+    return ApiKey(**dict(r)) if r else None
+
+
+async def list_api_keys(db: Executor, tenant: str | None = None) -> list[ApiKey]:
+    rows = await db.fetch(
+        """SELECT * FROM api_keys WHERE ($1::text IS NULL OR tenant = $1)
+           ORDER BY created_at""",
+        tenant,
+    )
+    return [ApiKey(**dict(r)) for r in rows]
+
+
+async def revoke_api_key(db: Executor, key_id: str) -> bool:
+    done = await db.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL",
+        key_id,
+    )
+    return bool(done.endswith(" 1"))
+
+
+async def server_secret(db: Executor, name: str, fresh_value: str) -> str:
+    """The deployment-wide secret ``name``, created once with ``fresh_value``."""
+    await db.execute(
+        "INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        name, fresh_value,
+    )
+    value = await db.fetchval("SELECT value FROM server_secrets WHERE name = $1", name)
+    return str(value)
+
+
+async def inflight_count(db: Executor, owner: str) -> int:
+    return int(await db.fetchval(
+        "SELECT count(*) FROM tasks WHERE owner = $1 AND status IN ('pending', 'running')",
+        owner) or 0)
+
+
+async def failed_tasks_all(db: Executor, owner: str | None, limit: int) -> list[Task]:
+    """Failed tasks of every tenant (or one), newest first — for operators."""
+    rows = await db.fetch(
+        f"""SELECT {_TASK_COLS} FROM tasks
+            WHERE status = 'failed' AND ($1::text IS NULL OR owner = $1)
+            ORDER BY finished_at DESC NULLS LAST LIMIT $2""",
+        owner, limit,
+    )
+    return [Task.from_row(r) for r in rows]

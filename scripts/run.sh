@@ -9,6 +9,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/bootstrap.sh
 
 if [[ -z "${DATABASE_URL:-}" || -z "${REDIS_URL:-}" ]]; then
+    # The local embedded run: authentication off unless asked for (TASKSTREAM_AUTH=true),
+    # so the tutorial's browser snippet works as written. Anything else defaults to on.
+    export TASKSTREAM_AUTH="${TASKSTREAM_AUTH:-false}"
     urls="$(.venv/bin/python -m devservices up)"
     while IFS='=' read -r key value; do
         if [[ -n "$key" && -z "${!key:-}" ]]; then

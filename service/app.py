@@ -1,6 +1,7 @@
 """The web process: ``uvicorn service.app:create_app --factory`` (the Procfile's ``web:``)."""
 
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -8,7 +9,8 @@ from importlib import resources
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-from core import queue
+from core import queue, store
+from core.auth import KeyCache
 from core.constants import control_channel
 from core.db import create_pool
 from core.eventlog import EventLog
@@ -16,6 +18,7 @@ from core.settings import Settings
 from service import errors
 from service.deps import Resources
 from service.hub import Hub
+from service.limits import BodyLimit, StreamSlots
 from service.routes import router
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await hub.start()
         eventlog = EventLog(pool, arq, settings.namespace, max_batch=settings.eventlog_max_batch)
         eventlog.start()
-        app.state.resources = Resources(settings, pool, arq, hub, eventlog)
+        signing_key = await store.server_secret(pool, "stream_tickets", secrets.token_hex(32))
+        app.state.resources = Resources(
+            settings, pool, arq, hub, eventlog,
+            keys=KeyCache(settings.key_cache_seconds),
+            streams=StreamSlots(settings.max_streams_per_tenant,
+                                settings.max_streams_per_process),
+            signing_key=bytes.fromhex(signing_key),
+        )
+        if not settings.auth:
+            log.warning("authentication is OFF (TASKSTREAM_AUTH=false): every caller is the "
+                        "anonymous tenant; never expose this beyond your machine")
         try:
             yield
         finally:
@@ -50,13 +63,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes)
     app.include_router(router)
 
     @app.get("/health", tags=["operations"])
     async def health() -> dict[str, object]:
         """Liveness and whether the pub/sub hub is connected. No authentication."""
         res: Resources = app.state.resources
-        return {"status": "ok", "hub_connected": res.hub.connected, "streams": res.hub.streams}
+        return {"status": "ok", "hub_connected": res.hub.connected, "streams": res.hub.streams,
+                "auth": res.settings.auth}
 
     @app.get("/", include_in_schema=False)
     async def dashboard() -> HTMLResponse:

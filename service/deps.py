@@ -7,10 +7,11 @@ import asyncpg
 from arq.connections import ArqRedis
 from fastapi import Depends, Request
 
-from core.constants import ANONYMOUS_OWNER
+from core.auth import KeyCache
 from core.eventlog import EventLog
 from core.settings import Settings
 from service.hub import Hub
+from service.limits import StreamSlots
 
 
 @dataclass(slots=True)
@@ -20,6 +21,9 @@ class Resources:
     arq: ArqRedis
     hub: Hub
     eventlog: EventLog
+    keys: KeyCache
+    streams: StreamSlots
+    signing_key: bytes = b""
 
 
 def _resources(request: Request) -> Resources:
@@ -27,10 +31,4 @@ def _resources(request: Request) -> Resources:
     return res
 
 
-def _owner(request: Request) -> str:
-    """The caller's tenant. Authentication (API keys) replaces this in the security work."""
-    return ANONYMOUS_OWNER
-
-
 Res = Annotated[Resources, Depends(_resources)]
-Owner = Annotated[str, Depends(_owner)]

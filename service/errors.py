@@ -2,11 +2,14 @@
 
     ApiError
     ├── BadRequest            400
+    ├── Unauthorized          401  (+ WWW-Authenticate: Bearer)
+    ├── Forbidden             403  (admin-only operations)
     ├── NotFound              404  (also another tenant's task: no existence oracle)
     ├── Conflict              409
     ├── PayloadTooLarge       413
     ├── UnsupportedMediaType  415
     ├── Unprocessable         422
+    ├── TooManyRequests       429  (+ Retry-After)
     └── Unavailable           503  (+ Retry-After; Redis or PostgreSQL briefly away)
 
 Responses are ``{"error": code, "detail": reason}``; never a stack trace, SQL or a path.
@@ -16,9 +19,11 @@ import logging
 
 import asyncpg
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.eventlog import TRANSIENT_DB_ERRORS
 
@@ -37,6 +42,17 @@ class ApiError(Exception):
 
 class BadRequest(ApiError):
     status, code = 400, "bad_request"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "unauthorized"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ApiError):
+    status, code = 403, "forbidden"
 
 
 class NotFound(ApiError):
@@ -59,6 +75,13 @@ class Unprocessable(ApiError):
     status, code = 422, "unprocessable"
 
 
+class TooManyRequests(ApiError):
+    status, code = 429, "too_many_requests"
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
 class Unavailable(ApiError):
     status, code = 503, "unavailable"
 
@@ -71,7 +94,19 @@ def error_response(exc: ApiError) -> JSONResponse:
                         headers=exc.headers)
 
 
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:10]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
 def install(app: FastAPI) -> None:
+    async def invalid(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(Unprocessable(_validation_message(exc)))
+
     async def api_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
         return error_response(exc)
@@ -81,6 +116,16 @@ def install(app: FastAPI) -> None:
         return error_response(Unavailable("a backing service is briefly unavailable; retry"))
 
     app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        # Starlette's own errors (a body that is not JSON, 404 of an unknown path, 405) in
+        # the same shape as ours.
+        assert isinstance(exc, StarletteHTTPException)
+        return JSONResponse({"error": "http_error", "detail": str(exc.detail)},
+                            status_code=exc.status_code, headers=exc.headers)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
     down: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError,
                                          asyncpg.TooManyConnectionsError)
     for err in (*down, *TRANSIENT_DB_ERRORS):

@@ -6,6 +6,7 @@ follow commit order, so a gap in what arrives live means a lost pub/sub message,
 PostgreSQL. While a stream waits it holds no database connection and runs no query.
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ class StreamSpec:
     fetch: Fetch  # events after a cursor, from PostgreSQL, in order
     ends_on_terminal: bool
     page: int = 1000
+    lifetime: float | None = None  # then end; the client resumes with Last-Event-ID
 
 
 class StreamClosed(Exception):
@@ -35,6 +37,8 @@ class StreamClosed(Exception):
 async def follow(hub: Hub, spec: StreamSpec) -> AsyncIterator[Event]:
     """Yield events in order; returns after a terminal event (task streams) or on overflow."""
     cursor = spec.cursor
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + spec.lifetime if spec.lifetime else None
     async with hub.subscribe(spec.channel) as sub:
         # Catch up from the database: anything committed before the subscription took hold.
         async for ev in _fill(spec, cursor):
@@ -43,7 +47,13 @@ async def follow(hub: Hub, spec: StreamSpec) -> AsyncIterator[Event]:
             if spec.ends_on_terminal and ev.terminal:
                 return
         while True:
-            item = await sub.get()
+            if deadline is None:
+                item = await sub.get()
+            else:
+                try:
+                    item = await asyncio.wait_for(sub.get(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    return
             if sub.overflowed:
                 log.info("stream on %s overflowed; closing so the client resumes",
                          spec.channel)

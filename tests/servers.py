@@ -98,5 +98,7 @@ def service_env(database_url: str, redis_url: str, namespace: str,
                 **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(DATABASE_URL=database_url, REDIS_URL=redis_url,
-               TASKSTREAM_NAMESPACE=namespace, LOG_LEVEL="WARNING", **TEST_TIMINGS, **extra)
+               TASKSTREAM_NAMESPACE=namespace, LOG_LEVEL="WARNING", **TEST_TIMINGS)
+    env.setdefault("TASKSTREAM_AUTH", "false")  # as in the local run; security tests turn it on
+    env.update(extra)
     return env

@@ -9,13 +9,15 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
+from pydantic import BaseModel, Field
 from sse_starlette import EventSourceResponse
 
-from core import store
+from core import auth, store
 from core.constants import task_channel, tenant_channel
 from core.events import Event
 from core.ids import parse_event_cursor
-from service.deps import Owner, Res, Resources
+from service.auth import Credentials, Owner, TicketQuery, stream_caller
+from service.deps import Res, Resources
 from service.errors import BadRequest, Unavailable
 from service.hub import HubUnavailable
 from service.routes.tasks import ERRORS, load_task
@@ -47,31 +49,36 @@ def cursor_from(header: str | None, query: str | None) -> int:
     return cursor
 
 
-def sse(res: Resources, spec: StreamSpec, key_name: str) -> EventSourceResponse:
+def sse(res: Resources, spec: StreamSpec, key_name: str, tenant: str) -> EventSourceResponse:
+    res.streams.check(tenant)
+
     async def gen() -> AsyncIterator[dict[str, str]]:
-        try:
-            async for ev in events:
-                yield {"id": str(getattr(ev, key_name)), "data": ev.encode()}
-        except HubUnavailable:
-            return  # Redis went away as we subscribed: end; the client resumes
+        with res.streams.hold(tenant):
+            try:
+                async for ev in events:
+                    yield {"id": str(getattr(ev, key_name)), "data": ev.encode()}
+            except HubUnavailable:
+                return  # Redis went away as we subscribed: end; the client resumes
 
     events: AsyncIterator[Event] = follow(res.hub, spec)
     return EventSourceResponse(gen(), ping=res.settings.stream_keepalive, send_timeout=30)
 
 
-async def _opened(res: Resources, spec: StreamSpec, key_name: str) -> EventSourceResponse:
-    # Subscribe before answering, so "Redis is down" is a 503 rather than a broken stream.
+async def _opened(res: Resources, spec: StreamSpec, key_name: str,
+                  tenant: str) -> EventSourceResponse:
     if not res.hub.connected:
         raise Unavailable("live updates are briefly unavailable; retry")
-    return sse(res, spec, key_name)
+    return sse(res, spec, key_name, tenant)
 
 
 @router.get("/tasks/{task_id}/stream", response_class=EventSourceResponse,
             responses=SSE_RESPONSE)
-async def task_stream(task_id: str, res: Res, owner: Owner,
+async def task_stream(task_id: str, res: Res, creds: Credentials,
                       last_event_id_header: LastEventIdHeader = None,
-                      last_event_id: LastEventIdQuery = None) -> Response:
+                      last_event_id: LastEventIdQuery = None,
+                      ticket: TicketQuery = None) -> Response:
     """Live events of one task; ends after its terminal event."""
+    owner = (await stream_caller(res, creds, ticket, task_id)).tenant
     cursor = cursor_from(last_event_id_header, last_event_id)
     task = await load_task(res, owner, task_id)
     if cursor > task.last_seq:
@@ -86,22 +93,21 @@ async def task_stream(task_id: str, res: Res, owner: Owner,
     spec = StreamSpec(
         channel=task_channel(res.settings.namespace, task.task_id), cursor=cursor,
         key=lambda e: e.seq, fetch=fetch, ends_on_terminal=True,
-        page=res.settings.stream_replay_page,
+        page=res.settings.stream_replay_page, lifetime=res.settings.stream_max_lifetime,
     )
-    try:
-        return await _opened(res, spec, "seq")
-    except HubUnavailable as exc:
-        raise Unavailable(str(exc)) from exc
+    return await _opened(res, spec, "seq", owner)
 
 
 @router.get("/stream", response_class=EventSourceResponse, responses=SSE_RESPONSE)
-async def tenant_stream(res: Res, owner: Owner,
+async def tenant_stream(res: Res, creds: Credentials,
                         last_event_id_header: LastEventIdHeader = None,
-                        last_event_id: LastEventIdQuery = None) -> Response:
+                        last_event_id: LastEventIdQuery = None,
+                        ticket: TicketQuery = None) -> Response:
     """Every event of every task of the caller, on one connection (ids: ``tenant_seq``).
 
     Without a Last-Event-ID it starts from now; with one it resumes after it.
     """
+    owner = (await stream_caller(res, creds, ticket, "*")).tenant
     cursor = cursor_from(last_event_id_header, last_event_id)
     pool = res.pool
     last = await store.tenant_last_seq(pool, owner)
@@ -116,6 +122,31 @@ async def tenant_stream(res: Res, owner: Owner,
     spec = StreamSpec(
         channel=tenant_channel(res.settings.namespace, owner), cursor=cursor,
         key=lambda e: e.tenant_seq, fetch=fetch, ends_on_terminal=False,
-        page=res.settings.stream_replay_page,
+        page=res.settings.stream_replay_page, lifetime=res.settings.stream_max_lifetime,
     )
-    return await _opened(res, spec, "tenant_seq")
+    return await _opened(res, spec, "tenant_seq", owner)
+
+
+class TicketRequest(BaseModel):
+    task_id: str | None = Field(None, max_length=100,
+                                description="Bind to one task; omit for the tenant stream.")
+
+
+class TicketOut(BaseModel):
+    ticket: str
+    expires_in: float
+    stream_url: str
+
+
+@router.post("/stream-tickets", response_model=TicketOut, responses=ERRORS)
+async def stream_ticket(body: TicketRequest, res: Res, owner: Owner) -> dict[str, Any]:
+    """A short-lived signed ticket that lets a browser's EventSource (which cannot send
+    headers) open one task's stream, or the tenant stream: ``?ticket=...``."""
+    if body.task_id is not None:
+        task = await load_task(res, owner, body.task_id)
+        scope, url = task.task_id, f"/tasks/{task.task_id}/stream"
+    else:
+        scope, url = "*", "/stream"
+    ttl = res.settings.stream_ticket_ttl
+    ticket = auth.mint_ticket(res.signing_key, owner, scope, ttl)
+    return {"ticket": ticket, "expires_in": ttl, "stream_url": f"{url}?ticket={ticket}"}

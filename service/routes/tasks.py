@@ -14,8 +14,17 @@ from core.constants import control_channel
 from core.events import NewEvent
 from core.states import EventType, Status, is_terminal
 from core.tasktypes import TASK_TYPES, UnknownTaskType, validate_params
-from service.deps import Owner, Res, Resources
-from service.errors import BadRequest, Conflict, NotFound, Unavailable, Unprocessable
+from service.auth import Admin, Owner
+from service.deps import Res, Resources
+from service.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    TooManyRequests,
+    Unavailable,
+    Unprocessable,
+)
+from service.limits import check_submit_rate, json_depth
 from service.schemas import (
     DeadLetterPage,
     ErrorOut,
@@ -30,7 +39,7 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    c: {"model": ErrorOut} for c in (400, 404, 409, 413, 415, 422, 503)
+    c: {"model": ErrorOut} for c in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 }
 
 IdempotencyKey = Annotated[
@@ -71,6 +80,8 @@ async def submit(res: Resources, owner: str, task_type: str, params: dict[str, A
     ``fingerprint`` replaces the params in the idempotency comparison (an upload compares
     the file's digest, since each upload gets a new id).
     """
+    if json_depth(params) > res.settings.json_max_depth:
+        raise Unprocessable(f"params nest deeper than {res.settings.json_max_depth} levels")
     try:
         model = validate_params(task_type, params)
     except UnknownTaskType:
@@ -81,6 +92,12 @@ async def submit(res: Resources, owner: str, task_type: str, params: dict[str, A
             f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors()
         )
         raise Unprocessable(f"invalid params for {task_type!r}: {problems}") from None
+    await check_submit_rate(res.arq, res.settings.namespace, owner,
+                            res.settings.submit_rate_per_tenant)
+    if await store.inflight_count(res.pool, owner) >= res.settings.max_inflight_per_tenant:
+        raise TooManyRequests(
+            f"{res.settings.max_inflight_per_tenant} tasks already pending or running; "
+            "wait for some to finish", retry_after=5)
     clean = model.model_dump(mode="json")
     options = options or {}
     digest = request_hash(task_type, {"p": fingerprint or clean, "o": options})
@@ -105,8 +122,9 @@ async def submit(res: Resources, owner: str, task_type: str, params: dict[str, A
     return task, True
 
 
-@router.post("/tasks", status_code=202, response_model=TaskOut, responses=ERRORS,
-             tags=["tasks"])
+@router.post("/tasks", status_code=202, response_model=TaskOut, tags=["tasks"],
+             responses={**ERRORS, 200: {"model": TaskOut,
+                                        "description": "Idempotent replay: the same task."}})
 async def create_task(body: SubmitTask, res: Res, owner: Owner, response: Response,
                       idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
     """Submit a task of a registered type; returns at once with its id and links."""
@@ -146,8 +164,9 @@ async def list_tasks(
     }
 
 
-@router.get("/task-types", response_model=list[TaskTypeOut], tags=["tasks"])
-async def task_types() -> list[dict[str, Any]]:
+@router.get("/task-types", response_model=list[TaskTypeOut], responses=ERRORS,
+            tags=["tasks"])
+async def task_types(_: Owner) -> list[dict[str, Any]]:
     """Every registered task type with the JSON schema of its params."""
     return [t.schema() for t in TASK_TYPES.values()]
 
@@ -238,4 +257,21 @@ async def dead_letters(
         "items": [{"task": t, "history": [e.to_json() for e in history[t["task_id"]]]}
                   for t in page["items"]],
         "next_cursor": page["next_cursor"],
+    }
+
+
+@router.get("/admin/dead-letters", response_model=DeadLetterPage, responses=ERRORS,
+            tags=["admin"])
+async def all_dead_letters(
+    res: Res, _: Admin,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    tenant: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict[str, Any]:
+    """Dead letters across tenants (admin keys only); ``tenant`` narrows to one."""
+    tasks = await store.failed_tasks_all(res.pool, tenant, limit)
+    history = await store.attempt_history(res.pool, [t.task_id for t in tasks])
+    return {
+        "items": [{"task": task_json(t), "history": [e.to_json() for e in history[t.task_id]]}
+                  for t in tasks],
+        "next_cursor": None,
     }

@@ -4,7 +4,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 
-from service.deps import Owner, Res
+from service.auth import Owner
+from service.deps import Res
 from service.routes.tasks import ERRORS, IdempotencyKey, submit, task_json
 from service.schemas import UploadOut
 from service.uploads import receive_upload
@@ -27,7 +28,9 @@ MULTIPART_BODY: dict[str, Any] = {
 }
 
 
-@router.post("/upload", status_code=202, response_model=UploadOut, responses=ERRORS,
+@router.post("/upload", status_code=202, response_model=UploadOut,
+             responses={**ERRORS, 200: {"model": UploadOut,
+                                        "description": "Idempotent replay: the same task."}},
              openapi_extra=MULTIPART_BODY)
 async def upload(request: Request, res: Res, owner: Owner, response: Response,
                  idempotency_key: IdempotencyKey = None,

@@ -1,0 +1,61 @@
+"""Managing API keys from the command line: ``python -m core.keys create|list|revoke``.
+
+    python -m core.keys create --tenant acme --name ci        # prints the key once
+    python -m core.keys create --tenant ops --admin           # an admin key
+    python -m core.keys list [--tenant acme]
+    python -m core.keys revoke KEY_ID
+
+Uses ``DATABASE_URL`` like the service. Keys are stored hashed; a lost key cannot be shown
+again, only revoked and replaced.
+"""
+
+import argparse
+import asyncio
+import sys
+
+from core import auth, store
+from core.db import create_pool
+from core.settings import Settings
+
+
+async def _main(args: argparse.Namespace) -> int:
+    pool = await create_pool(Settings().database_url, min_size=1, max_size=1)
+    try:
+        if args.cmd == "create":
+            key_id, token, digest = auth.new_key()
+            await store.create_api_key(pool, key_id, args.tenant, args.name,
+                                       "admin" if args.admin else "user", digest)
+            print(token)
+            print(f"key {key_id} for tenant {args.tenant!r} created; store it now, it is "
+                  "not shown again", file=sys.stderr)
+        elif args.cmd == "list":
+            for k in await store.list_api_keys(pool, args.tenant):
+                state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+                print(f"{k.key_id}\t{k.tenant}\t{k.role}\t{state}\t{k.name}")
+        elif args.cmd == "revoke":
+            if not await store.revoke_api_key(pool, args.key_id):
+                print(f"no active key {args.key_id!r}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.key_id}")
+    finally:
+        await pool.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m core.keys", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    create = sub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--name", default="")
+    create.add_argument("--admin", action="store_true", help="may act across tenants")
+    lst = sub.add_parser("list", help="list keys (never their secrets)")
+    lst.add_argument("--tenant")
+    rev = sub.add_parser("revoke", help="revoke a key by its id")
+    rev.add_argument("key_id")
+    sys.exit(asyncio.run(_main(parser.parse_args(argv))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Who is calling: a Bearer API key (or, for streams only, a signed ticket) → Principal.
+
+With ``auth`` switched off (the local embedded run) every caller is the anonymous tenant with
+admin rights, so the tutorial's snippet works as written. Verified keys are cached for a few
+seconds (``key_cache_seconds``), which bounds how late a revocation takes effect.
+"""
+
+from typing import Annotated
+
+from fastapi import Depends, Query
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from core import auth, store
+from core.auth import Principal
+from core.constants import ANONYMOUS_OWNER
+from service.deps import Res, Resources
+from service.errors import Forbidden, Unauthorized
+
+bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
+                    description="An API key from `python -m core.keys create`.")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+ANONYMOUS = Principal(ANONYMOUS_OWNER, "admin")
+
+
+async def verify_key(res: Resources, token: str) -> Principal:
+    cached = res.keys.get(token)
+    if cached is not None:
+        return cached
+    parts = auth.split_key(token)
+    if parts is None:
+        raise Unauthorized("malformed API key")
+    key = await store.get_api_key(res.pool, parts[0])
+    if key is None or key.revoked_at is not None or not auth.secret_matches(parts[1],
+                                                                             key.secret_hash):
+        raise Unauthorized("unknown or revoked API key")
+    principal = Principal(key.tenant, key.role, key.key_id)
+    res.keys.put(token, principal)
+    return principal
+
+
+async def caller(res: Res, creds: Credentials) -> Principal:
+    if not res.settings.auth:
+        return ANONYMOUS
+    if creds is None:
+        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
+    return await verify_key(res, creds.credentials)
+
+
+async def admin(principal: Annotated[Principal, Depends(caller)]) -> Principal:
+    if not principal.is_admin:
+        raise Forbidden("this operation needs an admin key")
+    return principal
+
+
+TicketQuery = Annotated[
+    str | None,
+    Query(description="A stream ticket from POST /stream-tickets, for an EventSource that "
+                      "cannot send an Authorization header. API keys are never accepted here.",
+          max_length=1000),
+]
+
+
+async def stream_caller(res: Resources, creds: HTTPAuthorizationCredentials | None,
+                        ticket: str | None, scope: str) -> Principal:
+    """A stream accepts a Bearer key, or a ticket for this task (or for all tasks)."""
+    if not res.settings.auth:
+        return ANONYMOUS
+    if creds is not None:
+        return await verify_key(res, creds.credentials)
+    if ticket:
+        tenant = auth.check_ticket(res.signing_key, ticket, scope)
+        if tenant is None:
+            raise Unauthorized("invalid or expired stream ticket; mint a new one")
+        return Principal(tenant, "user")
+    raise Unauthorized("send an API key as 'Authorization: Bearer <key>' or a ?ticket=")
+
+
+Caller = Annotated[Principal, Depends(caller)]
+Admin = Annotated[Principal, Depends(admin)]
+
+
+async def _owner(principal: Caller) -> str:
+    return principal.tenant
+
+
+Owner = Annotated[str, Depends(_owner)]

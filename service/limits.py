@@ -1,0 +1,104 @@
+"""Limits that protect the service from its callers; each is a setting.
+
+* request bodies (other than uploads, which enforce their own limit as they stream) are
+  capped while the bytes arrive — FastAPI would otherwise read a body whole before any check;
+* JSON nesting depth of task params;
+* submissions per second and tasks in flight, per tenant (429 + Retry-After);
+* concurrent streams per tenant and per web process, and a stream's lifetime.
+"""
+
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from redis.asyncio import Redis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import PayloadTooLarge, TooManyRequests, error_response
+
+UNLIMITED_PATHS = ("/upload",)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 as soon as a request body passes ``max_bytes``."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        too_large = PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await error_response(too_large)(scope, receive, send)
+                return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise too_large
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value, without recursion."""
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        item, d = stack.pop()
+        depth = max(depth, d)
+        if isinstance(item, dict):
+            stack.extend((v, d + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, d + 1) for v in item)
+    return depth
+
+
+async def check_submit_rate(redis: Redis, namespace: str, tenant: str, per_second: int) -> None:
+    """A fixed one-second window per tenant in Redis, shared by every web process."""
+    now = int(time.time())
+    key = f"{namespace}:rate:{tenant}:{now}"
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.incr(key)
+        pipe.expire(key, 2)
+        count, _ = await pipe.execute()
+    if int(count) > per_second:
+        raise TooManyRequests(f"more than {per_second} submissions per second; slow down")
+
+
+class StreamSlots:
+    """Open streams in this web process, per tenant and in total."""
+
+    def __init__(self, per_tenant: int, total: int) -> None:
+        self.per_tenant = per_tenant
+        self.total = total
+        self.open: Counter[str] = Counter()
+
+    def check(self, tenant: str) -> None:
+        """429 before a stream's response starts, if opening it would pass a limit."""
+        if sum(self.open.values()) >= self.total:
+            raise TooManyRequests("this server holds its maximum of streams; retry", 5)
+        if self.open[tenant] >= self.per_tenant:
+            raise TooManyRequests(f"at most {self.per_tenant} concurrent streams per tenant", 5)
+
+    @contextlib.contextmanager
+    def hold(self, tenant: str) -> Iterator[None]:
+        """Count a stream while its body runs (entered inside the response generator, so it
+        is released however the stream ends)."""
+        self.open[tenant] += 1
+        try:
+            yield
+        finally:
+            self.open[tenant] -= 1
+            if not self.open[tenant]:
+                del self.open[tenant]
