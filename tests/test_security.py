@@ -344,3 +344,29 @@ def test_schemathesis_finds_no_server_errors(secure: WebServer, keys: dict[str, 
             capture_output=True, text=True, cwd=tmp_path, timeout=280, check=False,
         )
         assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="needs Chromium")
+async def test_dashboard_with_auth_uses_key_header_and_stream_ticket(
+    secure: WebServer, keys: dict[str, str], logs: Path
+) -> None:
+    from playwright.async_api import async_playwright
+
+    from tests.test_browser import CHROMIUM
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = await browser.new_page()
+        urls: list[str] = []
+        page.on("request", lambda req: urls.append(req.url))
+        page.on("dialog", lambda d: asyncio.ensure_future(d.accept(keys["bob"])))
+        await page.goto(secure.url + "/")
+        await page.wait_for_selector("#conn:has-text('live')", timeout=10_000)
+        await page.fill("#duration", "0.5")
+        await page.fill("#steps", "2")
+        await page.click("#demo-form button")
+        await page.locator("#tasks tr .status.completed").first.wait_for(timeout=20_000)
+        await browser.close()
+    assert any("/stream?ticket=tk_" in u for u in urls)
+    assert not any(keys["bob"] in u for u in urls)  # the key never travels in a URL
