@@ -93,6 +93,7 @@ class TaskTypeOut(BaseModel):
     description: str
     max_attempts: int
     timeout: float | None
+    soft_timeout: float | None
     params_schema: dict[str, Any]
 
 

@@ -49,11 +49,16 @@ def cursor_from(header: str | None, query: str | None) -> int:
     return cursor
 
 
-def sse(res: Resources, spec: StreamSpec, key_name: str, tenant: str) -> EventSourceResponse:
+def sse(res: Resources, spec: StreamSpec, key_name: str, tenant: str,
+        announce_cursor: bool = False) -> EventSourceResponse:
     res.streams.check(tenant)
 
     async def gen() -> AsyncIterator[dict[str, str]]:
         with res.streams.hold(tenant):
+            if announce_cursor:
+                # An id-only message: no onmessage fires, but the browser (and our client)
+                # records it, so a drop before the first event resumes from here, not "now".
+                yield {"id": str(spec.cursor)}
             try:
                 async for ev in events:
                     yield {"id": str(getattr(ev, key_name)), "data": ev.encode()}
@@ -65,10 +70,10 @@ def sse(res: Resources, spec: StreamSpec, key_name: str, tenant: str) -> EventSo
 
 
 async def _opened(res: Resources, spec: StreamSpec, key_name: str,
-                  tenant: str) -> EventSourceResponse:
+                  tenant: str, announce_cursor: bool = False) -> EventSourceResponse:
     if not res.hub.connected:
         raise Unavailable("live updates are briefly unavailable; retry")
-    return sse(res, spec, key_name, tenant)
+    return sse(res, spec, key_name, tenant, announce_cursor)
 
 
 @router.get("/tasks/{task_id}/stream", response_class=EventSourceResponse,
@@ -111,7 +116,8 @@ async def tenant_stream(res: Res, creds: Credentials,
     cursor = cursor_from(last_event_id_header, last_event_id)
     pool = res.pool
     last = await store.tenant_last_seq(pool, owner)
-    if last_event_id_header is None and last_event_id is None:
+    from_now = last_event_id_header is None and last_event_id is None
+    if from_now:
         cursor = last
     elif cursor > last:
         raise BadRequest(f"Last-Event-ID {cursor} is ahead of your last event")
@@ -124,7 +130,7 @@ async def tenant_stream(res: Res, creds: Credentials,
         key=lambda e: e.tenant_seq, fetch=fetch, ends_on_terminal=False,
         page=res.settings.stream_replay_page, lifetime=res.settings.stream_max_lifetime,
     )
-    return await _opened(res, spec, "tenant_seq", owner)
+    return await _opened(res, spec, "tenant_seq", owner, announce_cursor=from_now)
 
 
 class TicketRequest(BaseModel):
