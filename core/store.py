@@ -435,17 +435,19 @@ class Lost:
     owner: str
     attempts: int
     crashes: int
+    cancel_requested: bool = False
 
 
 async def expired_leases(db: Executor, limit: int = 100) -> list[Lost]:
     """Running tasks whose worker stopped renewing its lease (killed, or paused)."""
     rows = await db.fetch(
-        """SELECT task_id, owner, attempts, crashes FROM tasks
+        """SELECT task_id, owner, attempts, crashes, cancel_requested FROM tasks
            WHERE status = 'running' AND lease_expires_at < now()
            ORDER BY lease_expires_at LIMIT $1""",
         limit,
     )
-    return [Lost(str(r["task_id"]), r["owner"], r["attempts"], r["crashes"]) for r in rows]
+    return [Lost(str(r["task_id"]), r["owner"], r["attempts"], r["crashes"],
+                 r["cancel_requested"]) for r in rows]
 
 
 async def stale_pending(db: Executor, older_than: float, limit: int = 500

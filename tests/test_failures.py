@@ -273,3 +273,22 @@ def test_no_pickle_anywhere() -> None:
 
     job = {"t": 1, "f": "run_task", "a": [str(uuid.uuid4())], "k": {}, "et": 1}
     assert deserialize(serialize(job)) == job
+
+
+async def test_cancel_of_a_task_whose_worker_is_gone_still_lands(cluster: Cluster) -> None:
+    pool = await create_pool(cluster.database_url, min_size=1, max_size=2)
+    async with httpx.AsyncClient(base_url=cluster.web.url, timeout=30) as c:
+        tid = (await submit(c, "demo", duration=20, steps=40))["task_id"]
+        pid = await eventually(lambda: _worker_pid(pool, tid))
+        os.kill(pid, signal.SIGSTOP)  # it can neither hear the cancel nor renew its lease
+        try:
+            assert (await c.post(f"/tasks/{tid}/cancel")).status_code == 200
+            done = await wait_terminal(c, tid, timeout=15)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert done["status"] == "cancelled"
+        await asyncio.sleep(1.0)
+        events = await events_of(c, tid)
+        assert [e["type"] for e in events].count("started") == 1  # never re-run
+        assert events[-1]["type"] == "cancelled"
+    await pool.close()

@@ -68,6 +68,10 @@ class Runtime:
             return "missing"
         if is_terminal(task.status):
             return task.status
+        if task.cancel_requested and task.status == "pending":
+            await self._append(task.owner, task_id, EventType.CANCELLED,
+                               error="cancelled by request")
+            return "cancelled"
         started = await self._append(task.owner, task_id, EventType.STARTED,
                                      attempt=task.attempts + 1, worker_id=self.worker_id,
                                      lease=self.settings.lease_seconds,

@@ -47,6 +47,14 @@ async def sweep_once(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
                      settings: Settings) -> SweepReport:
     report = SweepReport()
     for lost in await store.expired_leases(pool):
+        if lost.cancel_requested:
+            # Its worker died before it could honour the cancel: honour it here.
+            res = await eventlog.append(NewEvent(
+                task_id=lost.task_id, owner=lost.owner, type=EventType.CANCELLED,
+                attempt=lost.attempts, error="cancelled by request (its worker was lost)",
+            ))
+            report.failed += res.outcome == "ok"
+            continue
         if lost.crashes + 1 >= settings.max_crashes:
             res = await eventlog.append(NewEvent(
                 task_id=lost.task_id, owner=lost.owner, type=EventType.FAILED,
