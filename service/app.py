@@ -32,8 +32,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = await create_pool(settings.database_url, min_size=settings.db_pool_min,
                                  max_size=settings.db_pool_max)
         arq = await queue.connect(settings)
+        unverified = settings.redis_url.startswith("rediss://") and not settings.redis_tls_verify
         hub = Hub(settings.redis_url, control_channel=control_channel(settings.namespace),
-                  buffer=settings.stream_buffer)
+                  buffer=settings.stream_buffer, ssl_cert_reqs="none" if unverified else None)
         await hub.start()
         eventlog = EventLog(pool, arq, settings.namespace, max_batch=settings.eventlog_max_batch)
         eventlog.start()

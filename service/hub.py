@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Final
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -74,9 +74,9 @@ class Subscription:
 
 class Hub:
     def __init__(self, redis_url: str, *, control_channel: str, buffer: int = 256,
-                 connect_timeout: float = 5.0, **redis_kwargs: Any) -> None:
+                 connect_timeout: float = 5.0, ssl_cert_reqs: str | None = None) -> None:
         self._url = redis_url
-        self._redis_kwargs = redis_kwargs
+        self._ssl_cert_reqs = ssl_cert_reqs  # "none" for Heroku's self-signed rediss://
         self._home = control_channel  # always subscribed, so the connection always exists
         self._buffer = buffer
         self._connect_timeout = connect_timeout
@@ -195,8 +195,9 @@ class Hub:
             delay = min(delay * 2, 2.0)
 
     async def _connect(self) -> None:
+        tls = {"ssl_cert_reqs": self._ssl_cert_reqs} if self._ssl_cert_reqs else {}
         self._client = Redis.from_url(self._url, socket_connect_timeout=2,
-                                      health_check_interval=10, **self._redis_kwargs)
+                                      health_check_interval=10, **tls)
         ps = self._client.pubsub()
         channels = [self._home, *self._subs]
         loop = asyncio.get_running_loop()
