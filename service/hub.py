@@ -195,9 +195,13 @@ class Hub:
             delay = min(delay * 2, 2.0)
 
     async def _connect(self) -> None:
-        tls = {"ssl_cert_reqs": self._ssl_cert_reqs} if self._ssl_cert_reqs else {}
-        self._client = Redis.from_url(self._url, socket_connect_timeout=2,
-                                      health_check_interval=10, **tls)
+        if self._ssl_cert_reqs:
+            self._client = Redis.from_url(self._url, socket_connect_timeout=2,
+                                          health_check_interval=10,
+                                          ssl_cert_reqs=self._ssl_cert_reqs)
+        else:
+            self._client = Redis.from_url(self._url, socket_connect_timeout=2,
+                                          health_check_interval=10)
         ps = self._client.pubsub()
         channels = [self._home, *self._subs]
         loop = asyncio.get_running_loop()
