@@ -8,37 +8,13 @@ them with the ``Status`` and ``EventType`` constants.
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
-from typing import Any, Final
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class Status(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL: Final = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
-
-
-class EventType(StrEnum):
-    CREATED = "created"
-    STARTED = "started"
-    PROGRESS = "progress"
-    LOG = "log"
-    PARTIAL = "partial"
-    RETRYING = "retrying"
-    REQUEUED = "requeued"
-    CANCEL_REQUESTED = "cancel_requested"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    REDRIVEN = "redriven"
-
+# The one definition of statuses and event types, shared with the service (core.states is
+# plain enums: importing it pulls in nothing of the server).
+from core.states import TERMINAL, EventType, Status
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
