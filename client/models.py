@@ -14,7 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # The one definition of statuses and event types, shared with the service (core.states is
 # plain enums: importing it pulls in nothing of the server).
-from core.states import TERMINAL, EventType, Status
+from core.states import TERMINAL as TERMINAL
+from core.states import EventType as EventType
+from core.states import Status as Status
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
