@@ -420,10 +420,14 @@ async def delete_task(db: Executor, task_id: uuid.UUID) -> None:
 async def renew_leases(db: Executor, worker_id: str, lease: float) -> list[tuple[str, bool]]:
     """Heartbeat: extend the lease of every task this worker runs; returns (task_id,
     cancel_requested) so a cancel whose pub/sub message was lost still lands."""
+    # Rows are locked in task_id order, the order event batches lock them in: an
+    # unordered UPDATE deadlocked with concurrent batches (seen in the benchmark).
     rows = await db.fetch(
-        """UPDATE tasks SET lease_expires_at = now() + make_interval(secs => $2)
-           WHERE worker_id = $1 AND status = 'running'
-           RETURNING task_id, cancel_requested""",
+        """UPDATE tasks t SET lease_expires_at = now() + make_interval(secs => $2)
+           FROM (SELECT task_id FROM tasks WHERE worker_id = $1 AND status = 'running'
+                 ORDER BY task_id FOR NO KEY UPDATE) held
+           WHERE t.task_id = held.task_id
+           RETURNING t.task_id, t.cancel_requested""",
         worker_id, lease,
     )
     return [(str(r["task_id"]), r["cancel_requested"]) for r in rows]
