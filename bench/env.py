@@ -1,0 +1,291 @@
+"""The bench's own world: a fresh database, a Redis namespace, and the processes it starts.
+
+Nothing here touches what other people run on the same PostgreSQL and Redis: the database is
+``ts_bench_<random>`` (dropped at the end), product keys and channels live under the namespace
+``b<random>``, and the raw-arq / Celery baselines use their own Redis DB index
+(``BASELINE_REDIS_DB``) with per-run key prefixes.
+"""
+
+import asyncio
+import contextlib
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import httpx
+from redis.asyncio import Redis
+
+from core.migrate import migrate
+from core.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "bench"
+RESULTS_DIR = BENCH_DIR / "results"
+#: Redis DB index for the baselines' queues (product keys use the namespace in DB 0).
+BASELINE_REDIS_DB = 12
+
+
+def raise_fd_limit(want: int = 65536) -> int:
+    """Raise the soft RLIMIT_NOFILE as far as allowed (inherited by the processes we start)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def with_db(url: str, db: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{db}"
+
+
+class Proc:
+    """A child process in its own session, logging to a file; stopped by its pid only."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.args, self.env, self.log = name, args, env, log
+        self.p: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "Proc":
+        with open(self.log, "ab") as fh:
+            self.p = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=fh,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.p is not None
+        return self.p.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.p is not None and self.p.poll() is None
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.p is None or self.p.poll() is not None:
+            return
+        self.p.send_signal(signal.SIGTERM)
+        try:
+            self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+
+    def tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+class Web(Proc):
+    def __init__(self, name: str, env: dict[str, str], log: Path, port: int) -> None:
+        self.port = port
+        super().__init__(name, [sys.executable, "-m", "bench.entry", "web", str(port)], env, log)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def ready(self, within: float = 30) -> None:
+        deadline = time.monotonic() + within
+        async with httpx.AsyncClient(timeout=1) as c:
+            while time.monotonic() < deadline:
+                if not self.alive:
+                    raise RuntimeError(f"{self.name} died:\n{self.tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    r = await c.get(self.url + "/health")
+                    if r.status_code == 200 and r.json()["hub_connected"]:
+                        return
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready in {within}s:\n{self.tail()}")
+
+
+@dataclass
+class BenchEnv:
+    admin_pg: str
+    redis_url: str
+    db_name: str = field(default_factory=lambda: f"ts_bench_{uuid.uuid4().hex[:10]}")
+    namespace: str = field(default_factory=lambda: f"b{uuid.uuid4().hex[:8]}")
+    logdir: Path = RESULTS_DIR / "logs"
+    procs: list[Proc] = field(default_factory=list)
+    #: The bench tenant's API key (None while the product has no API keys).
+    token: str | None = None
+
+    python: str = sys.executable
+
+    @property
+    def database_url(self) -> str:
+        return with_db(self.admin_pg, self.db_name)
+
+    @property
+    def baseline_redis_url(self) -> str:
+        return with_db(self.redis_url, str(BASELINE_REDIS_DB))
+
+    def settings(self) -> Settings:
+        return Settings(database_url=self.database_url, redis_url=self.redis_url,
+                        namespace=self.namespace)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def create(self) -> None:
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        conn = await asyncpg.connect(self.admin_pg)
+        try:
+            await conn.execute(f'CREATE DATABASE "{self.db_name}"')
+        finally:
+            await conn.close()
+        await migrate(self.database_url)
+        conn = await asyncpg.connect(self.database_url)
+        try:  # the one-by-one baseline's table (no tasks row, no counters: the bare minimum)
+            await conn.execute(
+                """CREATE TABLE bench_events (task_id uuid NOT NULL, seq integer NOT NULL,
+                       payload jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now(),
+                       PRIMARY KEY (task_id, seq))""")
+            self.token = await _api_key(conn)
+        finally:
+            await conn.close()
+
+    async def destroy(self) -> None:
+        self.stop_all()
+        with contextlib.suppress(Exception):
+            conn = await asyncpg.connect(self.admin_pg)
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+            finally:
+                await conn.close()
+        with contextlib.suppress(Exception):
+            await self.delete_keys()
+
+    async def delete_keys(self) -> None:
+        """Our product keys (namespace) in DB 0; the baselines clean their own prefixes."""
+        r = Redis.from_url(self.redis_url)
+        try:
+            async for key in r.scan_iter(match=f"{self.namespace}:*", count=1000):
+                await r.delete(key)
+            # arq job keys carry the task id (unique to this run's database).
+        finally:
+            await r.aclose()
+
+    async def reset(self) -> None:
+        """Between rounds: empty tables so every round starts from the same state."""
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            for attempt in range(5):  # tasks first: the order the product locks them in
+                try:
+                    await conn.execute(
+                        "TRUNCATE tasks, task_events, document_chunks, bench_events")
+                    return
+                except asyncpg.DeadlockDetectedError:
+                    if attempt == 4:
+                        raise
+                    await asyncio.sleep(0.2)
+        finally:
+            await conn.close()
+
+    # --- processes ---------------------------------------------------------------------
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(DATABASE_URL=self.database_url, REDIS_URL=self.redis_url,
+                   TASKSTREAM_NAMESPACE=self.namespace, LOG_LEVEL="WARNING",
+                   TASKSTREAM_SHUTDOWN_GRACE="2",
+                   # The per-tenant abuse limits would cut every scenario short: lifted.
+                   TASKSTREAM_SUBMIT_RATE_PER_TENANT="1000000",
+                   TASKSTREAM_MAX_INFLIGHT_PER_TENANT="1000000",
+                   TASKSTREAM_MAX_STREAMS_PER_TENANT="1000000",
+                   TASKSTREAM_MAX_STREAMS_PER_PROCESS="1000000",
+                   PYTHONUNBUFFERED="1", **extra)
+        return env
+
+    def _log(self, name: str) -> Path:
+        return self.logdir / f"{self.db_name}-{name}.log"
+
+    async def web(self, name: str = "web", **extra: str) -> Web:
+        w = Web(name, self.env(**extra), self._log(name), free_port())
+        self.procs.append(w.start())
+        await w.ready()
+        return w
+
+    async def workers(self, n: int, name: str = "worker", **extra: str) -> list[Proc]:
+        ps = [Proc(f"{name}{i}", [sys.executable, "-m", "bench.entry", "worker"],
+                   self.env(**extra), self._log(f"{name}{i}")).start() for i in range(n)]
+        self.procs.extend(ps)
+        await self.wait_ready(ps)
+        return ps
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        p = Proc(name, args, env or self.env(), self._log(name)).start()
+        self.procs.append(p)
+        return p
+
+    async def wait_ready(self, ps: list[Proc], within: float = 60) -> None:
+        """Workers started by ``bench.entry`` set ``<ns>:benchready:<pid>`` once started up."""
+        r = Redis.from_url(self.redis_url)
+        try:
+            deadline = time.monotonic() + within
+            pending = list(ps)
+            while pending and time.monotonic() < deadline:
+                for p in list(pending):
+                    if not p.alive:
+                        raise RuntimeError(f"{p.name} died:\n{p.tail()}")
+                    if await r.exists(f"{self.namespace}:benchready:{p.pid}"):
+                        pending.remove(p)
+                await asyncio.sleep(0.1)
+            if pending:
+                raise RuntimeError(f"{pending[0].name} not ready:\n{pending[0].tail()}")
+        finally:
+            await r.aclose()
+
+    def stop(self, ps: list[Proc]) -> None:
+        for p in ps:  # signal all first, then wait: shutdowns overlap
+            if p.alive and p.p is not None:
+                p.p.send_signal(signal.SIGTERM)
+        for p in ps:
+            p.stop()
+            if p in self.procs:
+                self.procs.remove(p)
+
+    def stop_all(self) -> None:
+        self.stop(list(self.procs))
+
+
+async def _api_key(conn: asyncpg.Connection) -> str | None:
+    """An API key for the tenant ``bench`` (requests are authenticated as in production)."""
+    try:
+        from core import auth, store
+    except ImportError:
+        return None
+    new_key = getattr(auth, "new_key", None)
+    create = getattr(store, "create_api_key", None)
+    if new_key is None or create is None:
+        return None
+    key_id, token, digest = new_key()
+    await create(conn, key_id, "bench", "bench", "user", digest)
+    return str(token)
+
+
+async def make_env(admin_pg: str | None, redis_url: str | None) -> BenchEnv:
+    """Use the given URLs, else the project's dev services (started if absent)."""
+    if not admin_pg or not redis_url:
+        import devservices
+
+        pg, rd = devservices.ensure()
+        admin_pg, redis_url = admin_pg or pg.url, redis_url or rd.url
+    env = BenchEnv(admin_pg=admin_pg, redis_url=redis_url)
+    await env.create()
+    return env

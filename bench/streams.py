@@ -1,0 +1,305 @@
+"""Scenarios 3 and 4: push latency and fan-out, open-stream capacity, the cost of waiting.
+
+Streams watch ``bench_tick`` tasks, which sleep until a common start time (so every stream is
+open before the first event) and then report progress on a schedule, each event stamped with
+the wall-clock time the worker reported it. Latency = receive time - stamp, on this machine's
+one clock.
+"""
+
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+
+from bench.common import (
+    Outcome,
+    Row,
+    Run,
+    count_status,
+    host_port,
+    median,
+    percentile,
+    ratio,
+    submit_many,
+    wait_for,
+)
+from bench.entry import TICK
+from bench.env import Proc, Web, free_port
+from bench.net import HttpConn, SSEPool
+
+WORKER_ENV = {"TASKSTREAM_WORKER_MAX_JOBS": "12000"}  # every tick task runs at once
+
+
+def tick_bodies(n: int, *, count: int, interval: float, start_at: float) -> list[dict[str, Any]]:
+    return [{"type": TICK, "params": {"count": count, "interval": interval,
+                                      "start_at": start_at}} for _ in range(n)]
+
+
+async def start_ticks(run: Run, web: Web, pool: asyncpg.Pool, n: int, *, count: int,
+                      interval: float, lead: float) -> tuple[list[str], float]:
+    """Submit n tick tasks starting ``lead`` seconds from now; wait until all are running."""
+    start_at = time.time() + lead
+    ids, _, _ = await submit_many(web.url, tick_bodies(n, count=count, interval=interval,
+                                                       start_at=start_at), 32)
+
+    async def running() -> bool:
+        return await count_status(pool, "running") >= n
+
+    if not await wait_for(running, 60, 0.05):
+        raise RuntimeError(f"only {await count_status(pool, 'running')}/{n} tick tasks running")
+    return ids, start_at
+
+
+def rss(p: Proc) -> int:
+    """Resident set size of a process, in bytes (Linux /proc)."""
+    with open(f"/proc/{p.pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {p.pid}")
+
+
+def check_streams(out: Outcome, name: str, pool_: SSEPool, expect_last_seq: int | None) -> None:
+    ss = pool_.streams
+    out.check(f"{name}: every stream answered 200", all(s.status == 200 for s in ss))
+    out.check(f"{name}: every stream reached the terminal event", all(s.terminal for s in ss))
+    out.check(f"{name}: ids 1,2,3... with no gap or repeat", all(s.seqs_ok for s in ss))
+    if expect_last_seq is not None:
+        out.check(f"{name}: every event received",
+                  all(s.last_seq == expect_last_seq for s in ss))
+
+
+async def latency(run: Run) -> Outcome:
+    """p50/p95/p99 push latency with 1, 1,000 and 5,000 concurrent streams on one web process.
+
+    With N streams: T = min(N, 100) tasks, N/T streams each, one event per task per second
+    (so every stream receives one event a second); with one stream, 20 events a second.
+    """
+    env, sz, out = run.env, run.sizes, Outcome()
+    web = await env.web("web-latency")
+    workers = await env.workers(1, "worker-latency", **WORKER_ENV)
+    host, port = host_port(web.url)
+    pool = await run.pool()
+    try:
+        for n in sz.latency_streams:
+            per: dict[str, list[float]] = {"p50": [], "p95": [], "p99": [], "rss_per_stream": []}
+            for r in range(sz.stream_rounds):
+                await env.reset()
+                tasks = 1 if n == 1 else min(n, 100)
+                interval = 0.05 if n == 1 else 1.0
+                count = max(1, round(sz.latency_seconds / interval))
+                ids, start_at = await start_ticks(run, web, pool, tasks, count=count,
+                                                  interval=interval, lead=2.0 + n / 400)
+                rss0 = rss(web)
+                streams = SSEPool(host, port)
+                await streams.open([f"/tasks/{ids[i % tasks]}/stream" for i in range(n)],
+                                   parallel=200)
+                late = time.time() - start_at
+                rss1 = rss(web)
+                ok = await streams.wait(start_at + count * interval + 60 - time.time())
+                streams.close()
+                lat = streams.latencies()
+                check_streams(out, f"latency {n}", streams, count + 3)
+                out.check(f"latency {n}: streams finished in time", ok)
+                row: dict[str, Any] = {
+                       "streams": n, "round": r, "tasks": tasks, "interval": interval,
+                       "samples": len(lat), "opened_late_s": max(0.0, late),
+                       "p50_ms": _ms(percentile(lat, 50)), "p95_ms": _ms(percentile(lat, 95)),
+                       "p99_ms": _ms(percentile(lat, 99)), "max_ms": _ms(max(lat or [0])),
+                       "rss_per_stream_kb": (rss1 - rss0) / n / 1024}
+                out.rounds.append(row)
+                run.log(f"latency n={n} round {r}: p50 {row['p50_ms']:.1f} ms, p99 "
+                        f"{row['p99_ms']:.1f} ms ({len(lat)} samples)")
+                for k in ("p50", "p95", "p99"):
+                    v = row[f"{k}_ms"]
+                    if isinstance(v, float):
+                        per[k].append(v)
+            target = {1000: 25.0, 5000: 100.0}.get(n)
+            p99 = median(per["p99"])
+            out.rows += [
+                Row("3 push latency", f"p50, {n} streams", median(per["p50"]), "ms"),
+                Row("3 push latency", f"p95, {n} streams", median(per["p95"]), "ms"),
+                Row("3 push latency", f"p99, {n} streams", p99, "ms",
+                    target=f"<= {target:g} ms" if target else "",
+                    met=(p99 is not None and p99 <= target) if target else None),
+            ]
+    finally:
+        await pool.close()
+        env.stop([*workers, web])
+    return out
+
+
+async def capacity(run: Run) -> Outcome:
+    """Open N (10,000) idle streams on one fresh web process: memory each, and all alive."""
+    env, sz, out = run.env, run.sizes, Outcome()
+    n = sz.capacity_streams
+    web = await env.web("web-capacity")
+    workers = await env.workers(1, "worker-capacity", **WORKER_ENV)
+    host, port = host_port(web.url)
+    pool = await run.pool()
+    try:
+        await env.reset()
+        tasks = min(n, 100)
+        # The tasks stay quiet until cancelled, however long opening the streams takes.
+        ids, _ = await start_ticks(run, web, pool, tasks, count=1, interval=0.0, lead=3600)
+        warm = SSEPool(host, port)  # first-use allocations are not per-stream cost
+        await warm.open([f"/tasks/{ids[i % tasks]}/stream" for i in range(min(n, 200))])
+        warm.close()
+        await asyncio.sleep(1.0)
+        rss0 = rss(web)
+        streams = SSEPool(host, port)
+        t0 = time.perf_counter()
+        await streams.open([f"/tasks/{ids[i % tasks]}/stream" for i in range(n)], parallel=200)
+        open_s = time.perf_counter() - t0
+        await asyncio.sleep(2.0)
+        rss1 = rss(web)
+        held = sum(1 for s in streams.streams if s.status == 200 and not s.closed)
+        # Every stream must still be alive: cancel the tasks; each stream gets the
+        # cancellation events and ends.
+        conn = HttpConn(host, port)
+        try:
+            for tid in ids:
+                status, _body = await conn.request("POST", f"/tasks/{tid}/cancel")
+                out.check(f"capacity {n}: cancel answered 200", status == 200)
+        finally:
+            await conn.close()
+        ok = await streams.wait(120)
+        streams.close()
+        check_streams(out, f"capacity {n}", streams, None)
+        out.check(f"capacity {n}: all streams open at once", held == n)
+        out.check(f"capacity {n}: streams finished in time", ok)
+        per_kb = (rss1 - rss0) / n / 1024
+        out.rounds.append({"streams": n, "held": held, "open_seconds": open_s,
+                           "rss_before_mb": rss0 / 2**20, "rss_after_mb": rss1 / 2**20,
+                           "rss_per_stream_kb": per_kb})
+        run.log(f"capacity: held {held}/{n} streams; {per_kb:.1f} KB each; opened in "
+                f"{open_s:.1f}s")
+        out.rows += [
+            Row("3 fan-out", "open streams held by one web process", held, "streams",
+                target=">= 10,000", met=held >= 10_000),
+            Row("3 fan-out", "memory per idle stream (RSS)", per_kb, "KB",
+                target="<= 40 KB", met=per_kb <= 40),
+        ]
+    finally:
+        await pool.close()
+        env.stop([*workers, web])
+    return out
+
+
+async def _xacts(conn: asyncpg.Connection) -> int:
+    v = await conn.fetchval("SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                            "WHERE datname = current_database()")
+    return int(v)
+
+
+async def _queries_per_second(conn: asyncpg.Connection, window: float, settle: float
+                              ) -> float:
+    """Transactions/s in our database over ``window`` (each pooled query is one transaction).
+
+    PostgreSQL publishes a busy backend's counters about once a second, but an idle one's
+    up to 10 s late (PGSTAT_IDLE_INTERVAL): so wait ``settle`` seconds after the last burst
+    (opening the streams) before the window opens. Each read is itself one transaction,
+    counted at the next read.
+    """
+    await asyncio.sleep(settle)
+    prev = await _xacts(conn)
+    await asyncio.sleep(1.1)
+    prev = await _xacts(conn)
+    t0 = time.monotonic()
+    await asyncio.sleep(window)
+    x1 = await _xacts(conn)
+    return max(0.0, (x1 - prev - 1) / (time.monotonic() - t0))
+
+
+async def waiting(run: Run) -> Outcome:
+    """Database queries/s while N streams wait on running tasks; then the delivery latency.
+
+    Same streams for the peer: the seed's design, each stream reading its task row once a
+    second (``bench.entry polling``).
+    """
+    env, sz, out = run.env, run.sizes, Outcome()
+    n = sz.waiting_streams
+    web = await env.web("web-waiting")
+    workers = await env.workers(1, "worker-waiting", **WORKER_ENV)
+    pport = free_port()
+    poller = env.spawn("polling", [env.python, "-m", "bench.entry", "polling", str(pport),
+                                   env.database_url, "1.0"])
+    pool = await run.pool()
+    conn = await asyncpg.connect(env.database_url)
+    count, interval = 3, 1.0
+    settle = 11.0 if run.mode != "tiny" else 1.0
+    res: dict[str, dict[str, list[float]]] = {}
+    try:
+        await wait_for(lambda: _port_open(pport), 20, 0.1)
+        for r in range(max(1, sz.stream_rounds - 1)):
+            for system, (h, p) in (("taskstream", host_port(web.url)),
+                                   ("seed polling", ("127.0.0.1", pport))):
+                await env.reset()
+                lead = 3.0 + n / 250 + 2 * (sz.waiting_window + settle + 2)
+                ids, start_at = await start_ticks(run, web, pool, n, count=count,
+                                                  interval=interval, lead=lead)
+                # The worker's own queries (lease heartbeats, the sweeper) go on with or
+                # without streams: measure them first, then subtract.
+                background = await _queries_per_second(conn, sz.waiting_window, settle)
+                streams = SSEPool(h, p, check_seq=system == "taskstream")
+                await streams.open([f"/tasks/{i}/stream" for i in ids], parallel=200)
+                total = await _queries_per_second(conn, sz.waiting_window, settle)
+                qps = max(0.0, total - background)
+                waited_through = time.time() < start_at
+                ok = await streams.wait(start_at + count * interval + 60 - time.time())
+                streams.close()
+                lat = streams.latencies()
+                name = f"waiting {system}"
+                out.check(f"{name}: measured before the first event", waited_through)
+                out.check(f"{name}: every stream answered 200",
+                          all(s.status == 200 for s in streams.streams))
+                out.check(f"{name}: every stream reached the terminal status",
+                          all(s.terminal for s in streams.streams) and ok)
+                if system == "taskstream":
+                    check_streams(out, name, streams, count + 3)
+                seen = len(lat) / (n * count)
+                row: dict[str, Any] = {
+                       "system": system, "round": r, "streams": n, "queries_per_s": qps,
+                       "queries_per_s_total": total, "queries_per_s_background": background,
+                       "mean_ms": _ms(sum(lat) / len(lat)) if lat else None,
+                       "p99_ms": _ms(percentile(lat, 99)), "events_seen": seen}
+                out.rounds.append(row)
+                run.log(f"waiting {system} round {r}: {qps:.1f} queries/s from streams "
+                        f"({total:.1f} total - {background:.1f} worker background), mean "
+                        f"delivery {row['mean_ms'] or 0:.0f} ms, {seen:.0%} of events seen")
+                d = res.setdefault(system, {"qps": [], "mean": [], "seen": []})
+                d["qps"].append(qps)
+                mean = row["mean_ms"]
+                d["mean"].append(mean if isinstance(mean, float) else float("nan"))
+                d["seen"].append(seen)
+        ts, peer = res["taskstream"], res["seed polling"]
+        q_ts, q_peer = median(ts["qps"]), median(peer["qps"])
+        m_ts, m_peer = median(ts["mean"]), median(peer["mean"])
+        out.rows += [
+            Row("4 cost of waiting", f"DB queries/s, {n} waiting streams", q_ts, "q/s",
+                "seed polling", q_peer, target="0", met=q_ts is not None and q_ts < 0.5),
+            Row("4 cost of waiting", "mean delivery latency", m_ts, "ms", "seed polling",
+                m_peer, ratio(m_peer, m_ts)),
+            Row("4 cost of waiting", "share of progress events seen", median(ts["seen"]), "",
+                "seed polling", median(peer["seen"])),
+        ]
+        out.notes.append("ratio for latency = peer / taskstream (how many times faster)")
+    finally:
+        await conn.close()
+        await pool.close()
+        env.stop([*workers, web, poller])
+    return out
+
+
+async def _port_open(port: int) -> bool:
+    try:
+        _, w = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    w.close()
+    return True
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else x * 1000

@@ -1,0 +1,55 @@
+"""The benchmark suite runs end to end on tiny sizes and its correctness checks hold.
+
+No timing is asserted here (the machine is shared and noisy): only that every scenario ran,
+every task reached its terminal status and every event was received, for Taskstream and for
+each baseline. The figures themselves come from ``python -m bench --quick`` / ``--full``.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = {"throughput", "events", "latency", "capacity", "waiting", "submission", "scaleout"}
+
+
+@pytest.mark.timeout(1200)
+def test_bench_tiny_runs_every_scenario_and_its_checks_hold(
+    backing: tuple[str, str], tmp_path: Path
+) -> None:
+    admin_pg, redis_url = backing
+    out = tmp_path / "bench.json"
+    args = [sys.executable, "-m", "bench", "--tiny", "--database-url", admin_pg,
+            "--redis-url", redis_url, "--out", str(out)]
+    if os.environ.get("BENCH_TEST_NO_CELERY"):
+        args.append("--no-celery")
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=1100)
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["failed_checks"] == [], report["failed_checks"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    results = report["results"]
+    assert set(results) == SCENARIOS
+    for name, res in results.items():
+        assert res["rows"], f"{name} produced no figures: {res['notes']}"
+        assert res["checks"], f"{name} checked nothing"
+        assert all(res["checks"].values()), (name, res["checks"])
+    checks = {k for res in results.values() for k in res["checks"]}
+    for expected in ("throughput taskstream x1: every task done",
+                     "throughput raw arq x2: every task done",
+                     "events taskstream: every event published",
+                     "events one-by-one: every event persisted",
+                     "latency 20: every event received",
+                     "capacity 50: every stream reached the terminal event",
+                     "waiting taskstream: every event received",
+                     "scale-out streams on web b: every event received"):
+        assert expected in checks, sorted(checks)
+    if "--no-celery" not in args:
+        assert "throughput celery x1: every task done" in checks
+    table = {(r["scenario"], r["metric"]) for r in report["table"]}
+    assert ("4 cost of waiting", "DB queries/s, 20 waiting streams") in table
