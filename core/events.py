@@ -66,6 +66,8 @@ class Event:
     created_at: datetime
     owner: str = ""  # routing only; not part of the wire JSON
     raw: str = field(default="", repr=False, compare=False)
+    # SSE frames by id field ("seq" / "tenant_seq"), built once however many streams send it.
+    frames: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def terminal(self) -> bool:
@@ -87,6 +89,15 @@ class Event:
             "attempt": self.attempt,
             "created_at": self.created_at.isoformat(),
         }
+
+    def frame(self, id_field: str) -> bytes:
+        """This event as an unnamed SSE message whose id is ``seq`` or ``tenant_seq``."""
+        cached = self.frames.get(id_field)
+        if cached is None:
+            ident = self.seq if id_field == "seq" else self.tenant_seq
+            cached = self.frames[id_field] = b"id: %d\ndata: %s\n\n" % (
+                ident, self.encode().encode())
+        return cached
 
     def encode(self) -> str:
         if not self.raw:

@@ -1,10 +1,15 @@
 """The web process: ``uvicorn service.app:create_app --factory`` (the Procfile's ``web:``)."""
 
+import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
+from types import FrameType
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
@@ -22,6 +27,26 @@ from service.limits import BodyLimit, StreamSlots
 from service.routes import router
 
 log = logging.getLogger(__name__)
+
+
+def _end_streams_on_signal(hub: Hub) -> None:
+    """On SIGTERM/SIGINT, end every open stream at once, then let the server's own handler
+    run. Streams never end by themselves, so uvicorn would otherwise wait out its graceful
+    timeout before a deploy completes; clients resume on another process."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
+
+        def handler(signum: int, frame: FrameType | None,
+                    previous: Callable[[int, FrameType | None], Any] = previous) -> None:
+            loop.call_soon_threadsafe(hub.shutdown)
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -46,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 settings.max_streams_per_process),
             signing_key=bytes.fromhex(signing_key),
         )
+        _end_streams_on_signal(hub)
         if not settings.auth:
             log.warning("authentication is OFF (TASKSTREAM_AUTH=false): every caller is the "
                         "anonymous tenant; never expose this beyond your machine")

@@ -31,6 +31,7 @@ from core.states import EventType
 log = logging.getLogger(__name__)
 
 RESYNC: Final = "resync"
+CLOSE: Final = "close"  # the process is shutting down: end the stream, the client resumes
 
 
 class HubUnavailable(Exception):
@@ -62,10 +63,19 @@ class Subscription:
             self._items.append((item, False))
         self._wake.set()
 
-    async def get(self) -> tuple[Event, bool] | str:
+    async def get(self, idle: float | None = None) -> tuple[Event, bool] | str | None:
+        """The next item, or None after ``idle`` seconds of nothing (no extra task: the
+        timeout is a timer on the waiting task itself)."""
         while not self._items:
             self._wake.clear()
-            await self._wake.wait()
+            if idle is None:
+                await self._wake.wait()
+                continue
+            try:
+                async with asyncio.timeout(idle):
+                    await self._wake.wait()
+            except TimeoutError:
+                return None
         return self._items.popleft()
 
     def __len__(self) -> int:
@@ -88,6 +98,7 @@ class Hub:
         self._runner: asyncio.Task[None] | None = None
         self.reconnects = 0
         self.messages = 0
+        self.closing = False
 
     @property
     def streams(self) -> int:
@@ -95,7 +106,14 @@ class Hub:
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        return self._connected.is_set() and not self.closing
+
+    def shutdown(self) -> None:
+        """End every stream now (SIGTERM: a deploy); new subscriptions are refused."""
+        self.closing = True
+        for subs in self._subs.values():
+            for sub in subs:
+                sub.push(CLOSE)
 
     async def start(self) -> None:
         self._runner = asyncio.create_task(self._supervise(), name="hub")
@@ -112,6 +130,8 @@ class Hub:
     @contextlib.asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
         """Yield a subscription once Redis has confirmed the channel's SUBSCRIBE."""
+        if self.closing:
+            raise HubUnavailable("this server is shutting down")
         sub = Subscription(channel, self._buffer)
         self._subs.setdefault(channel, set()).add(sub)
         try:

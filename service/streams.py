@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from core.events import Event
-from service.hub import RESYNC, Hub
+from service.hub import CLOSE, RESYNC, Hub
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +28,13 @@ class StreamSpec:
     ends_on_terminal: bool
     page: int = 1000
     lifetime: float | None = None  # then end; the client resumes with Last-Event-ID
+    keepalive: float = 15.0  # yield None after this long without an event
 
 
-class StreamClosed(Exception):
-    pass
-
-
-async def follow(hub: Hub, spec: StreamSpec) -> AsyncIterator[Event]:
-    """Yield events in order; returns after a terminal event (task streams) or on overflow."""
+async def follow(hub: Hub, spec: StreamSpec) -> AsyncIterator[Event | None]:
+    """Yield events in order, and None when the stream has been idle for ``keepalive``
+    seconds; returns after a terminal event (task streams), on overflow, or at the end of
+    its lifetime."""
     cursor = spec.cursor
     loop = asyncio.get_running_loop()
     deadline = loop.time() + spec.lifetime if spec.lifetime else None
@@ -47,13 +46,17 @@ async def follow(hub: Hub, spec: StreamSpec) -> AsyncIterator[Event]:
             if spec.ends_on_terminal and ev.terminal:
                 return
         while True:
-            if deadline is None:
-                item = await sub.get()
-            else:
-                try:
-                    item = await asyncio.wait_for(sub.get(), max(0.0, deadline - loop.time()))
-                except TimeoutError:
+            wait = spec.keepalive
+            if deadline is not None:
+                wait = min(wait, deadline - loop.time())
+                if wait <= 0:
                     return
+            item = await sub.get(wait)
+            if item is None:
+                yield None  # idle: the response writes a keep-alive comment
+                continue
+            if item == CLOSE:
+                return
             if sub.overflowed:
                 log.info("stream on %s overflowed; closing so the client resumes",
                          spec.channel)

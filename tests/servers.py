@@ -54,6 +54,7 @@ class WebServer(Proc):
         super().__init__(
             [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
              "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log",
+             "--timeout-graceful-shutdown", "3",
              "--log-level", "warning"],
             env, log,
         )

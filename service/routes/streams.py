@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import BaseModel, Field
-from sse_starlette import EventSourceResponse
 
 from core import auth, store
 from core.constants import task_channel, tenant_channel
@@ -21,6 +20,7 @@ from service.deps import Res, Resources
 from service.errors import BadRequest, Unavailable
 from service.hub import HubUnavailable
 from service.routes.tasks import ERRORS, load_task
+from service.sse import KEEPALIVE, EventStreamResponse, frame
 from service.streams import StreamSpec, follow
 
 router = APIRouter(tags=["streams"])
@@ -50,33 +50,32 @@ def cursor_from(header: str | None, query: str | None) -> int:
 
 
 def sse(res: Resources, spec: StreamSpec, key_name: str, tenant: str,
-        announce_cursor: bool = False) -> EventSourceResponse:
+        announce_cursor: bool = False) -> EventStreamResponse:
     res.streams.check(tenant)
 
-    async def gen() -> AsyncIterator[dict[str, str]]:
+    async def frames() -> AsyncIterator[bytes]:
         with res.streams.hold(tenant):
             if announce_cursor:
                 # An id-only message: no onmessage fires, but the browser (and our client)
                 # records it, so a drop before the first event resumes from here, not "now".
-                yield {"id": str(spec.cursor)}
+                yield frame(spec.cursor)
             try:
-                async for ev in events:
-                    yield {"id": str(getattr(ev, key_name)), "data": ev.encode()}
+                async for ev in follow(res.hub, spec):
+                    yield KEEPALIVE if ev is None else ev.frame(key_name)
             except HubUnavailable:
                 return  # Redis went away as we subscribed: end; the client resumes
 
-    events: AsyncIterator[Event] = follow(res.hub, spec)
-    return EventSourceResponse(gen(), ping=res.settings.stream_keepalive, send_timeout=30)
+    return EventStreamResponse(frames())
 
 
 async def _opened(res: Resources, spec: StreamSpec, key_name: str,
-                  tenant: str, announce_cursor: bool = False) -> EventSourceResponse:
+                  tenant: str, announce_cursor: bool = False) -> EventStreamResponse:
     if not res.hub.connected:
         raise Unavailable("live updates are briefly unavailable; retry")
     return sse(res, spec, key_name, tenant, announce_cursor)
 
 
-@router.get("/tasks/{task_id}/stream", response_class=EventSourceResponse,
+@router.get("/tasks/{task_id}/stream", response_class=EventStreamResponse,
             responses=SSE_RESPONSE)
 async def task_stream(task_id: str, res: Res, creds: Credentials,
                       last_event_id_header: LastEventIdHeader = None,
@@ -99,11 +98,12 @@ async def task_stream(task_id: str, res: Res, creds: Credentials,
         channel=task_channel(res.settings.namespace, task.task_id), cursor=cursor,
         key=lambda e: e.seq, fetch=fetch, ends_on_terminal=True,
         page=res.settings.stream_replay_page, lifetime=res.settings.stream_max_lifetime,
+        keepalive=res.settings.stream_keepalive,
     )
     return await _opened(res, spec, "seq", owner)
 
 
-@router.get("/stream", response_class=EventSourceResponse, responses=SSE_RESPONSE)
+@router.get("/stream", response_class=EventStreamResponse, responses=SSE_RESPONSE)
 async def tenant_stream(res: Res, creds: Credentials,
                         last_event_id_header: LastEventIdHeader = None,
                         last_event_id: LastEventIdQuery = None,
@@ -129,6 +129,7 @@ async def tenant_stream(res: Res, creds: Credentials,
         channel=tenant_channel(res.settings.namespace, owner), cursor=cursor,
         key=lambda e: e.tenant_seq, fetch=fetch, ends_on_terminal=False,
         page=res.settings.stream_replay_page, lifetime=res.settings.stream_max_lifetime,
+        keepalive=res.settings.stream_keepalive,
     )
     return await _opened(res, spec, "tenant_seq", owner, announce_cursor=from_now)
 
