@@ -181,9 +181,24 @@ async def create_task(
     With an idempotency key already used by this owner, returns the existing task and None
     (the caller compares ``request_hash``).
     """
+    # The tenant row is created only when the insert finds it missing: an INSERT ... ON
+    # CONFLICT on every submission would be a round trip, and would wait on any in-flight
+    # update of the tenant's counter row.
+    try:
+        return await _create_task(pool, owner, task_type, params, max_attempts,
+                                  idempotency_key, request_hash, options)
+    except asyncpg.ForeignKeyViolationError:
+        await ensure_tenant(pool, owner)
+        return await _create_task(pool, owner, task_type, params, max_attempts,
+                                  idempotency_key, request_hash, options)
+
+
+async def _create_task(pool: asyncpg.Pool, owner: str, task_type: str, params: dict[str, Any],
+                       max_attempts: int, idempotency_key: str | None,
+                       request_hash: str | None, options: dict[str, Any] | None,
+                       ) -> tuple[Task, Event | None]:
     task_id = uuid.uuid4()
     async with pool.acquire() as conn, conn.transaction():
-        await ensure_tenant(conn, owner)
         row = await conn.fetchrow(
             f"""INSERT INTO tasks (task_id, owner, task_type, params, max_attempts,
                                    idempotency_key, request_hash, options)
@@ -207,7 +222,7 @@ async def create_task(
         assert appended.event is not None
         task = Task.from_row(row)
         task.last_seq = appended.event.seq
-        return task, appended.event
+    return task, appended.event
 
 
 async def get_task(db: Executor, task_id: uuid.UUID, owner: str | None = None) -> Task | None:
