@@ -37,6 +37,9 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
+    asyncpg.InternalClientError,  # a pooled connection the server terminated (asyncpg#1069)
+    asyncpg.PostgresConnectionError,
+    asyncpg.CrashShutdownError,
 )
 
 _Item = tuple[NewEvent, "asyncio.Future[store.Appended]"]
@@ -124,7 +127,7 @@ class EventLog:
         while True:
             try:
                 if not verify:
-                    await self._pool.execute("SELECT ts_flush()")
+                    await store.flush(self._pool)
                     self.batches += 1
                     self.events += len(events)
                     return results
@@ -159,10 +162,8 @@ class EventLog:
 
     async def _missing(self, events: Sequence[Event]) -> set[tuple[str, int]]:
         """Flush, and return the (task_id, seq) of those events that are not in the table."""
-        keys = [[e.task_id, e.seq] for e in events]
-        rows = await self._pool.fetch("SELECT * FROM ts_flush($1::jsonb)", keys)
-        found = {(str(r["task_id"]), int(r["seq"])) for r in rows}
-        return {(e.task_id, e.seq) for e in events} - found
+        found = await store.flush_and_find(self._pool, [(e.task_id, e.seq) for e in events])
+        return {(e.task_id, e.seq) for e in events} - set(found)
 
     async def flush(self, events: Sequence[Event] = ()) -> None:
         """Make every commit so far durable, and fill in the tenant_seq of events appended
@@ -172,11 +173,10 @@ class EventLog:
         for attempt in range(6):
             try:
                 if not pending:
-                    await self._pool.execute("SELECT ts_flush()")
+                    await store.flush(self._pool)
                     return
-                keys = [[e.task_id, e.seq] for e in pending]
-                rows = await self._pool.fetch("SELECT * FROM ts_flush($1::jsonb)", keys)
-                got = {(str(r["task_id"]), int(r["seq"])): int(r["tenant_seq"]) for r in rows}
+                got = await store.flush_and_find(self._pool,
+                                                 [(e.task_id, e.seq) for e in pending])
                 for e in pending:
                     key = (e.task_id, e.seq)
                     if key not in got:

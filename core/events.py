@@ -31,13 +31,15 @@ class NewEvent:
     lease: float | None = None  # 'started': seconds until the lease must be renewed
 
     def to_sql(self) -> dict[str, Any]:
-        frm = allowed_from(self.type)
+        by_attempt = self.attempt is not None
+        frm = allowed_from(self.type, by_attempt=by_attempt)
         to = target(self.type)
         return {
             "task_id": self.task_id,
             "owner": self.owner,
             "type": self.type.value,
-            "from": sorted(frm) if frm else None,
+            # None: no condition (creation); an empty list refuses the write.
+            "from": sorted(frm) if (frm or by_attempt) else None,
             "to": to.value if to else None,
             "attempt": self.attempt,
             "progress": self.progress,

@@ -28,27 +28,44 @@ async def connect(settings: Settings) -> ArqRedis:
     )
 
 
-def job_id(task_id: str, seq: int) -> str:
+def job_id(task_id: str, seq: int, rescue: int = 0) -> str:
     """A task's job id: its id and the seq of the event that made it pending.
 
     While a task is pending nothing else is appended to it, so every process that wants to
     (re-)enqueue the same pending state computes the same id, and arq refuses the duplicate.
     A retry, a re-queue or a re-drive is a new state and so a new job.
     """
-    return f"{task_id}:{seq}"
+    return f"{task_id}:{seq}" + (f":r{rescue}" if rescue else "")
 
 
 async def enqueue_task(arq: ArqRedis, settings: Settings, task_id: str, seq: int,
-                       defer_by: float | None = None) -> bool:
-    """Put a task on the queue; the job carries only the task id. False if already queued."""
+                       defer_by: float | None = None, rescue: int = 0) -> bool:
+    """Put a task on the queue; the job carries only the task id. False if already queued.
+    ``rescue`` n > 0: the n-th extra job for the same pending state, when the workers that
+    took the earlier ones died before claiming the task."""
     job = await arq.enqueue_job(
         RUN_TASK_FUNCTION,
         task_id,
-        _job_id=job_id(task_id, seq),
+        _job_id=job_id(task_id, seq, rescue),
         _queue_name=queue_name(settings.namespace),
         _defer_by=defer_by,
     )
     return job is not None
+
+
+def arq_job_timeout(settings: Settings) -> float:
+    """arq's own timeout for a run: ours (the runtime's) plus a margin; it only bounds how long
+    arq's in-progress marker lives (this + 10 s)."""
+    return settings.worker_job_timeout + 60
+
+
+async def in_progress_for(arq: ArqRedis, settings: Settings, jid: str) -> float | None:
+    """Seconds since a worker took this job, from arq's in-progress marker; None if no
+    worker holds it."""
+    ttl_ms = await arq.pttl(in_progress_key_prefix + jid)
+    if ttl_ms is None or ttl_ms <= 0:
+        return None
+    return float(arq_job_timeout(settings) + 10 - ttl_ms / 1000)
 
 
 async def job_known(arq: ArqRedis, jid: str) -> bool:

@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     redis_tls_verify: bool = False
 
     # Database pool.
-    db_pool_min: int = 1
+    #: 0: connections open on demand, so a process starts while PostgreSQL is away.
+    db_pool_min: int = 0
     db_pool_max: int = 10
 
     # Worker (arq). arq's defaults are a 0.5 s poll and a one-hour health key.

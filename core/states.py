@@ -61,8 +61,14 @@ class IllegalTransition(Exception):
         self.task_id, self.current, self.event = task_id, current, event
 
 
-def allowed_from(event: EventType) -> frozenset[Status]:
-    return TRANSITIONS[event][0]
+def allowed_from(event: EventType, *, by_attempt: bool = False) -> frozenset[Status]:
+    """Statuses the task may be in for ``event``. A write made by an attempt (a worker's,
+    or the sweeper's about it) is valid only while the task runs: once the attempt was
+    re-queued or retried, its late writes are refused even before the next one starts."""
+    allowed = TRANSITIONS[event][0]
+    if by_attempt and event != EventType.STARTED:
+        allowed = allowed & {Status.RUNNING}
+    return allowed
 
 
 def target(event: EventType) -> Status | None:

@@ -291,11 +291,15 @@ def _event(r: asyncpg.Record) -> Event:
 async def events_after(
     db: Executor, task_id: uuid.UUID | str, after: int, limit: int
 ) -> list[Event]:
+    """A task's events after ``after``, durable before anyone sees them (writers commit
+    asynchronously; a crash must not take back an event a client was shown)."""
     rows = await db.fetch(
         f"""SELECT {_EVENT_COLS} FROM task_events WHERE task_id = $1 AND seq > $2
             ORDER BY seq LIMIT $3""",
         task_id if isinstance(task_id, uuid.UUID) else uuid.UUID(task_id), after, limit,
     )
+    if rows:
+        await flush(db)
     return [_event(r) for r in rows]
 
 
@@ -305,6 +309,8 @@ async def tenant_events_after(db: Executor, owner: str, after: int, limit: int) 
             ORDER BY tenant_seq LIMIT $3""",
         owner, after, limit,
     )
+    if rows:
+        await flush(db)  # as in events_after
     return [_event(r) for r in rows]
 
 
@@ -425,25 +431,24 @@ class _tx:
                 await self._ctx.__aexit__(*exc)
 
 
-async def delete_task(db: Executor, task_id: uuid.UUID) -> None:
-    """Undo a submission whose enqueue failed (its events cascade)."""
-    await db.execute("DELETE FROM tasks WHERE task_id = $1", task_id)
-
 
 # --- leases, sweeping, dead letters ----------------------------------------------------------
 
-async def renew_leases(db: Executor, worker_id: str, lease: float) -> list[tuple[str, bool]]:
-    """Heartbeat: extend the lease of every task this worker runs; returns (task_id,
+async def renew_leases(db: Executor, worker_id: str, lease: float, task_ids: Sequence[str]
+                       ) -> list[tuple[str, bool]]:
+    """Heartbeat: extend the lease of the tasks this worker is really running (a task whose
+    run ended without a terminal write must not be kept alive); returns (task_id,
     cancel_requested) so a cancel whose pub/sub message was lost still lands."""
     # Rows are locked in task_id order, the order event batches lock them in: an
     # unordered UPDATE deadlocked with concurrent batches (seen in the benchmark).
     rows = await db.fetch(
         """UPDATE tasks t SET lease_expires_at = now() + make_interval(secs => $2)
-           FROM (SELECT task_id FROM tasks WHERE worker_id = $1 AND status = 'running'
+           FROM (SELECT task_id FROM tasks
+                 WHERE worker_id = $1 AND status = 'running' AND task_id = ANY($3::uuid[])
                  ORDER BY task_id FOR NO KEY UPDATE) held
            WHERE t.task_id = held.task_id
            RETURNING t.task_id, t.cancel_requested""",
-        worker_id, lease,
+        worker_id, lease, [uuid.UUID(t) for t in task_ids],
     )
     return [(str(r["task_id"]), r["cancel_requested"]) for r in rows]
 
@@ -567,3 +572,16 @@ async def failed_tasks_all(db: Executor, owner: str | None, limit: int) -> list[
         owner, limit,
     )
     return [Task.from_row(r) for r in rows]
+
+
+async def flush(db: Executor) -> None:
+    """Make every commit so far durable (see 030_group_commit.sql: writers commit
+    asynchronously; whoever shows their rows to anyone flushes first)."""
+    await db.execute("SELECT ts_flush()")
+
+
+async def flush_and_find(db: Executor, keys: Sequence[tuple[str, int]]
+                         ) -> dict[tuple[str, int], int]:
+    """Flush, then the tenant_seq of each (task_id, seq) that is stored."""
+    rows = await db.fetch("SELECT * FROM ts_flush($1::jsonb)", [list(k) for k in keys])
+    return {(str(r["task_id"]), int(r["seq"])): int(r["tenant_seq"]) for r in rows}

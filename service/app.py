@@ -5,7 +5,7 @@ import logging
 import secrets
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from types import FrameType
@@ -18,7 +18,7 @@ from core import queue, store
 from core.auth import KeyCache
 from core.constants import control_channel
 from core.db import create_pool
-from core.eventlog import EventLog
+from core.eventlog import TRANSIENT_DB_ERRORS, EventLog
 from core.settings import Settings
 from service import errors
 from service.deps import Resources
@@ -27,6 +27,19 @@ from service.limits import BodyLimit, StreamSlots
 from service.routes import router
 
 log = logging.getLogger(__name__)
+
+
+async def _with_retry(call: Callable[[], Awaitable[str]], attempts: int = 30) -> str:
+    """Startup while PostgreSQL is briefly away: wait for it instead of crash-looping."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except TRANSIENT_DB_ERRORS as exc:
+            if attempt == attempts - 1:
+                raise
+            log.warning("database not reachable at startup (%s); retrying", exc)
+            await asyncio.sleep(1.0)
+    raise AssertionError("unreachable")
 
 
 def _end_streams_on_signal(hub: Hub) -> None:
@@ -63,7 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await hub.start()
         eventlog = EventLog(pool, arq, settings.namespace, max_batch=settings.eventlog_max_batch)
         eventlog.start()
-        signing_key = await store.server_secret(pool, "stream_tickets", secrets.token_hex(32))
+        signing_key = await _with_retry(
+            lambda: store.server_secret(pool, "stream_tickets", secrets.token_hex(32)))
         app.state.resources = Resources(
             settings, pool, arq, hub, eventlog,
             keys=KeyCache(settings.key_cache_seconds),

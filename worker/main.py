@@ -19,6 +19,7 @@ from arq.worker import Worker, func
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from core import queue
 from core.constants import RUN_TASK_FUNCTION, control_channel, queue_name
 from core.db import create_pool
 from core.eventlog import EventLog
@@ -125,7 +126,7 @@ def build_worker(settings: Settings, *, burst: bool = False,
         max_jobs=settings.worker_max_jobs,
         poll_delay=settings.worker_poll_delay,
         health_check_interval=settings.worker_health_check_interval,
-        job_timeout=settings.worker_job_timeout + 60,
+        job_timeout=queue.arq_job_timeout(settings),
         keep_result=0,
         burst=burst,
         handle_signals=not burst,

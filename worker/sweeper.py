@@ -27,6 +27,10 @@ from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+#: Extra jobs for one pending state before giving up on it (each needs a worker to die
+#: between taking the job and claiming the task).
+MAX_RESCUES = 5
+
 
 @dataclass(slots=True)
 class SweepReport:
@@ -36,7 +40,8 @@ class SweepReport:
 
 
 async def heartbeat_once(pool: asyncpg.Pool, runtime: Runtime, settings: Settings) -> int:
-    held = await store.renew_leases(pool, runtime.worker_id, settings.lease_seconds)
+    held = await store.renew_leases(pool, runtime.worker_id, settings.lease_seconds,
+                                    list(runtime.running))
     for task_id, cancel_requested in held:
         if cancel_requested:
             runtime.request_cancel(task_id)
@@ -44,9 +49,11 @@ async def heartbeat_once(pool: asyncpg.Pool, runtime: Runtime, settings: Setting
 
 
 async def sweep_once(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
-                     settings: Settings) -> SweepReport:
+                     settings: Settings, *, leases: bool = True) -> SweepReport:
+    """One pass. ``leases=False`` skips expiring leases (right after a database outage,
+    when live workers have not had the chance to renew theirs yet)."""
     report = SweepReport()
-    for lost in await store.expired_leases(pool):
+    for lost in await store.expired_leases(pool) if leases else []:
         if lost.cancel_requested:
             # Its worker died before it could honour the cancel: honour it here.
             res = await eventlog.append(NewEvent(
@@ -72,9 +79,24 @@ async def sweep_once(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
             await queue.enqueue_task(arq, settings, lost.task_id, res.event.seq)
             report.requeued += 1
     for task_id, seq in await store.stale_pending(pool, settings.pending_stale_seconds):
-        if not await queue.job_known(arq, queue.job_id(task_id, seq)) and \
-                await queue.enqueue_task(arq, settings, task_id, seq):
-            report.reenqueued += 1
+        jid = queue.job_id(task_id, seq)
+        if not await queue.job_known(arq, jid):
+            if await queue.enqueue_task(arq, settings, task_id, seq):
+                report.reenqueued += 1
+            continue
+        # Queued (maybe deferred for a retry) is fine. But a worker that took the job and
+        # still has not claimed the task died in between: arq would wait out its in-progress
+        # marker (the job timeout). Run it again under a rescue id; the claim in PostgreSQL
+        # lets only one run start it.
+        for rescue in range(1, MAX_RESCUES + 1):
+            held = await queue.in_progress_for(arq, settings, jid)
+            if held is None or held < settings.pending_stale_seconds:
+                break  # waiting in the queue, or taken just now: leave it be
+            jid = queue.job_id(task_id, seq, rescue)
+            if not await queue.job_known(arq, jid):
+                if await queue.enqueue_task(arq, settings, task_id, seq, rescue=rescue):
+                    report.reenqueued += 1
+                break
     if report.requeued or report.failed or report.reenqueued:
         log.warning("sweep: %s", report)
     return report
@@ -86,17 +108,24 @@ async def run_forever(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog, run
     and retried on the next tick, never fatal."""
     loop = asyncio.get_running_loop()
     next_beat = next_sweep = loop.time()
+    # Leases are judged only after a lease period of uninterrupted database contact: after
+    # an outage every worker's lease looks expired until its next heartbeat.
+    db_ok_since: float | None = None
     while True:
         now = loop.time()
         try:
             if now >= next_beat:
                 next_beat = now + settings.heartbeat_interval
                 await heartbeat_once(pool, runtime, settings)
+                db_ok_since = now if db_ok_since is None else db_ok_since
             if now >= next_sweep:
                 next_sweep = now + settings.sweep_interval
-                await sweep_once(pool, arq, eventlog, settings)
+                settled = db_ok_since is not None and \
+                    now - db_ok_since >= settings.lease_seconds
+                await sweep_once(pool, arq, eventlog, settings, leases=settled)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            db_ok_since = None
             log.warning("heartbeat/sweep failed: %s", exc)
         await asyncio.sleep(max(0.01, min(next_beat, next_sweep) - loop.time()))

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from core import auth, store
 from core.constants import task_channel, tenant_channel
+from core.eventlog import TRANSIENT_DB_ERRORS
 from core.events import Event
 from core.ids import parse_event_cursor
 from service.auth import Credentials, Owner, TicketQuery, stream_caller
@@ -64,6 +65,8 @@ def sse(res: Resources, spec: StreamSpec, key_name: str, tenant: str,
                     yield KEEPALIVE if ev is None else ev.frame(key_name)
             except HubUnavailable:
                 return  # Redis went away as we subscribed: end; the client resumes
+            except TRANSIENT_DB_ERRORS:
+                return  # PostgreSQL went away during a catch-up: end; the client resumes
 
     return EventStreamResponse(frames())
 

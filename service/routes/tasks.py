@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from core import queue, store
 from core.constants import control_channel
@@ -21,7 +22,6 @@ from service.errors import (
     Conflict,
     NotFound,
     TooManyRequests,
-    Unavailable,
     Unprocessable,
 )
 from service.limits import check_submit_rate, json_depth
@@ -114,11 +114,11 @@ async def submit(res: Resources, owner: str, task_type: str, params: dict[str, A
     await res.eventlog.publish([created])
     try:
         await queue.enqueue_task(res.arq, res.settings, task.task_id, created.seq)
-    except Exception as exc:
-        # Redis is away: take the task back so the client's retry does not duplicate it.
-        log.warning("enqueue failed for %s: %s", task.task_id, exc)
-        await store.delete_task(res.pool, uuid.UUID(task.task_id))
-        raise Unavailable("the task queue is briefly unavailable; retry") from exc
+    except (RedisError, OSError) as exc:
+        # Redis went away after the rate check: the task is stored and its 'created' event
+        # may already be out, so keep it — the sweeper enqueues pending tasks whose job is
+        # missing (within pending_stale_seconds of Redis coming back).
+        log.warning("enqueue of %s failed (%s); the sweeper will enqueue it", task.task_id, exc)
     return task, True
 
 

@@ -1,0 +1,236 @@
+"""After the run: what PostgreSQL holds and what the clients saw, checked against the
+invariants of issue 3. Every check returns the violations it found, each one self-explanatory.
+"""
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from chaos.followers import Follow
+from chaos.leases import Loss
+from chaos.snapshot import Ev, Row, Snapshot
+from chaos.workload import TaskSpec
+
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+#: Events after which their attempt is over: any later write of that attempt is a late one.
+ENDS_ATTEMPT = frozenset({"retrying", "requeued"})
+
+
+@dataclass
+class Check:
+    name: str
+    checked: int = 0
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def check_all(snap: Snapshot, specs: list[TaskSpec], follows: list[Follow],
+              lost: list[Loss]) -> list[Check]:
+    return [accepted_terminal(snap, specs), one_terminal_event(snap), fencing(snap),
+            gap_free(snap), outcomes(snap, specs), poison_pills(snap, lost),
+            clients_exactly_once(snap, follows), clients_only_durable(snap, follows)]
+
+
+def accepted_terminal(snap: Snapshot, specs: list[TaskSpec]) -> Check:
+    c = Check("every accepted task exists, once, in a terminal status")
+    by_key: dict[str, list[Row]] = defaultdict(list)
+    for r in snap.tasks.values():
+        by_key[r.key or ""].append(r)
+    ours = {s.key for s in specs}
+    for key, rows in by_key.items():
+        if key not in ours:
+            c.violations.append(f"task {rows[0].task_id} has an Idempotency-Key the run "
+                                f"never sent ({key!r})")
+    for s in specs:
+        if s.refused is not None:
+            c.violations.append(f"submission #{s.n} ({s.kind}) never accepted: {s.refused}")
+            continue
+        if s.task_id is None:
+            continue
+        c.checked += 1
+        rows = by_key.get(s.key, [])
+        row = snap.tasks.get(s.task_id)
+        if row is None:
+            c.violations.append(f"accepted task {s.task_id} ({s.kind}) is not in PostgreSQL")
+        elif row.status not in TERMINAL:
+            c.violations.append(f"task {s.task_id} ({s.kind}) stuck {row.status}")
+        if len(rows) != 1 or (row is not None and rows[0].task_id != row.task_id):
+            c.violations.append(f"Idempotency-Key of #{s.n} maps to {len(rows)} tasks "
+                                f"{[r.task_id for r in rows]}, client got {s.task_id}")
+    return c
+
+
+def one_terminal_event(snap: Snapshot) -> Check:
+    c = Check("exactly one terminal event per task, matching its status")
+    for tid, evs in snap.events.items():
+        c.checked += 1
+        ends = [e for e in evs if e.type in TERMINAL]
+        row = snap.tasks[tid]
+        if len(ends) != 1:
+            c.violations.append(f"task {tid}: {len(ends)} terminal events "
+                                f"{[(e.seq, e.type, e.attempt) for e in ends]}")
+        elif ends[0].type != row.status:
+            c.violations.append(f"task {tid}: status {row.status} but terminal event "
+                                f"{ends[0].type}")
+    return c
+
+
+def fencing(snap: Snapshot) -> Check:
+    """No write of an attempt after that attempt was superseded (re-queued as worker_lost,
+    or ended by a retry), and every new attempt is the previous one plus one."""
+    c = Check("no superseded attempt's write accepted (fencing)")
+    for tid, evs in snap.events.items():
+        c.checked += 1
+        ended: dict[int, Ev] = {}
+        newest = 0
+        prev_status = "pending"
+        for e in evs:
+            if e.type == "started":
+                if e.attempt != newest + 1:
+                    c.violations.append(f"task {tid} seq {e.seq}: attempt {e.attempt} "
+                                        f"started after attempt {newest}")
+                newest = max(newest, e.attempt)
+            elif e.attempt in ended and not (e.type == "cancelled" and prev_status == "pending"):
+                # (the API may cancel a pending task; its event carries the current attempt)
+                end = ended[e.attempt]
+                c.violations.append(
+                    f"task {tid} seq {e.seq}: '{e.type}' of attempt {e.attempt} accepted "
+                    f"after seq {end.seq} '{end.type}' ({end.reason}) ended that attempt")
+            elif e.type not in ("created", "cancel_requested", "cancelled") and \
+                    e.attempt != newest:
+                c.violations.append(f"task {tid} seq {e.seq}: '{e.type}' of attempt "
+                                    f"{e.attempt} while attempt {newest} is the newest")
+            if e.type in ENDS_ATTEMPT:
+                ended[e.attempt] = e
+            prev_status = e.status
+    return c
+
+
+def gap_free(snap: Snapshot) -> Check:
+    c = Check("per-task seq gap-free 1..last_seq, nothing after the terminal event")
+    for tid, row in snap.tasks.items():
+        c.checked += 1
+        evs = snap.events.get(tid, [])
+        seqs = [e.seq for e in evs]
+        if seqs != list(range(1, row.last_seq + 1)):
+            c.violations.append(f"task {tid}: seqs {_ranges(seqs)} but last_seq {row.last_seq}")
+            continue
+        if evs and evs[0].type != "created":
+            c.violations.append(f"task {tid}: first event is {evs[0].type!r}")
+        term = [i for i, e in enumerate(evs) if e.type in TERMINAL]
+        if term and term[0] != len(evs) - 1:
+            after = [(e.seq, e.type) for e in evs[term[0] + 1:]]
+            c.violations.append(f"task {tid}: events after its terminal event: {after}")
+        tseqs = [e.tenant_seq for e in evs]
+        if tseqs != sorted(tseqs):
+            c.violations.append(f"task {tid}: tenant_seq not increasing along seq: {tseqs}")
+    return c
+
+
+def outcomes(snap: Snapshot, specs: list[TaskSpec]) -> Check:
+    c = Check("each task ended as its kind allows (and completed ones carry their result)")
+    for s in specs:
+        row = snap.tasks.get(s.task_id or "")
+        if row is None or row.status not in TERMINAL:
+            continue
+        c.checked += 1
+        got = (row.status, row.failure_reason)
+        if got not in s.allowed:
+            c.violations.append(f"task {row.task_id} ({s.kind}, {json.dumps(s.body)}) ended "
+                                f"{got}; allowed {sorted(s.allowed, key=str)}")
+        elif row.status == "completed" and row.result != s.result:
+            c.violations.append(f"task {row.task_id} completed with {row.result!r}, "
+                                f"expected {s.result!r}")
+        c.violations.extend(f"task {row.task_id}: {n}" for n in s.notes)
+    return c
+
+
+def poison_pills(snap: Snapshot, lost: list[Loss]) -> Check:
+    """``worker_lost`` as a final reason means the task killed its worker max_crashes times;
+    a lease that expired while its worker was alive (say, PostgreSQL was away for longer than
+    a lease) is not the task's fault."""
+    c = Check("no task failed as worker_lost while one of its 'lost' workers was alive")
+    per_task: dict[str, list[Loss]] = defaultdict(list)
+    for loss in lost:
+        per_task[loss.ev.task_id].append(loss)
+    for tid, row in snap.tasks.items():
+        if row.status != "failed" or row.failure_reason != "worker_lost":
+            continue
+        c.checked += 1
+        alive = [x for x in per_task[tid] if x.why == "alive"]
+        if alive:
+            c.violations.append(
+                f"task {tid} failed as worker_lost after {len(per_task[tid])} lost leases, "
+                f"{len(alive)} of them while the worker was alive "
+                f"(attempts {[x.ev.attempt for x in alive]})")
+    return c
+
+
+def clients_exactly_once(snap: Snapshot, follows: list[Follow]) -> Check:
+    c = Check("every resuming SSE client saw every event once, in order")
+    for f in follows:
+        c.checked += 1
+        c.violations.extend(f.problems)
+        c.violations.extend(f.stalls)
+        got = [s.id for s in f.seen]
+        if f.kind == "task":
+            assert f.task_id is not None
+            row = snap.tasks.get(f.task_id)
+            if got != list(range(1, len(got) + 1)):
+                c.violations.append(f"task stream {f.task_id}: ids {_ranges(got)} over "
+                                    f"{f.connections} connections")
+            elif not f.ended:
+                c.violations.append(f"task stream {f.task_id} never ended (got {len(got)} of "
+                                    f"{row.last_seq if row else '?'} events)")
+            elif row is not None and len(got) != row.last_seq:
+                c.violations.append(f"task stream {f.task_id} ended after {len(got)} of "
+                                    f"{row.last_seq} events")
+        else:
+            top = got[-1] if got else 0
+            want = sorted(t for t in snap.by_tenant_seq if t <= top)
+            if got != want:
+                c.violations.append(f"tenant stream: ids {_ranges(got)}, PostgreSQL has "
+                                    f"{_ranges(want)}")
+            elif top != max(snap.by_tenant_seq, default=0):
+                c.violations.append(f"tenant stream stopped at {top} of "
+                                    f"{max(snap.by_tenant_seq, default=0)}")
+    return c
+
+
+def clients_only_durable(snap: Snapshot, follows: list[Follow]) -> Check:
+    c = Check("no event reached a client that PostgreSQL lacks")
+    for f in follows:
+        for s in f.seen:
+            c.checked += 1
+            evs = snap.events.get(s.task_id, [])
+            db = evs[s.seq - 1] if 0 < s.seq <= len(evs) else None
+            if db is None or db.seq != s.seq:
+                c.violations.append(f"client got {s.type} seq {s.seq} of task {s.task_id} "
+                                    f"(tenant_seq {s.tenant_seq}); PostgreSQL has no such event")
+            elif (db.tenant_seq, db.type, db.status, db.attempt) != \
+                    (s.tenant_seq, s.type, s.status, s.attempt):
+                c.violations.append(
+                    f"client got task {s.task_id} seq {s.seq} as "
+                    f"{(s.tenant_seq, s.type, s.status, s.attempt)}, PostgreSQL has "
+                    f"{(db.tenant_seq, db.type, db.status, db.attempt)}")
+    return c
+
+
+def _ranges(xs: list[int]) -> str:
+    """[1,2,3,5,5,6] -> '1-3,5,5-6' (short, shows gaps, repeats and disorder)."""
+    if not xs:
+        return "[]"
+    out: list[str] = []
+    start = prev = xs[0]
+    for x in xs[1:]:
+        if x == prev + 1:
+            prev = x
+            continue
+        out.append(f"{start}-{prev}" if prev != start else str(start))
+        start = prev = x
+    out.append(f"{start}-{prev}" if prev != start else str(start))
+    text = ",".join(out)
+    return text if len(text) < 200 else text[:200] + "..."

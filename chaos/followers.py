@@ -1,0 +1,236 @@
+"""SSE clients that drop and resume throughout the run, recording every event they receive.
+
+A task follower picks a task that was just accepted, reads its stream
+(``GET /tasks/{id}/stream``), hangs up after a few events or a few seconds, and comes back
+with the last id it saw (the ``Last-Event-ID`` header, or ``?last_event_id=`` as a native
+EventSource's first connect would) until the stream ends after the terminal event; it then
+reconnects once more and must get 204. A tenant follower does the same on ``GET /stream``
+(every event of the tenant, ids are ``tenant_seq``) from the very first event to the last.
+
+A *patient* follower never hangs up by itself; if its connection sits idle while PostgreSQL
+already holds the next event (for longer than ``stall_after``, counted from the end of the
+last Redis or PostgreSQL outage), that is a stalled live stream: recorded, then resumed.
+"""
+
+import asyncio
+import json
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from chaos.api import CONNECTION_ERROR, RETRY_LATER, Api, retry_after
+from tests.sse import Message, messages
+
+#: Given a stream's cursor: (PostgreSQL's last id on that stream, created_at of the next).
+Probe = Callable[[int], Awaitable[tuple[int, float | None]]]
+
+STREAM_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+@dataclass(slots=True)
+class Seen:
+    id: int  # the SSE id: the task's seq, or the tenant_seq on the tenant stream
+    task_id: str
+    seq: int
+    tenant_seq: int
+    type: str
+    status: str
+    attempt: int
+    at: float  # wall clock when received
+    conn: int  # which connection of this follow delivered it
+
+
+@dataclass
+class Follow:
+    kind: str  # task | tenant
+    task_id: str | None
+    patient: bool
+    seen: list[Seen] = field(default_factory=list)
+    connections: int = 0
+    ended: bool = False  # task stream: terminal event seen, then 204
+    problems: list[str] = field(default_factory=list)
+    stalls: list[str] = field(default_factory=list)
+    goal: Callable[[], int | None] = field(default=lambda: None, repr=False)
+
+    def done(self) -> bool:
+        """A tenant stream is done once it holds the final id ``goal()`` names."""
+        goal = self.goal()
+        return goal is not None and (self.seen[-1].id if self.seen else 0) >= goal
+
+
+class _End:
+    pass
+
+
+class Followers:
+    def __init__(self, api: Api, rng: random.Random, *, stall_after: float = 8.0,
+                 calm_since: Callable[[], float] = lambda: 0.0) -> None:
+        self.api = api
+        self.rng = rng
+        self.stall_after = stall_after
+        #: When the last Redis/PostgreSQL outage ended (+inf during one): events committed
+        #: before then may legitimately wait for it to end.
+        self.calm_since = calm_since
+        self.follows: list[Follow] = []
+        self.fresh: deque[str] = deque(maxlen=50)  # recently accepted, not yet followed
+        self.stop_picking = asyncio.Event()
+        self.hard_stop = asyncio.Event()
+
+    def accepted(self, task_id: str) -> None:
+        self.fresh.append(task_id)
+
+    # -- task streams --------------------------------------------------------------------
+    async def task_follower(self, patient: bool, probe: Callable[[str], Probe]) -> None:
+        while not self.stop_picking.is_set():
+            if not self.fresh:
+                await asyncio.sleep(0.1)
+                continue
+            task_id = self.fresh.pop() if self.rng.random() < 0.7 else \
+                self.fresh.popleft()
+            await self.follow_task(task_id, patient, probe(task_id))
+
+    async def follow_task(self, task_id: str, patient: bool, probe: Probe) -> Follow:
+        f = Follow("task", task_id, patient)
+        self.follows.append(f)
+        cursor: int | None = None
+        while not self.hard_stop.is_set():
+            status = await self._connect(f, f"/tasks/{task_id}/stream", cursor, probe)
+            if f.seen:
+                cursor = f.seen[-1].id
+            if status == 204:
+                if not f.seen or f.seen[-1].status not in TERMINAL:
+                    f.problems.append(f"204 at cursor {cursor} before the terminal event")
+                f.ended = True
+                return f
+            if status not in (200, *RETRY_LATER, None):
+                return f  # recorded as a problem by _connect
+        return f
+
+    # -- the tenant stream ---------------------------------------------------------------
+    async def tenant_follower(self, patient: bool, probe: Probe, target: Callable[[], int | None]
+                              ) -> None:
+        """From tenant_seq 0 until stopped; once ``target()`` gives the final tenant_seq,
+        until that one is in hand."""
+        f = Follow("tenant", None, patient, goal=target)
+        self.follows.append(f)
+        cursor = 0
+        while not self.hard_stop.is_set() and not f.done():
+            status = await self._connect(f, "/stream", cursor, probe)
+            if f.seen:
+                cursor = f.seen[-1].id
+            if status not in (200, *RETRY_LATER, None):
+                return
+
+    # -- one connection ------------------------------------------------------------------
+    async def _connect(self, f: Follow, path: str, cursor: int | None, probe: Probe
+                       ) -> int | None:
+        """One connection; returns its HTTP status, or None if it could not connect."""
+        route = "GET /tasks/{id}/stream" if f.kind == "task" else "GET /stream"
+        headers: dict[str, str] = {}
+        url = path
+        if cursor is not None:
+            if self.rng.random() < 0.7:
+                headers["Last-Event-ID"] = str(cursor)
+            else:
+                url = f"{path}?last_event_id={cursor}"
+        if f.patient:
+            budget, until = 10**9, float("inf")
+        elif f.kind == "task":
+            budget, until = self.rng.randint(1, 6), time.monotonic() + self.rng.uniform(0.3, 3)
+        else:  # a large budget: a tenant stream carries every event of the run
+            budget = self.rng.randint(200, 3000)
+            until = time.monotonic() + self.rng.uniform(1, 6)
+        conn = f.connections
+        f.connections += 1
+        try:
+            async with self.api.pick().stream("GET", url, headers=headers,
+                                              timeout=STREAM_TIMEOUT) as resp:
+                self.api.record(route, resp.status_code,
+                                "" if resp.status_code < 500 else (await resp.aread()).decode())
+                if resp.status_code in RETRY_LATER:
+                    await asyncio.sleep(retry_after(resp))
+                elif resp.status_code == 200:
+                    await self._read(f, resp, conn, budget, until, probe)
+                elif resp.status_code != 204:
+                    body = (await resp.aread()).decode(errors="replace")
+                    f.problems.append(f"{url} (cursor {cursor}) -> {resp.status_code}: "
+                                      f"{body[:200]}")
+                return resp.status_code
+        except httpx.TransportError:
+            self.api.record(route, CONNECTION_ERROR)
+            await asyncio.sleep(0.1 + self.rng.random() * 0.2)
+            return None
+
+    async def _read(self, f: Follow, resp: httpx.Response, conn: int, budget: int,
+                    until: float, probe: Probe) -> None:
+        inbox: asyncio.Queue[Message | _End | BaseException] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for m in messages(resp):
+                    inbox.put_nowait(m)
+                inbox.put_nowait(_End())
+            except Exception as exc:  # a dropped connection ends this read only
+                inbox.put_nowait(exc)
+
+        reader = asyncio.create_task(pump())
+        idle_since = time.monotonic()
+        try:
+            got = 0
+            while got < budget and not self.hard_stop.is_set() and not f.done():
+                now = time.monotonic()
+                if now >= until:
+                    return
+                try:
+                    item = await asyncio.wait_for(inbox.get(), min(until - now, 1.0))
+                except TimeoutError:
+                    if time.monotonic() - idle_since > self.stall_after and \
+                            await self._stalled(f, probe):
+                        return
+                    continue
+                if isinstance(item, _End | BaseException):
+                    return
+                idle_since = time.monotonic()
+                got += 1
+                self._record(f, item, conn)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def _stalled(self, f: Follow, probe: Probe) -> bool:
+        cursor = f.seen[-1].id if f.seen else 0
+        try:
+            last, next_created = await probe(cursor)
+        except Exception:  # PostgreSQL away: cannot tell; keep waiting
+            return False
+        if last <= cursor or next_created is None:
+            return False
+        late = time.time() - max(next_created, self.calm_since())
+        if late < self.stall_after:
+            return False
+        f.stalls.append(f"{f.kind} stream {f.task_id or ''} idle at id {cursor} while "
+                        f"PostgreSQL had id {cursor + 1} for {late:.1f}s after the last "
+                        f"outage (last id {last})")
+        return True
+
+    def _record(self, f: Follow, m: Message, conn: int) -> None:
+        try:
+            d = json.loads(m.data)
+            seen = Seen(int(m.id or -1), d["task_id"], int(d["seq"]), int(d["tenant_seq"]),
+                        d["type"], d["status"], int(d["attempt"]), time.time(), conn)
+        except (ValueError, KeyError, TypeError) as exc:
+            f.problems.append(f"undecodable message id={m.id!r}: {exc}")
+            return
+        expect = seen.seq if f.kind == "task" else seen.tenant_seq
+        if seen.id != expect:
+            f.problems.append(f"SSE id {m.id!r} is not the event's {f.kind} position {expect}")
+        if f.kind == "task" and seen.task_id != f.task_id:
+            f.problems.append(f"event of task {seen.task_id} on the stream of {f.task_id}")
+        if m.event not in (None, "message"):
+            f.problems.append(f"named SSE event {m.event!r}; the seed listens to unnamed ones")
+        f.seen.append(seen)

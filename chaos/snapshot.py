@@ -1,0 +1,60 @@
+"""What PostgreSQL holds after the run: every task row and every event, read once."""
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+
+@dataclass(slots=True)
+class Ev:
+    task_id: str
+    seq: int
+    tenant_seq: int
+    type: str
+    status: str
+    attempt: int
+    reason: str | None
+    created: float  # epoch seconds
+
+
+@dataclass(slots=True)
+class Row:
+    task_id: str
+    status: str
+    failure_reason: str | None
+    result: Any
+    last_seq: int
+    key: str | None
+    crashes: int
+
+
+@dataclass
+class Snapshot:
+    tasks: dict[str, Row]
+    events: dict[str, list[Ev]]  # per task, by seq
+    by_tenant_seq: dict[int, Ev]
+    tenant_last_seq: int
+
+
+async def snapshot(pool: asyncpg.Pool) -> Snapshot:
+    rows = await pool.fetch("""SELECT task_id, status, failure_reason, result, last_seq,
+                                      idempotency_key, crashes FROM tasks""")
+    tasks = {str(r["task_id"]): Row(str(r["task_id"]), r["status"], r["failure_reason"],
+                                    r["result"], r["last_seq"], r["idempotency_key"],
+                                    r["crashes"]) for r in rows}
+    events: dict[str, list[Ev]] = defaultdict(list)
+    by_tseq: dict[int, Ev] = {}
+    for r in await pool.fetch(
+            """SELECT task_id, seq, tenant_seq, type, status, attempt, data,
+                      extract(epoch FROM created_at)::float8 AS created
+               FROM task_events ORDER BY task_id, seq"""):
+        data = r["data"]
+        reason = data.get("reason") if isinstance(data, dict) else None
+        ev = Ev(str(r["task_id"]), r["seq"], r["tenant_seq"], r["type"], r["status"],
+                r["attempt"], reason, r["created"])
+        events[ev.task_id].append(ev)
+        by_tseq[ev.tenant_seq] = ev
+    last = await pool.fetchval("SELECT coalesce(max(last_seq), 0) FROM tenants")
+    return Snapshot(tasks, dict(events), by_tseq, int(last))

@@ -1,0 +1,142 @@
+"""The work submitted during the run: a seeded mix of task kinds, each with the outcomes the
+chaos may legitimately lead it to, submitted with an Idempotency-Key at a steady pace.
+
+Kinds (share of the mix):
+    demo      40%  0.2-2 s in 2-8 steps                       -> completed
+    long      12%  3-7 s in 5-12 steps (likely to lose a worker) -> completed
+    retry     15%  fails its first 1-2 attempts, budget allows  -> completed after retrying
+    dead       5%  fails every attempt, budget 1-3              -> failed (error): dead letter
+    noop      20%  a burst of 0-40 progress events              -> completed
+    timeout    3%  3 s of work under a 1 s hard limit          -> failed (timeout)
+    cancel     5%  3-6 s of work, cancelled after 0.2-3 s       -> cancelled (or completed)
+
+Any kind may also end failed with reason ``worker_lost`` (lost with its worker ``max_crashes``
+times: the poison-pill rule), which is why that outcome is allowed everywhere.
+"""
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from chaos.api import Api
+
+Outcome = tuple[str, str | None]  # (status, failure_reason)
+WORKER_LOST: Outcome = ("failed", "worker_lost")
+COMPLETED: Outcome = ("completed", None)
+
+KINDS: list[tuple[str, int]] = [("demo", 40), ("long", 12), ("retry", 15), ("dead", 5),
+                                ("noop", 20), ("timeout", 3), ("cancel", 5)]
+
+
+@dataclass(slots=True)
+class TaskSpec:
+    n: int
+    kind: str
+    key: str
+    body: dict[str, Any]
+    allowed: frozenset[Outcome]
+    result: Any = None  # the result a completed task must carry
+    cancel_after: float | None = None
+    task_id: str | None = None
+    accepted_at: float | None = None
+    replayed: bool = False  # a retried POST got the same task back (200)
+    refused: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def make_specs(n: int, rng: random.Random) -> list[TaskSpec]:
+    names = [k for k, _ in KINDS]
+    weights = [w for _, w in KINDS]
+    return [_spec(i, rng.choices(names, weights)[0], rng) for i in range(n)]
+
+
+def _spec(i: int, kind: str, rng: random.Random) -> TaskSpec:
+    key = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    done = frozenset({COMPLETED, WORKER_LOST})
+    if kind == "noop":
+        events = rng.randint(0, 40)
+        return TaskSpec(i, kind, key, {"type": "noop", "params": {"events": events}}, done,
+                        {"events": events})
+    duration = round(rng.uniform(0.2, 2.0), 2)
+    steps = rng.randint(2, 8)
+    params: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    allowed = done
+    cancel_after = None
+    if kind == "long":
+        duration, steps = round(rng.uniform(3.0, 7.0), 2), rng.randint(5, 12)
+    elif kind == "retry":
+        steps = rng.randint(2, 6)
+        fails = rng.randint(1, 2)
+        params = {"fail_at_step": rng.randint(1, steps), "fail_attempts": fails}
+        options = {"max_attempts": fails + rng.randint(1, 2)}
+    elif kind == "dead":
+        duration, steps = round(rng.uniform(0.2, 1.0), 2), 3
+        params = {"fail_at_step": rng.randint(1, 3)}
+        options = {"max_attempts": rng.randint(1, 3)}
+        allowed = frozenset({("failed", "error"), WORKER_LOST})
+    elif kind == "timeout":
+        duration, steps = 3.0, 6
+        options = {"timeout": 1.0}
+        allowed = frozenset({("failed", "timeout"), WORKER_LOST})
+    elif kind == "cancel":
+        duration, steps = round(rng.uniform(3.0, 6.0), 2), 10
+        cancel_after = round(rng.uniform(0.2, 3.0), 2)
+        allowed = frozenset({("cancelled", "cancelled"), COMPLETED, WORKER_LOST})
+    body = {"type": "demo", "params": {"duration": duration, "steps": steps, **params},
+            **options}
+    return TaskSpec(i, kind, key, body, allowed, {"steps": steps, "duration": duration},
+                    cancel_after)
+
+
+async def submit_all(api: Api, specs: list[TaskSpec], window: float, *, concurrency: int = 16,
+                     on_accept: Callable[[TaskSpec], None] = lambda s: None) -> None:
+    """POST every spec, evenly spread over ``window`` seconds; a 503 or a lost connection is
+    retried with the same Idempotency-Key, so it can never create a second task."""
+    sem = asyncio.Semaphore(concurrency)
+    t0 = time.monotonic()
+    followups: list[asyncio.Task[None]] = []
+
+    async def one(spec: TaskSpec, at: float) -> None:
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        async with sem:
+            resp = await api.request("POST /tasks", "POST", "/tasks", json=spec.body,
+                                     headers={"Idempotency-Key": spec.key})
+        if resp is None:
+            spec.refused = "no answer but 503 / connection errors"
+            return
+        if resp.status_code not in (200, 202):
+            spec.refused = f"{resp.status_code}: {resp.text[:200]}"
+            return
+        spec.task_id = resp.json()["task_id"]
+        spec.accepted_at = time.time()
+        spec.replayed = resp.status_code == 200
+        on_accept(spec)
+        if spec.cancel_after is not None:
+            followups.append(asyncio.create_task(_cancel(api, spec)))
+        elif spec.n % 5 == 0:
+            followups.append(asyncio.create_task(_snapshot(api, spec)))
+
+    step = window / max(1, len(specs))
+    await asyncio.gather(*(one(s, t0 + i * step) for i, s in enumerate(specs)))
+    await asyncio.gather(*followups)
+
+
+async def _cancel(api: Api, spec: TaskSpec) -> None:
+    assert spec.cancel_after is not None
+    await asyncio.sleep(spec.cancel_after)
+    resp = await api.request("POST /tasks/{id}/cancel", "POST", f"/tasks/{spec.task_id}/cancel")
+    if resp is not None and resp.status_code not in (200, 409):
+        spec.notes.append(f"cancel answered {resp.status_code}: {resp.text[:200]}")
+
+
+async def _snapshot(api: Api, spec: TaskSpec) -> None:
+    """The seed's status endpoint, read once while the task is young."""
+    await asyncio.sleep(random.random() * 2)  # noqa: S311 - timing jitter
+    resp = await api.request("GET /tasks/{id}", "GET", f"/tasks/{spec.task_id}")
+    if resp is not None and resp.status_code != 200:
+        spec.notes.append(f"snapshot answered {resp.status_code}: {resp.text[:200]}")
