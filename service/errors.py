@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.eventlog import TRANSIENT_DB_ERRORS
+from core.eventlog import TRANSIENT_DB_ERRORS, EventsLost
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,10 @@ def install(app: FastAPI) -> None:
                             status_code=exc.status_code, headers=exc.headers)
 
     app.add_exception_handler(StarletteHTTPException, http_error)
+    # EventsLost: a submission's 'created' event vanished in a PostgreSQL crash before it
+    # reached the disk; the client retries (with its Idempotency-Key) and loses nothing.
     down: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError,
-                                         asyncpg.TooManyConnectionsError)
+                                         asyncpg.TooManyConnectionsError, EventsLost)
     for err in (*down, *TRANSIENT_DB_ERRORS):
         if issubclass(err, Exception):
             app.add_exception_handler(err, backend_down)
