@@ -221,6 +221,11 @@ async def test_limits(as_: Any) -> None:
         ids.append(r.json()["task_id"])
     r = await c.post("/tasks", json={"type": "noop"})
     assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    # An upload is refused before a byte of it is stored.
+    listed = len((await c.get("/tasks", params={"limit": 200})).json()["items"])
+    r = await c.post("/upload", files={"file": ("x.txt", b"words " * 1000)})
+    assert r.status_code == 429
+    assert len((await c.get("/tasks", params={"limit": 200})).json()["items"]) == listed
     for tid in ids:
         await c.post(f"/tasks/{tid}/cancel")
     assert (await c.get("/tasks", params={"limit": 0})).status_code == 422

@@ -72,13 +72,25 @@ def request_hash(task_type: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+async def admit(res: Resources, owner: str) -> None:
+    """The per-tenant limits on submissions: 429 (+ Retry-After) when over."""
+    await check_submit_rate(res.arq, res.settings.namespace, owner,
+                            res.settings.submit_rate_per_tenant)
+    if await store.inflight_count(res.pool, owner) >= res.settings.max_inflight_per_tenant:
+        raise TooManyRequests(
+            f"{res.settings.max_inflight_per_tenant} tasks already pending or running; "
+            "wait for some to finish", retry_after=5)
+
+
 async def submit(res: Resources, owner: str, task_type: str, params: dict[str, Any],
                  idempotency_key: str | None, *, fingerprint: dict[str, Any] | None = None,
-                 options: dict[str, Any] | None = None) -> tuple[store.Task, bool]:
+                 options: dict[str, Any] | None = None, admitted: bool = False,
+                 ) -> tuple[store.Task, bool]:
     """Validate, insert (task + 'created' event), enqueue. Returns (task, newly_created).
 
     ``fingerprint`` replaces the params in the idempotency comparison (an upload compares
-    the file's digest, since each upload gets a new id).
+    the file's digest, since each upload gets a new id). ``admitted``: the caller already
+    ran ``admit`` (an upload does, before it stores a byte).
     """
     if json_depth(params) > res.settings.json_max_depth:
         raise Unprocessable(f"params nest deeper than {res.settings.json_max_depth} levels")
@@ -92,12 +104,8 @@ async def submit(res: Resources, owner: str, task_type: str, params: dict[str, A
             f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors()
         )
         raise Unprocessable(f"invalid params for {task_type!r}: {problems}") from None
-    await check_submit_rate(res.arq, res.settings.namespace, owner,
-                            res.settings.submit_rate_per_tenant)
-    if await store.inflight_count(res.pool, owner) >= res.settings.max_inflight_per_tenant:
-        raise TooManyRequests(
-            f"{res.settings.max_inflight_per_tenant} tasks already pending or running; "
-            "wait for some to finish", retry_after=5)
+    if not admitted:
+        await admit(res, owner)
     clean = model.model_dump(mode="json")
     options = options or {}
     digest = request_hash(task_type, {"p": fingerprint or clean, "o": options})
