@@ -15,14 +15,14 @@ import uuid
 from typing import Any, TypedDict
 
 import asyncpg
-from arq.worker import Worker, func
+from arq.worker import Retry, Worker, func
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core import queue
 from core.constants import RUN_TASK_FUNCTION, control_channel, queue_name
 from core.db import create_pool
-from core.eventlog import EventLog
+from core.eventlog import TRANSIENT_DB_ERRORS, EventLog
 from core.queue import redis_settings
 from core.serialization import deserialize, serialize
 from core.settings import Settings
@@ -57,7 +57,13 @@ class ResilientWorker(Worker):
 
 async def run_task(ctx: dict[str, Any], task_id: str) -> str:
     runtime: Runtime = ctx["runtime"]
-    return await runtime.run(task_id)
+    try:
+        return await runtime.run(task_id)
+    except TRANSIENT_DB_ERRORS as exc:
+        # PostgreSQL away before the task was claimed: let arq run this job again shortly
+        # (the sweeper would also find it pending, but later).
+        log.warning("job for %s deferred: database unavailable (%s)", task_id, exc)
+        raise Retry(defer=1.0) from exc
 
 
 async def _listen_control(redis: Redis, settings: Settings, runtime: Runtime) -> None:
