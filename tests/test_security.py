@@ -234,10 +234,11 @@ async def test_limits(as_: Any) -> None:
 
 async def test_submission_rate_limit(as_: Any) -> None:
     c = as_("rate")
+    # 80 at once: however the one-second windows split them, one window sees more than 20.
     statuses = await asyncio.gather(*[c.post("/tasks", json={"type": "noop"})
-                                      for _ in range(40)])
+                                      for _ in range(80)])
     codes = [r.status_code for r in statuses]
-    assert codes.count(429) > 0 and codes.count(202) >= 10
+    assert codes.count(429) > 0 and codes.count(202) >= 3
     # Some were refused by the per-second rate (Retry-After: 1), the rest, maybe, by the
     # in-flight limit (Retry-After: 5).
     assert any(r.headers.get("Retry-After") == "1" for r in statuses if r.status_code == 429)
