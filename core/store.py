@@ -225,6 +225,59 @@ async def _create_task(pool: asyncpg.Pool, owner: str, task_type: str, params: d
     return task, appended.event
 
 
+@dataclass(slots=True)
+class NewTask:
+    owner: str
+    task_type: str
+    params: dict[str, Any]
+    max_attempts: int
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+async def create_tasks(pool: asyncpg.Pool, items: Sequence[NewTask]
+                       ) -> list[tuple[Task, Event | None]]:
+    """Insert many tasks and their 'created' events in one transaction and a few round trips
+    (group commit for submissions). Per item: (task, its created event), or (the task an
+    earlier submission with the same idempotency key made, None). Raises
+    ForeignKeyViolationError if an owner has no tenant row yet (see ``ensure_tenant``)."""
+    ids = [uuid.uuid4() for _ in items]
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            f"""INSERT INTO tasks (task_id, owner, task_type, params, max_attempts,
+                                   idempotency_key, request_hash, options)
+                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[],
+                                     $5::integer[], $6::text[], $7::text[], $8::jsonb[])
+                ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL
+                DO NOTHING
+                RETURNING {_TASK_COLS}""",
+            ids, [i.owner for i in items], [i.task_type for i in items],
+            [i.params for i in items], [i.max_attempts for i in items],
+            [i.idempotency_key for i in items], [i.request_hash for i in items],
+            [i.options for i in items],
+        )
+        inserted = {r["task_id"]: Task.from_row(r) for r in rows}
+        fresh = [(n, inserted[tid]) for n, tid in enumerate(ids) if tid in inserted]
+        appended = await append_events(conn, [
+            NewEvent(task_id=t.task_id, owner=t.owner, type=EventType.CREATED) for _, t in fresh
+        ])
+        out: list[tuple[Task, Event | None] | None] = [None] * len(items)
+        for (n, task), res in zip(fresh, appended, strict=True):
+            assert res.event is not None
+            task.last_seq = res.event.seq
+            out[n] = (task, res.event)
+        for n, item in enumerate(items):
+            if out[n] is None:  # an idempotent replay (maybe of an item in this very batch)
+                existing = await conn.fetchrow(
+                    f"SELECT {_TASK_COLS} FROM tasks WHERE owner = $1 AND idempotency_key = $2",
+                    item.owner, item.idempotency_key,
+                )
+                assert existing is not None
+                out[n] = (Task.from_row(existing), None)
+    return [o for o in out if o is not None]
+
+
 async def get_task(db: Executor, task_id: uuid.UUID, owner: str | None = None) -> Task | None:
     """One task; with ``owner`` given, another tenant's task is simply not found."""
     if owner is None:

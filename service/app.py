@@ -25,6 +25,7 @@ from service.deps import Resources
 from service.hub import Hub
 from service.limits import BodyLimit, StreamSlots
 from service.routes import router
+from service.submissions import Submissions
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await hub.start()
         eventlog = EventLog(pool, arq, settings.namespace, max_batch=settings.eventlog_max_batch)
         eventlog.start()
+        submissions = Submissions(pool, arq, eventlog, settings)
+        submissions.start()
         signing_key = await _with_retry(
             lambda: store.server_secret(pool, "stream_tickets", secrets.token_hex(32)))
         app.state.resources = Resources(
             settings, pool, arq, hub, eventlog,
             keys=KeyCache(settings.key_cache_seconds),
+            submissions=submissions,
             streams=StreamSlots(settings.max_streams_per_tenant,
                                 settings.max_streams_per_process),
             signing_key=bytes.fromhex(signing_key),
@@ -92,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await submissions.close()
             await eventlog.close()
             await hub.close()
             await arq.aclose()

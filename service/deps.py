@@ -12,6 +12,7 @@ from core.eventlog import EventLog
 from core.settings import Settings
 from service.hub import Hub
 from service.limits import StreamSlots
+from service.submissions import Submissions
 
 
 @dataclass(slots=True)
@@ -23,6 +24,7 @@ class Resources:
     eventlog: EventLog
     keys: KeyCache
     streams: StreamSlots
+    submissions: Submissions
     signing_key: bytes = b""
 
 

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from core import queue, store
 from core.constants import control_channel
@@ -109,24 +108,16 @@ async def submit(res: Resources, owner: str, task_type: str, params: dict[str, A
     clean = model.model_dump(mode="json")
     options = options or {}
     digest = request_hash(task_type, {"p": fingerprint or clean, "o": options})
-    task, created = await store.create_task(
-        res.pool, owner=owner, task_type=task_type, params=clean,
+    task, created = await res.submissions.submit(store.NewTask(
+        owner=owner, task_type=task_type, params=clean,
         max_attempts=options.get("max_attempts") or TASK_TYPES[task_type].max_attempts,
         idempotency_key=idempotency_key, request_hash=digest if idempotency_key else None,
         options=options,
-    )
+    ))
     if created is None:
         if task.request_hash != digest:
             raise Conflict("Idempotency-Key was already used with a different request body")
         return task, False
-    await res.eventlog.publish([created])
-    try:
-        await queue.enqueue_task(res.arq, res.settings, task.task_id, created.seq)
-    except (RedisError, OSError) as exc:
-        # Redis went away after the rate check: the task is stored and its 'created' event
-        # may already be out, so keep it — the sweeper enqueues pending tasks whose job is
-        # missing (within pending_stale_seconds of Redis coming back).
-        log.warning("enqueue of %s failed (%s); the sweeper will enqueue it", task.task_id, exc)
     return task, True
 
 
