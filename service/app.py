@@ -23,7 +23,7 @@ from core.settings import Settings
 from service import errors
 from service.deps import Resources
 from service.hub import Hub
-from service.limits import BodyLimit, StreamSlots
+from service.limits import BodyLimit, InflightGauge, StreamSlots
 from service.routes import router
 from service.submissions import Submissions
 
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings, pool, arq, hub, eventlog,
             keys=KeyCache(settings.key_cache_seconds),
             submissions=submissions,
+            inflight=InflightGauge(),
             streams=StreamSlots(settings.max_streams_per_tenant,
                                 settings.max_streams_per_process),
             signing_key=bytes.fromhex(signing_key),

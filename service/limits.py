@@ -102,3 +102,30 @@ class StreamSlots:
             self.open[tenant] -= 1
             if not self.open[tenant]:
                 del self.open[tenant]
+
+
+class InflightGauge:
+    """Each tenant's pending + running count, read from PostgreSQL at most every ``ttl``
+    seconds per web process and counted up locally in between: the in-flight limit is then
+    approximate (it may be passed by what one process admits within ``ttl``), and admission
+    costs no query per submission."""
+
+    def __init__(self, ttl: float = 0.5) -> None:
+        self.ttl = ttl
+        self._seen: dict[str, tuple[int, float]] = {}
+
+    def cached(self, tenant: str) -> int | None:
+        hit = self._seen.get(tenant)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def store(self, tenant: str, count: int) -> None:
+        if len(self._seen) > 10_000:
+            self._seen.clear()
+        self._seen[tenant] = (count, time.monotonic() + self.ttl)
+
+    def admitted(self, tenant: str) -> None:
+        hit = self._seen.get(tenant)
+        if hit is not None:
+            self._seen[tenant] = (hit[0] + 1, hit[1])

@@ -75,10 +75,15 @@ async def admit(res: Resources, owner: str) -> None:
     """The per-tenant limits on submissions: 429 (+ Retry-After) when over."""
     await check_submit_rate(res.arq, res.settings.namespace, owner,
                             res.settings.submit_rate_per_tenant)
-    if await store.inflight_count(res.pool, owner) >= res.settings.max_inflight_per_tenant:
+    inflight = res.inflight.cached(owner)
+    if inflight is None:
+        inflight = await store.inflight_count(res.pool, owner)
+        res.inflight.store(owner, inflight)
+    if inflight >= res.settings.max_inflight_per_tenant:
         raise TooManyRequests(
             f"{res.settings.max_inflight_per_tenant} tasks already pending or running; "
             "wait for some to finish", retry_after=5)
+    res.inflight.admitted(owner)
 
 
 async def submit(res: Resources, owner: str, task_type: str, params: dict[str, Any],
