@@ -176,53 +176,15 @@ async def create_task(
     request_hash: str | None = None,
     options: dict[str, Any] | None = None,
 ) -> tuple[Task, Event | None]:
-    """Insert a task and its 'created' event atomically.
+    """Insert one task and its 'created' event atomically (``create_tasks`` of one).
 
     With an idempotency key already used by this owner, returns the existing task and None
     (the caller compares ``request_hash``).
     """
-    # The tenant row is created only when the insert finds it missing: an INSERT ... ON
-    # CONFLICT on every submission would be a round trip, and would wait on any in-flight
-    # update of the tenant's counter row.
-    try:
-        return await _create_task(pool, owner, task_type, params, max_attempts,
-                                  idempotency_key, request_hash, options)
-    except asyncpg.ForeignKeyViolationError:
-        await ensure_tenant(pool, owner)
-        return await _create_task(pool, owner, task_type, params, max_attempts,
-                                  idempotency_key, request_hash, options)
-
-
-async def _create_task(pool: asyncpg.Pool, owner: str, task_type: str, params: dict[str, Any],
-                       max_attempts: int, idempotency_key: str | None,
-                       request_hash: str | None, options: dict[str, Any] | None,
-                       ) -> tuple[Task, Event | None]:
-    task_id = uuid.uuid4()
-    async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            f"""INSERT INTO tasks (task_id, owner, task_type, params, max_attempts,
-                                   idempotency_key, request_hash, options)
-                VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8::jsonb)
-                ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL
-                DO NOTHING
-                RETURNING {_TASK_COLS}""",
-            task_id, owner, task_type, params, max_attempts, idempotency_key, request_hash,
-            options or {},
-        )
-        if row is None:
-            existing = await conn.fetchrow(
-                f"SELECT {_TASK_COLS} FROM tasks WHERE owner = $1 AND idempotency_key = $2",
-                owner, idempotency_key,
-            )
-            assert existing is not None
-            return Task.from_row(existing), None
-        (appended,) = await append_events(
-            conn, [NewEvent(task_id=str(task_id), owner=owner, type=EventType.CREATED)]
-        )
-        assert appended.event is not None
-        task = Task.from_row(row)
-        task.last_seq = appended.event.seq
-    return task, appended.event
+    (result,) = await create_tasks(pool, [NewTask(owner, task_type, params, max_attempts,
+                                                  idempotency_key, request_hash,
+                                                  options or {})])
+    return result
 
 
 @dataclass(slots=True)
@@ -240,8 +202,20 @@ async def create_tasks(pool: asyncpg.Pool, items: Sequence[NewTask]
                        ) -> list[tuple[Task, Event | None]]:
     """Insert many tasks and their 'created' events in one transaction and a few round trips
     (group commit for submissions). Per item: (task, its created event), or (the task an
-    earlier submission with the same idempotency key made, None). Raises
-    ForeignKeyViolationError if an owner has no tenant row yet (see ``ensure_tenant``)."""
+    earlier submission with the same idempotency key made, None)."""
+    # A tenant row is created only when the insert finds it missing: an INSERT ... ON
+    # CONFLICT per submission would be a round trip, and would wait on any in-flight update
+    # of the tenant's counter row.
+    try:
+        return await _insert_tasks(pool, items)
+    except asyncpg.ForeignKeyViolationError:
+        for owner in sorted({i.owner for i in items}):
+            await ensure_tenant(pool, owner)
+        return await _insert_tasks(pool, items)
+
+
+async def _insert_tasks(pool: asyncpg.Pool, items: Sequence[NewTask]
+                        ) -> list[tuple[Task, Event | None]]:
     ids = [uuid.uuid4() for _ in items]
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
@@ -482,7 +456,6 @@ class _tx:
         finally:
             if self._ctx is not None:
                 await self._ctx.__aexit__(*exc)
-
 
 
 # --- leases, sweeping, dead letters ----------------------------------------------------------
