@@ -9,12 +9,11 @@ the events published on Redis, pipelined, each on its task's channel and its ten
 channel, and only then does ``append`` return. PostgreSQL is the truth: a publish that fails
 is logged and the streams catch up from the database (gap fill / hub resync).
 
-Code that appends events outside this class (``store.create_task`` inside its transaction)
+Code that appends events outside this class (``store.create_tasks`` inside its transaction)
 must call ``flush()`` or ``publish()`` before it tells anyone about them.
 """
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -23,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from core import store
+from core.batcher import Batcher
 from core.constants import task_channel, tenant_channel
 from core.events import Event, NewEvent
 
@@ -42,8 +42,6 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
 )
 
-_Item = tuple[NewEvent, "asyncio.Future[store.Appended]"]
-
 #: ARGV = task channel, tenant channel, message; repeated per event.
 _PUBLISH_LUA = """
 for i = 1, #ARGV, 3 do
@@ -61,63 +59,26 @@ class EventsLost(RuntimeError):
     in a PostgreSQL crash before reaching the disk)."""
 
 
-class EventLog:
+class EventLog(Batcher[NewEvent, store.Appended]):
     def __init__(self, pool: asyncpg.Pool, redis: Redis, namespace: str, *,
                  max_batch: int = 1000) -> None:
+        super().__init__("eventlog", max_batch)
         self._pool = pool
         self._redis = redis
         self._ns = namespace
-        self._max_batch = max_batch
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._runner: asyncio.Task[None] | None = None
         self._script = redis.register_script(_PUBLISH_LUA)
         self._script_ok = True
         self.batches = 0  # observability: how well group commit is grouping
         self.events = 0
 
-    def start(self) -> None:
-        if self._runner is None:
-            self._runner = asyncio.create_task(self._run(), name="eventlog")
-
-    async def close(self) -> None:
-        """Flush what is queued, then stop."""
-        if self._runner is None:
-            return
-        await self._queue.join()
-        self._runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._runner
-        self._runner = None
-
     async def append(self, event: NewEvent) -> store.Appended:
         """Return once the event is durable and published (or refused: illegal / fenced)."""
-        fut: asyncio.Future[store.Appended] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((event, fut))
-        return await fut
+        return await self._submit(event)
 
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                results = await self._write([e for e, _ in batch])
-            except Exception as exc:  # a real error in the data: fail this batch's callers
-                log.exception("event batch of %d refused", len(batch))
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                self._done(len(batch))
-                continue
-            await self._publish([r.event for r in results if r.event is not None])
-            for (_, fut), res in zip(batch, results, strict=True):
-                if not fut.done():
-                    fut.set_result(res)
-            self._done(len(batch))
-
-    def _done(self, n: int) -> None:
-        for _ in range(n):
-            self._queue.task_done()
+    async def _commit(self, events: list[NewEvent]) -> list[store.Appended]:
+        results = await self._write(events)
+        await self._publish([r.event for r in results if r.event is not None])
+        return results
 
     async def _write(self, events: Sequence[NewEvent]) -> list[store.Appended]:
         """Append (retrying while the database is away), then make the batch durable."""

@@ -6,8 +6,6 @@ durable, published and on the queue — the same guarantees as one by one, at a 
 the round trips (measured by ``python -m bench --scenario submission``).
 """
 
-import asyncio
-import contextlib
 import logging
 
 import asyncpg
@@ -15,6 +13,7 @@ from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
 from core import queue, store
+from core.batcher import Batcher
 from core.eventlog import EventLog
 from core.events import Event
 from core.settings import Settings
@@ -22,62 +21,24 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 
 Result = tuple[store.Task, Event | None]
-_Item = tuple[store.NewTask, "asyncio.Future[Result]"]
 
 
-class Submissions:
+class Submissions(Batcher[store.NewTask, Result]):
     def __init__(self, pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
                  settings: Settings, max_batch: int = 200) -> None:
+        super().__init__("submissions", max_batch)
         self._pool = pool
         self._arq = arq
         self._eventlog = eventlog
         self._settings = settings
-        self._max_batch = max_batch
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._runner: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._runner = asyncio.create_task(self._run(), name="submissions")
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._queue.join()
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
 
     async def submit(self, item: store.NewTask) -> Result:
-        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((item, fut))
-        return await fut
-
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                results = await self._commit([item for item, _ in batch])
-            except Exception as exc:  # every caller of this batch gets the error (503 etc.)
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-            else:
-                for (_, fut), res in zip(batch, results, strict=True):
-                    if not fut.done():
-                        fut.set_result(res)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+        """The task and its created event (None for an idempotent replay), once durable,
+        published and queued."""
+        return await self._submit(item)
 
     async def _commit(self, items: list[store.NewTask]) -> list[Result]:
-        try:
-            results = await store.create_tasks(self._pool, items)
-        except asyncpg.ForeignKeyViolationError:
-            # A tenant's first submission: create its row, then the batch again.
-            for owner in sorted({i.owner for i in items}):
-                await store.ensure_tenant(self._pool, owner)
-            results = await store.create_tasks(self._pool, items)
+        results = await store.create_tasks(self._pool, items)
         created = [ev for _, ev in results if ev is not None]
         await self._eventlog.publish(created)  # durable first, then on Redis
         try:

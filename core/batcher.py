@@ -1,0 +1,65 @@
+"""Group commit, the pattern the event log and submissions share: callers queue an item and
+wait; one runner takes everything queued (up to ``max_batch``), commits it in one go, and
+answers every caller — so under load N items cost one commit, and when idle one item costs
+no extra wait."""
+
+import asyncio
+import contextlib
+import logging
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Batcher(Generic[T, R]):
+    def __init__(self, name: str, max_batch: int) -> None:
+        self._name = name
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        self._runner: asyncio.Task[None] | None = None
+
+    async def _commit(self, items: list[T]) -> list[R]:
+        """Commit a batch; one result per item, in order. Raising fails every caller."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name=self._name)
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop."""
+        if self._runner is None:
+            return
+        await self._queue.join()
+        self._runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._runner
+        self._runner = None
+
+    async def _submit(self, item: T) -> R:
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((item, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                results = await self._commit([item for item, _ in batch])
+            except Exception as exc:  # every caller of this batch gets the error
+                log.exception("%s: batch of %d failed", self._name, len(batch))
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            else:
+                for (_, fut), res in zip(batch, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(res)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
