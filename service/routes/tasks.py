@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import logging
 import uuid
 from typing import Annotated, Any
 
@@ -34,7 +33,6 @@ from service.schemas import (
     TaskTypeOut,
 )
 
-log = logging.getLogger(__name__)
 router = APIRouter()
 
 ERRORS: dict[int | str, dict[str, Any]] = {
