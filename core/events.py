@@ -52,6 +52,13 @@ class NewEvent:
         }
 
 
+def sse_message(event_id: int, data: str | None = None) -> bytes:
+    """An unnamed SSE message (the seed's ``onmessage`` receives it); id-only without data."""
+    if data is None:
+        return b"id: %d\n\n" % event_id
+    return b"id: %d\ndata: %s\n\n" % (event_id, data.encode())
+
+
 @dataclass(slots=True)
 class Event:
     """A persisted event, as every reader sees it."""
@@ -96,10 +103,12 @@ class Event:
         """This event as an unnamed SSE message whose id is ``seq`` or ``tenant_seq``."""
         cached = self.frames.get(id_field)
         if cached is None:
-            ident = self.seq if id_field == "seq" else self.tenant_seq
-            cached = self.frames[id_field] = b"id: %d\ndata: %s\n\n" % (
-                ident, self.encode().encode())
+            cached = self.frames[id_field] = sse_message(self.position(id_field), self.encode())
         return cached
+
+    def position(self, id_field: str) -> int:
+        """Where this event stands in a task's stream ("seq") or its tenant's ("tenant_seq")."""
+        return self.seq if id_field == "seq" else self.tenant_seq
 
     def encode(self) -> str:
         if not self.raw:

@@ -105,9 +105,17 @@ class TaskOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_attempts: int | None = Field(None, ge=1, le=50)
-    timeout: float | None = Field(None, gt=0, le=7 * 24 * 3600)
-    soft_timeout: float | None = Field(None, gt=0, le=7 * 24 * 3600)
+    max_attempts: int | None = Field(None, ge=1, le=50,
+                                     description="Override the type's retry budget.")
+    timeout: float | None = Field(None, gt=0, le=7 * 24 * 3600,
+                                  description="Hard time limit in seconds (task cancelled).")
+    soft_timeout: float | None = Field(
+        None, gt=0, le=7 * 24 * 3600,
+        description="Soft time limit: the task's code gets SoftTimeLimitExceeded.")
+
+    def options(self) -> dict[str, Any]:
+        """The overrides given, as stored with the task."""
+        return self.model_dump(include=set(TaskOptions.model_fields), exclude_none=True)
 
 
 __all__ = [

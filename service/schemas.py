@@ -3,26 +3,14 @@
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from core.tasktypes import TaskOptions
 
 
-class SubmitTask(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SubmitTask(TaskOptions):
     type: str = Field(min_length=1, max_length=100, description="A name from GET /task-types.")
     params: dict[str, Any] = Field(default_factory=dict)
-    max_attempts: int | None = Field(None, ge=1, le=50,
-                                     description="Override the type's retry budget.")
-    timeout: float | None = Field(None, gt=0, le=7 * 24 * 3600,
-                                  description="Hard time limit in seconds (task cancelled).")
-    soft_timeout: float | None = Field(
-        None, gt=0, le=7 * 24 * 3600,
-        description="Soft time limit: the task's code gets SoftTimeLimitExceeded.")
-
-    def options(self) -> dict[str, Any]:
-        return {k: v for k, v in (("max_attempts", self.max_attempts),
-                                  ("timeout", self.timeout),
-                                  ("soft_timeout", self.soft_timeout)) if v is not None}
 
 
 class Links(BaseModel):
@@ -109,3 +97,14 @@ class UploadOut(BaseModel):
 class ErrorOut(BaseModel):
     error: str
     detail: str
+
+
+class TicketRequest(BaseModel):
+    task_id: str | None = Field(None, max_length=100,
+                                description="Bind to one task; omit for the tenant stream.")
+
+
+class TicketOut(BaseModel):
+    ticket: str
+    expires_in: float
+    stream_url: str

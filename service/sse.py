@@ -3,7 +3,8 @@ client to go away — instead of sse-starlette's task group of four per stream (
 disconnect and shutdown watchers, on anyio). Measured by ``python -m bench`` (push latency with
 thousands of streams, memory per idle stream).
 
-The body is an async iterator of ready-made frames (``frame()``, ``KEEPALIVE``). The
+The body is an async iterator of ready-made frames (``core.events.sse_message``,
+``KEEPALIVE``). The
 keep-alive comes from the iterator itself (the stream's own wait times out), so an idle
 stream costs one sleeping coroutine and no timer task. When the server shuts down, uvicorn's
 graceful-shutdown timeout cancels open streams; clients resume with Last-Event-ID.
@@ -22,13 +23,6 @@ HEADERS = [
     (b"cache-control", b"no-store"),
     (b"x-accel-buffering", b"no"),  # tell nginx-style proxies not to buffer
 ]
-
-
-def frame(event_id: int | str, data: str | None = None) -> bytes:
-    """An unnamed SSE message (the seed's ``onmessage`` receives it); id-only without data."""
-    if data is None:
-        return b"id: %s\n\n" % str(event_id).encode()
-    return b"id: %s\ndata: %s\n\n" % (str(event_id).encode(), data.encode())
 
 
 class EventStreamResponse(Response):

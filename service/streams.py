@@ -23,12 +23,15 @@ Fetch = Callable[[int, int], Awaitable[list[Event]]]
 class StreamSpec:
     channel: str
     cursor: int
-    key: Callable[[Event], int]  # the event's position in this stream
+    id_field: str  # "seq" (a task's stream) or "tenant_seq" (the tenant's): the SSE id
     fetch: Fetch  # events after a cursor, from PostgreSQL, in order
     ends_on_terminal: bool
     page: int = 1000
     lifetime: float | None = None  # then end; the client resumes with Last-Event-ID
     keepalive: float = 15.0  # yield None after this long without an event
+
+    def key(self, ev: Event) -> int:
+        return ev.position(self.id_field)
 
 
 async def follow(hub: Hub, spec: StreamSpec) -> AsyncIterator[Event | None]:

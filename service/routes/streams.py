@@ -9,20 +9,20 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
-from pydantic import BaseModel, Field
 
 from core import auth, store
 from core.constants import task_channel, tenant_channel
 from core.eventlog import TRANSIENT_DB_ERRORS
-from core.events import Event
+from core.events import Event, sse_message
 from core.ids import parse_event_cursor
 from service.auth import Credentials, Owner, TicketQuery, stream_caller
 from service.deps import Res, Resources
 from service.errors import BadRequest, Unavailable
 from service.hub import HubUnavailable
 from service.routes.tasks import ERRORS, load_task
-from service.sse import KEEPALIVE, EventStreamResponse, frame
-from service.streams import StreamSpec, follow
+from service.schemas import TicketOut, TicketRequest
+from service.sse import KEEPALIVE, EventStreamResponse
+from service.streams import Fetch, StreamSpec, follow
 
 router = APIRouter(tags=["streams"])
 
@@ -50,32 +50,34 @@ def cursor_from(header: str | None, query: str | None) -> int:
     return cursor
 
 
-def sse(res: Resources, spec: StreamSpec, key_name: str, tenant: str,
-        announce_cursor: bool = False) -> EventStreamResponse:
+def open_stream(res: Resources, tenant: str, *, channel: str, cursor: int, id_field: str,
+                fetch: Fetch, ends_on_terminal: bool,
+                announce_cursor: bool = False) -> EventStreamResponse:
+    """The SSE response for one stream; 503 or 429 before it starts if it cannot be held."""
+    if not res.hub.connected:
+        raise Unavailable("live updates are briefly unavailable; retry")
     res.streams.check(tenant)
+    spec = StreamSpec(
+        channel=channel, cursor=cursor, id_field=id_field, fetch=fetch,
+        ends_on_terminal=ends_on_terminal, page=res.settings.stream_replay_page,
+        lifetime=res.settings.stream_max_lifetime, keepalive=res.settings.stream_keepalive,
+    )
 
     async def frames() -> AsyncIterator[bytes]:
         with res.streams.hold(tenant):
             if announce_cursor:
                 # An id-only message: no onmessage fires, but the browser (and our client)
                 # records it, so a drop before the first event resumes from here, not "now".
-                yield frame(spec.cursor)
+                yield sse_message(cursor)
             try:
                 async for ev in follow(res.hub, spec):
-                    yield KEEPALIVE if ev is None else ev.frame(key_name)
+                    yield KEEPALIVE if ev is None else ev.frame(id_field)
             except HubUnavailable:
                 return  # Redis went away as we subscribed: end; the client resumes
             except TRANSIENT_DB_ERRORS:
                 return  # PostgreSQL went away during a catch-up: end; the client resumes
 
     return EventStreamResponse(frames())
-
-
-async def _opened(res: Resources, spec: StreamSpec, key_name: str,
-                  tenant: str, announce_cursor: bool = False) -> EventStreamResponse:
-    if not res.hub.connected:
-        raise Unavailable("live updates are briefly unavailable; retry")
-    return sse(res, spec, key_name, tenant, announce_cursor)
 
 
 @router.get("/tasks/{task_id}/stream", response_class=EventStreamResponse,
@@ -97,13 +99,8 @@ async def task_stream(task_id: str, res: Res, creds: Credentials,
     async def fetch(after: int, limit: int) -> list[Event]:
         return await store.events_after(pool, task.task_id, after, limit)
 
-    spec = StreamSpec(
-        channel=task_channel(res.settings.namespace, task.task_id), cursor=cursor,
-        key=lambda e: e.seq, fetch=fetch, ends_on_terminal=True,
-        page=res.settings.stream_replay_page, lifetime=res.settings.stream_max_lifetime,
-        keepalive=res.settings.stream_keepalive,
-    )
-    return await _opened(res, spec, "seq", owner)
+    return open_stream(res, owner, channel=task_channel(res.settings.namespace, task.task_id),
+                       cursor=cursor, id_field="seq", fetch=fetch, ends_on_terminal=True)
 
 
 @router.get("/stream", response_class=EventStreamResponse, responses=SSE_RESPONSE)
@@ -128,24 +125,9 @@ async def tenant_stream(res: Res, creds: Credentials,
     async def fetch(after: int, limit: int) -> list[Event]:
         return await store.tenant_events_after(pool, owner, after, limit)
 
-    spec = StreamSpec(
-        channel=tenant_channel(res.settings.namespace, owner), cursor=cursor,
-        key=lambda e: e.tenant_seq, fetch=fetch, ends_on_terminal=False,
-        page=res.settings.stream_replay_page, lifetime=res.settings.stream_max_lifetime,
-        keepalive=res.settings.stream_keepalive,
-    )
-    return await _opened(res, spec, "tenant_seq", owner, announce_cursor=from_now)
-
-
-class TicketRequest(BaseModel):
-    task_id: str | None = Field(None, max_length=100,
-                                description="Bind to one task; omit for the tenant stream.")
-
-
-class TicketOut(BaseModel):
-    ticket: str
-    expires_in: float
-    stream_url: str
+    return open_stream(res, owner, channel=tenant_channel(res.settings.namespace, owner),
+                       cursor=cursor, id_field="tenant_seq", fetch=fetch,
+                       ends_on_terminal=False, announce_cursor=from_now)
 
 
 @router.post("/stream-tickets", response_model=TicketOut, responses=ERRORS)
