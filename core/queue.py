@@ -51,14 +51,8 @@ async def enqueue_task(arq: ArqRedis, settings: Settings, task_id: str, seq: int
     """Put a task on the queue; the job carries only the task id. False if already queued.
     ``rescue`` n > 0: the n-th extra job for the same pending state, when the workers that
     took the earlier ones died before claiming the task."""
-    job = await arq.enqueue_job(
-        RUN_TASK_FUNCTION,
-        task_id,
-        _job_id=job_id(task_id, seq, rescue),
-        _queue_name=queue_name(settings.namespace),
-        _defer_by=defer_by,
-    )
-    return job is not None
+    return await enqueue_many(arq, settings, [(task_id, seq)], defer_by=defer_by,
+                              rescue=rescue) == 1
 
 
 def arq_job_timeout(settings: Settings) -> float:
@@ -87,22 +81,24 @@ return 1
 """
 
 
-async def enqueue_many(arq: ArqRedis, settings: Settings, jobs: Sequence[tuple[str, int]]
-                       ) -> int:
-    """Enqueue (task_id, seq) jobs exactly as arq's ``enqueue_job`` would, in one round trip;
-    returns how many were new."""
+async def enqueue_many(arq: ArqRedis, settings: Settings, jobs: Sequence[tuple[str, int]],
+                       *, defer_by: float | None = None, rescue: int = 0) -> int:
+    """Enqueue (task_id, seq) jobs exactly as arq's ``enqueue_job`` would (same job record,
+    expiry and score), all in one round trip; returns how many were new."""
     if not jobs:
         return 0
     script = arq.register_script(_ENQUEUE_LUA)
     queue = queue_name(settings.namespace)
     now = timestamp_ms()
+    defer_ms = int(defer_by * 1000) if defer_by else 0
     async with arq.pipeline(transaction=False) as pipe:
         for task_id, seq in jobs:
-            jid = job_id(task_id, seq)
+            jid = job_id(task_id, seq, rescue)
             body = serialize_job(RUN_TASK_FUNCTION, (task_id,), {}, None, now,
                                  serializer=serialize)
             await script(keys=[job_key_prefix + jid, result_key_prefix + jid, queue],
-                         args=[expires_extra_ms, body, now, jid], client=pipe)
+                         args=[defer_ms + expires_extra_ms, body, now + defer_ms, jid],
+                         client=pipe)
         results = await pipe.execute()
     return sum(1 for r in results if r == 1)
 
