@@ -1,21 +1,33 @@
 """The asyncpg pool: JSON codecs registered once so jsonb columns read and write Python values."""
 
-import json
 from typing import Any
 
 import asyncpg
+import orjson
 
 Pool = asyncpg.Pool
 
 
+def _encode(value: Any) -> str:
+    # orjson: a progress event's data is encoded here on the hot path, ~5x faster than json
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 async def _init(conn: asyncpg.Connection) -> None:
     for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(typ, encoder=_encode, decoder=orjson.loads, schema="pg_catalog")
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Released connections skip asyncpg's default reset query (advisory unlock, CLOSE ALL,
+    UNLISTEN, RESET ALL): one more round trip and ~0.1 ms of server CPU per use, for session
+    state this code never creates (settings are transaction-local; migrations lock on their own
+    connection). An open transaction is still rolled back by asyncpg before this runs."""
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kw: Any) -> Pool:
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init, **kw
+        dsn, min_size=min_size, max_size=max_size, init=_init, reset=_keep_session, **kw
     )
     assert pool is not None
     return pool

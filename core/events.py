@@ -6,10 +6,11 @@ error), so the seed's browser snippet can read ``data.status`` / ``data.progress
 ``data.result`` from any message.
 """
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from core.states import EventType, Status, allowed_from, target
 
@@ -112,12 +113,12 @@ class Event:
 
     def encode(self) -> str:
         if not self.raw:
-            self.raw = json.dumps(self.to_json(), separators=(",", ":"))
+            self.raw = orjson.dumps(self.to_json(), option=orjson.OPT_NON_STR_KEYS).decode()
         return self.raw
 
     @classmethod
     def decode(cls, raw: str | bytes, owner: str = "") -> "Event":
-        d = json.loads(raw)
+        d = orjson.loads(raw)
         return cls(
             task_id=d["task_id"],
             seq=int(d["seq"]),
