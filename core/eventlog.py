@@ -9,8 +9,8 @@ the events published on Redis, pipelined, each on its task's channel and its ten
 channel, and only then does ``append`` return. PostgreSQL is the truth: a publish that fails
 is logged and the streams catch up from the database (gap fill / hub resync).
 
-Code that appends events outside this class (``store.create_tasks`` inside its transaction)
-must call ``flush()`` or ``publish()`` before it tells anyone about them.
+Code that appends events outside this class (``store.create_tasks``) must call ``flush()``
+or ``publish()`` before it tells anyone about them.
 """
 
 import asyncio
@@ -75,6 +75,11 @@ class EventLog(Batcher[NewEvent, store.Appended]):
         """Return once the event is durable and published (or refused: illegal / fenced)."""
         return await self._submit(event)
 
+    def enqueue(self, event: NewEvent) -> "asyncio.Future[store.Appended]":
+        """Queue the event and return at once; the future resolves as ``append`` returns.
+        Events queued by one caller are written in the order queued."""
+        return self._enqueue(event)
+
     async def _commit(self, events: list[NewEvent]) -> list[store.Appended]:
         results = await self._write(events)
         await self._publish([r.event for r in results if r.event is not None])
@@ -127,23 +132,20 @@ class EventLog(Batcher[NewEvent, store.Appended]):
         return {(e.task_id, e.seq) for e in events} - set(found)
 
     async def flush(self, events: Sequence[Event] = ()) -> None:
-        """Make every commit so far durable, and fill in the tenant_seq of events appended
-        inside a caller's transaction (allocated at its COMMIT)."""
-        pending = [e for e in events if not e.tenant_seq]
+        """Make every commit so far durable. If the first try fails (PostgreSQL restarting),
+        ``events`` are checked to be still there: an asynchronous commit that had not reached
+        the disk is gone, and then nobody may be told of it (EventsLost)."""
         delay = 0.05
         for attempt in range(6):
             try:
-                if not pending:
+                if attempt == 0 or not events:
                     await store.flush(self._pool)
                     return
                 got = await store.flush_and_find(self._pool,
-                                                 [(e.task_id, e.seq) for e in pending])
-                for e in pending:
-                    key = (e.task_id, e.seq)
-                    if key not in got:
+                                                 [(e.task_id, e.seq) for e in events])
+                for e in events:
+                    if (e.task_id, e.seq) not in got:
                         raise EventsLost(f"event {e.seq} of task {e.task_id} is not stored")
-                    e.tenant_seq = got[key]
-                    e.raw = ""
                 return
             except TRANSIENT_DB_ERRORS as exc:
                 if attempt == 5:

@@ -115,48 +115,68 @@ _TASK_COLS = """task_id, owner, task_type, params, status, progress, message, re
     finished_at, idempotency_key, request_hash, failures, crashes, failure_reason, options"""
 
 
-async def append_events(db: Executor, events: Sequence[NewEvent]) -> list[Appended]:
+#: Events a running attempt reports that change no status: ts_append's typed fast path.
+_FAST_TYPES = frozenset({EventType.PROGRESS, EventType.LOG, EventType.PARTIAL})
+
+
+async def append_events(pool: asyncpg.Pool, events: Sequence[NewEvent]) -> list[Appended]:
     """Persist a batch of events in one round trip and one transaction (group commit).
 
     The transaction commits asynchronously (see migration 030): the events are durable once
-    ``EventLog.flush()`` has returned, and nobody may hear of them before that. Given a pool,
-    the batch is its own transaction and gets its tenant_seq here; given a connection, it is
-    part of the caller's transaction and gets its tenant_seq at COMMIT (``Event.tenant_seq``
-    is 0 until ``EventLog.flush()`` fills it in), so the tenant's counter is never locked
-    across the caller's round trips.
+    ``EventLog.flush()`` has returned, and nobody may hear of them before that.
+
+    An attempt's progress, log and partial events take the typed fast path (migration 040);
+    an event goes there only if no earlier event of its task in this batch is slow, so each
+    task's events keep their order.
     """
-    payload = [e.to_sql() for e in events]
-    in_caller_tx = not isinstance(db, asyncpg.Pool)
-    rows = sorted(
-        await db.fetch("SELECT * FROM ts_append_events($1::jsonb, $2)", payload, in_caller_tx),
-        key=lambda r: r["idx"],
-    )
-    out: list[Appended] = []
-    for ev, r in zip(events, rows, strict=True):
-        if r["outcome"] != "ok":
-            out.append(Appended(r["outcome"], None, r["status"]))
-            continue
-        data = ev.result if ev.type == EventType.COMPLETED else ev.data
-        out.append(
-            Appended(
-                "ok",
-                Event(
-                    task_id=ev.task_id,
-                    seq=r["seq"],
-                    tenant_seq=r["tenant_seq"] or 0,
-                    type=ev.type.value,
-                    status=r["status"],
-                    progress=r["progress"],
-                    message=ev.message if ev.message is not None else ev.error,
-                    data=data,
-                    attempt=r["attempt"],
-                    created_at=r["created_at"],
-                    owner=ev.owner,
-                ),
-                r["status"],
-            )
+    fast: list[int] = []
+    slow: list[int] = []
+    slow_tasks: set[str] = set()
+    for i, ev in enumerate(events):
+        if ev.type in _FAST_TYPES and ev.attempt is not None and ev.task_id not in slow_tasks:
+            fast.append(i)
+        else:
+            slow.append(i)
+            slow_tasks.add(ev.task_id)
+    slow_json = [events[i].to_sql() for i in slow]
+    if not fast:
+        rows = await pool.fetch("SELECT * FROM ts_append_events($1::jsonb, false)", slow_json)
+    else:
+        fe = [events[i] for i in fast]
+        owners = sorted({e.owner for e in events})
+        rows = await pool.fetch(
+            "SELECT * FROM ts_append($1::uuid[], $2::int[], $3::text[], $4::float8[],"
+            " $5::text[], $6::jsonb[], $7::text[], $8::jsonb)",
+            [e.task_id for e in fe], [e.attempt for e in fe], [e.type.value for e in fe],
+            [e.progress for e in fe], [e.message for e in fe], [e.data for e in fe],
+            owners if len(owners) > 1 else None, slow_json or None,
         )
-    return out
+    order = fast + slow  # row idx (1-based) -> position in ``events``
+    out: list[Appended | None] = [None] * len(events)
+    for r in rows:
+        i = order[r["idx"] - 1]
+        ev = events[i]
+        status = r["status"]
+        if r["outcome"] != "ok":
+            out[i] = Appended(r["outcome"], None, status)
+            continue
+        out[i] = Appended("ok", Event(
+            task_id=ev.task_id,
+            seq=r["seq"],
+            tenant_seq=r["tenant_seq"] or 0,
+            type=ev.type.value,
+            status=status,
+            progress=r["progress"],
+            message=ev.message if ev.message is not None else ev.error,
+            data=ev.result if ev.type == EventType.COMPLETED else ev.data,
+            attempt=r["attempt"],
+            created_at=r["created_at"],
+            owner=ev.owner,
+        ), status)
+    done = [a for a in out if a is not None]
+    if len(done) != len(events):
+        raise RuntimeError(f"{len(events) - len(done)} events came back without an outcome")
+    return done
 
 
 async def ensure_tenant(db: Executor, owner: str) -> None:
@@ -216,40 +236,37 @@ async def create_tasks(pool: asyncpg.Pool, items: Sequence[NewTask]
 
 async def _insert_tasks(pool: asyncpg.Pool, items: Sequence[NewTask]
                         ) -> list[tuple[Task, Event | None]]:
+    # One statement, its own transaction (migration 040): tasks, 'created' events, tenant_seq.
     ids = [uuid.uuid4() for _ in items]
-    async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(
-            f"""INSERT INTO tasks (task_id, owner, task_type, params, max_attempts,
-                                   idempotency_key, request_hash, options)
-                SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[],
-                                     $5::integer[], $6::text[], $7::text[], $8::jsonb[])
-                ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL
-                DO NOTHING
-                RETURNING {_TASK_COLS}""",
-            ids, [i.owner for i in items], [i.task_type for i in items],
-            [i.params for i in items], [i.max_attempts for i in items],
-            [i.idempotency_key for i in items], [i.request_hash for i in items],
-            [i.options for i in items],
+    rows = await pool.fetch(
+        "SELECT * FROM ts_create_tasks($1::uuid[], $2::text[], $3::text[], $4::jsonb[],"
+        " $5::integer[], $6::text[], $7::text[], $8::jsonb[])",
+        ids, [i.owner for i in items], [i.task_type for i in items],
+        [i.params for i in items], [i.max_attempts for i in items],
+        [i.idempotency_key for i in items], [i.request_hash for i in items],
+        [i.options for i in items],
+    )
+    made: dict[uuid.UUID, tuple[Task, Event | None]] = {}
+    for r in rows:
+        task = Task.from_row(r)
+        made[r["task_id"]] = (task, Event(
+            task_id=task.task_id, seq=1, tenant_seq=r["tenant_seq"], type=EventType.CREATED.value,
+            status=task.status, progress=task.progress, message=None, data=None, attempt=0,
+            created_at=task.created_at, owner=task.owner,
+        ))
+    out: list[tuple[Task, Event | None]] = []
+    for tid, item in zip(ids, items, strict=True):
+        if tid in made:
+            out.append(made[tid])
+            continue
+        # An idempotent replay (maybe of an item in this very batch).
+        existing = await pool.fetchrow(
+            f"SELECT {_TASK_COLS} FROM tasks WHERE owner = $1 AND idempotency_key = $2",
+            item.owner, item.idempotency_key,
         )
-        inserted = {r["task_id"]: Task.from_row(r) for r in rows}
-        fresh = [(n, inserted[tid]) for n, tid in enumerate(ids) if tid in inserted]
-        appended = await append_events(conn, [
-            NewEvent(task_id=t.task_id, owner=t.owner, type=EventType.CREATED) for _, t in fresh
-        ])
-        out: list[tuple[Task, Event | None] | None] = [None] * len(items)
-        for (n, task), res in zip(fresh, appended, strict=True):
-            assert res.event is not None
-            task.last_seq = res.event.seq
-            out[n] = (task, res.event)
-        for n, item in enumerate(items):
-            if out[n] is None:  # an idempotent replay (maybe of an item in this very batch)
-                existing = await conn.fetchrow(
-                    f"SELECT {_TASK_COLS} FROM tasks WHERE owner = $1 AND idempotency_key = $2",
-                    item.owner, item.idempotency_key,
-                )
-                assert existing is not None
-                out[n] = (Task.from_row(existing), None)
-    return [o for o in out if o is not None]
+        assert existing is not None
+        out.append((Task.from_row(existing), None))
+    return out
 
 
 async def get_task(db: Executor, task_id: uuid.UUID, owner: str | None = None) -> Task | None:
