@@ -40,9 +40,13 @@ class Batcher(Generic[T, R]):
         self._runner = None
 
     async def _submit(self, item: T) -> R:
+        return await self._enqueue(item)
+
+    def _enqueue(self, item: T) -> "asyncio.Future[R]":
+        """Queue an item without waiting; the future resolves once its batch is committed."""
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((item, fut))
-        return await fut
+        return fut
 
     async def _run(self) -> None:
         while True:

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
 
     # Event log group commit.
     eventlog_max_batch: int = 1000
+    #: A running task's progress/log/partial calls return once the event is queued, in order;
+    #: with more than this many of its events not yet durable, the next call waits.
+    progress_window: int = 64
 
     # Streams.
     stream_buffer: int = 256

@@ -1,11 +1,24 @@
-"""What task code sees: its params, its attempt, and a small API to report progress."""
+"""What task code sees: its params, its attempt, and a small API to report progress.
 
+Reporting is pipelined: ``progress``/``log``/``partial`` queue the event for the event log
+(group commit, then publish) and return at once, so a task that reports often is not slowed to
+one database round trip per report, and a worker's batches grow with its load. Order is kept:
+a task's events are written in the order reported, and its terminal event after all of them.
+Back-pressure: with more than ``settings.progress_window`` of the attempt's events not yet
+durable, the next report waits for the oldest. A refusal (the attempt was superseded:
+cancelled or re-run elsewhere) surfaces as ``AttemptSuperseded`` at the next report or at
+``flush()``; ``await ctx.flush()`` waits until everything reported is durable and published.
+"""
+
+import asyncio
 import json
 import time
+from collections import deque
 from typing import Any
 
 import asyncpg
 
+from core import store
 from core.eventlog import EventLog
 from core.events import NewEvent
 from core.settings import Settings
@@ -33,6 +46,8 @@ class TaskContext:
         self.settings = settings
         self._eventlog = eventlog
         self._progress = 0.0
+        self._window = max(1, settings.progress_window)
+        self._pending: deque[asyncio.Future[store.Appended]] = deque()
         self._soft_deadline = time.monotonic() + soft_timeout if soft_timeout else None
         self.soft_timed_out = False
 
@@ -64,9 +79,34 @@ class TaskContext:
             raise SoftTimeLimitExceeded("soft time limit exceeded")
         if data is not None:
             json.dumps(data)  # fail in the task's code, not in the batch writer
-        res = await self._eventlog.append(NewEvent(
+        self._settle_done()
+        fut = self._eventlog.enqueue(NewEvent(
             task_id=self.task_id, owner=self.owner, type=etype, attempt=self.attempt,
             progress=progress, message=message, data=data,
         ))
-        if res.outcome != "ok":
-            raise AttemptSuperseded(f"task {self.task_id} attempt {self.attempt}: {res.outcome}")
+        fut.add_done_callback(_retrieve)
+        self._pending.append(fut)
+        while len(self._pending) > self._window:
+            await asyncio.shield(self._pending[0])
+            self._settle_done()
+
+    async def flush(self) -> None:
+        """Wait until every event reported so far is durable and published."""
+        while self._pending:
+            await asyncio.shield(self._pending[-1])
+            self._settle_done()
+
+    def _settle_done(self) -> None:
+        """Drop the written events from the head of the queue; raise on a refused one."""
+        while self._pending and self._pending[0].done():
+            res = self._pending.popleft().result()  # a failed batch raises its error here
+            if res.outcome != "ok":
+                self._pending.clear()
+                raise AttemptSuperseded(
+                    f"task {self.task_id} attempt {self.attempt}: {res.outcome}")
+
+
+def _retrieve(fut: "asyncio.Future[Any]") -> None:
+    """Mark a failed batch's error as seen: the task may end before it looks at it."""
+    if not fut.cancelled():
+        fut.exception()

@@ -96,7 +96,7 @@ class Runtime:
                                     "error")
 
         timeout = opts.get("timeout") or spec.timeout or self.settings.worker_job_timeout
-        job = asyncio.create_task(impl(ctx, params), name=f"task:{task_id}")
+        job = asyncio.create_task(_run_impl(impl, ctx, params), name=f"task:{task_id}")
         self.running[task_id] = job
         try:
             async with asyncio.timeout(timeout):
@@ -188,6 +188,14 @@ def backoff(failures: int, base: float, cap: float) -> float:
     """Exponential backoff with full jitter in its upper half: base * 2^(n-1) * [0.5, 1)."""
     raw = min(cap, base * 2 ** (failures - 1))
     return float(raw * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not cryptography
+
+
+async def _run_impl(impl: TaskFn, ctx: TaskContext, params: BaseModel) -> Any:
+    """The task's code, then its reports made durable: a refused or failed report fails the
+    attempt here, inside its time limit, rather than after it claimed success."""
+    result = await impl(ctx, params)
+    await ctx.flush()
+    return result
 
 
 async def _settle(job: asyncio.Task[Any]) -> None:
