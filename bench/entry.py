@@ -66,12 +66,13 @@ def worker() -> None:
     import logging
 
     from core.settings import Settings
-    from worker.main import build_worker
+    from worker.main import build_worker, use_uvloop
 
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _register_tick()
     settings = Settings()
+    use_uvloop()
     w = build_worker(settings)
     startup = w.on_startup
     assert startup is not None
