@@ -106,3 +106,40 @@ async def enqueue_many(arq: ArqRedis, settings: Settings, jobs: Sequence[tuple[s
 async def job_known(arq: ArqRedis, jid: str) -> bool:
     """Whether arq still has this job queued, deferred or running."""
     return bool(await arq.exists(job_key_prefix + jid, in_progress_key_prefix + jid))
+
+
+#: arq's job claim (per job: WATCH, EXISTS, ZSCORE, MULTI/PSETEX/EXEC — four round trips,
+#: one job after another) as one atomic script for every job id a poll found: a job is
+#: taken when no worker holds it and it is due; at most ARGV[3] are taken. KEYS: queue;
+#: ARGV: now ms, in-progress marker ttl ms, limit, then the job ids. Returns id, score pairs.
+_CLAIM_LUA = """
+local out = {}
+local limit = tonumber(ARGV[3])
+local now = tonumber(ARGV[1])
+for i = 4, #ARGV do
+    if #out >= 2 * limit then break end
+    local id = ARGV[i]
+    local marker = '""" + in_progress_key_prefix + """' .. id
+    if redis.call('EXISTS', marker) == 0 then
+        local score = redis.call('ZSCORE', KEYS[1], id)
+        if score and tonumber(score) <= now then
+            redis.call('PSETEX', marker, ARGV[2], '1')
+            out[#out + 1] = id
+            out[#out + 1] = score
+        end
+    end
+end
+return out
+"""
+
+
+async def claim_jobs(redis: ArqRedis, queue: str, job_ids: Sequence[bytes | str], limit: int,
+                     in_progress_ms: int) -> list[tuple[str, int]]:
+    """Take up to ``limit`` of these jobs for this worker, as arq's ``start_jobs`` would,
+    in one round trip; returns (job id, score) of those taken."""
+    if not job_ids or limit <= 0:
+        return []
+    script = redis.register_script(_CLAIM_LUA)
+    raw = await script(keys=[queue], args=[timestamp_ms(), in_progress_ms, limit, *job_ids])
+    pairs = [x.decode() if isinstance(x, bytes) else str(x) for x in raw]
+    return [(pairs[i], int(float(pairs[i + 1]))) for i in range(0, len(pairs), 2)]

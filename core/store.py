@@ -280,6 +280,13 @@ async def get_task(db: Executor, task_id: uuid.UUID, owner: str | None = None) -
     return Task.from_row(row) if row else None
 
 
+async def get_tasks(db: Executor, task_ids: Sequence[uuid.UUID]) -> dict[str, Task]:
+    """Many tasks by id in one query (the worker loads the tasks its jobs start together)."""
+    rows = await db.fetch(f"SELECT {_TASK_COLS} FROM tasks WHERE task_id = ANY($1::uuid[])",
+                          task_ids)
+    return {str(r["task_id"]): Task.from_row(r) for r in rows}
+
+
 def encode_cursor(task: Task) -> str:
     raw = json.dumps([task.created_at.isoformat(), task.task_id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")

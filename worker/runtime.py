@@ -21,6 +21,7 @@ from arq.connections import ArqRedis
 from pydantic import BaseModel, ValidationError
 
 from core import queue, store
+from core.batcher import Batcher
 from core.eventlog import EventLog
 from core.events import NewEvent
 from core.settings import Settings
@@ -30,6 +31,21 @@ from worker.context import AttemptSuperseded, SoftTimeLimitExceeded, TaskContext
 from worker.tasks import TaskFn
 
 log = logging.getLogger(__name__)
+
+
+class TaskLoader(Batcher[uuid.UUID, "store.Task | None"]):
+    """A poll starts up to max_jobs jobs at once: their task rows come in one query."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__("task-loader", 500)
+        self._pool = pool
+
+    async def load(self, task_id: uuid.UUID) -> store.Task | None:
+        return await self._submit(task_id)
+
+    async def _commit(self, items: list[uuid.UUID]) -> list[store.Task | None]:
+        found = await store.get_tasks(self._pool, items)
+        return [found.get(str(i)) for i in items]
 
 
 class Runtime:
@@ -43,6 +59,11 @@ class Runtime:
         self.implementations = implementations
         self.running: dict[str, asyncio.Task[Any]] = {}
         self._cancel_requested: set[str] = set()
+        self.loader = TaskLoader(pool)
+        self.loader.start()
+
+    async def close(self) -> None:
+        await self.loader.close()
 
     def request_cancel(self, task_id: str) -> bool:
         """Cancel a task running here (called on a control message). False if not here."""
@@ -62,7 +83,7 @@ class Runtime:
 
     async def _run(self, task_id: str) -> str:
         tid = _uuid(task_id)
-        task = await store.get_task(self.pool, tid) if tid else None
+        task = await self.loader.load(tid) if tid else None
         if task is None:
             log.warning("job for unknown task %r ignored", task_id)
             return "missing"
