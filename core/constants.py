@@ -36,3 +36,8 @@ def control_channel(namespace: str) -> str:
 
 def worker_heartbeat_key(namespace: str, worker_id: str) -> str:
     return f"{namespace}:worker:{worker_id}"
+
+
+def rate_key(namespace: str, tenant: str, second: int) -> str:
+    """Submissions a tenant made in one wall-clock second (the rate limit's window)."""
+    return f"{namespace}:rate:{tenant}:{second}"

@@ -11,7 +11,7 @@ from core.auth import KeyCache
 from core.eventlog import EventLog
 from core.settings import Settings
 from service.hub import Hub
-from service.limits import InflightGauge, StreamSlots
+from service.limits import InflightGauge, StreamSlots, SubmitRate
 from service.submissions import Submissions
 
 
@@ -26,10 +26,13 @@ class Resources:
     streams: StreamSlots
     submissions: Submissions
     inflight: InflightGauge
+    rate: SubmitRate
     signing_key: bytes = b""
 
 
-def _resources(request: Request) -> Resources:
+async def _resources(request: Request) -> Resources:
+    # async: FastAPI runs a plain ``def`` dependency in a worker thread, a thread hand-off
+    # (and GIL contention) on every request for one attribute read.
     res: Resources = request.app.state.resources
     return res
 

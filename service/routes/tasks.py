@@ -22,7 +22,7 @@ from service.errors import (
     TooManyRequests,
     Unprocessable,
 )
-from service.limits import check_submit_rate, json_depth
+from service.limits import json_depth
 from service.schemas import (
     DeadLetterPage,
     ErrorOut,
@@ -71,8 +71,7 @@ def request_hash(task_type: str, params: dict[str, Any]) -> str:
 
 async def admit(res: Resources, owner: str) -> None:
     """The per-tenant limits on submissions: 429 (+ Retry-After) when over."""
-    await check_submit_rate(res.arq, res.settings.namespace, owner,
-                            res.settings.submit_rate_per_tenant)
+    await res.rate.check(owner, res.settings.submit_rate_per_tenant)
     inflight = res.inflight.cached(owner)
     if inflight is None:
         inflight = await store.inflight_count(res.pool, owner)
