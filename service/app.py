@@ -96,7 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         _end_streams_on_signal(hub)
         # Everything built so far lives as long as the process: out of the collector's way,
-        # so a full collection under load does not walk it (a 10-50 ms pause at p99).
+        # so collections under load do not walk it. Measured (bench submission, 3 runs each,
+        # interleaved): p99 41-43 ms with, 76-103 ms without; 1,535-1,701 vs 1,204-1,486 req/s.
         gc.collect()
         gc.freeze()
         if not settings.auth:
