@@ -21,6 +21,7 @@ from bench.common import (
     host_port,
     median,
     percentile,
+    quiet_gc,
     ratio,
     submit_many,
     wait_for,
@@ -387,11 +388,12 @@ async def scaleout(run: Run) -> Outcome:
             owners = await pool.fetchval(
                 "SELECT count(DISTINCT worker_id) FROM tasks WHERE status = 'running'")
             sides = [SSEPool(*host_port(w.url)) for w in webs]
-            await asyncio.gather(*(side.open(
-                [f"/tasks/{ids[i % tasks]}/stream" for i in range(k, n, 2)], parallel=100)
-                for k, side in enumerate(sides)))
-            ok = all([await side.wait(start_at + count * 0.5 + 60 - time.time())
-                      for side in sides])
+            with quiet_gc():
+                await asyncio.gather(*(side.open(
+                    [f"/tasks/{ids[i % tasks]}/stream" for i in range(k, n, 2)], parallel=100)
+                    for k, side in enumerate(sides)))
+                ok = all([await side.wait(start_at + count * 0.5 + 60 - time.time())
+                          for side in sides])
             for k, side in enumerate(sides):
                 side.close()
                 check_streams(out, f"scale-out streams on web {'ab'[k]}", side, count + 3)
