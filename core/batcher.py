@@ -56,7 +56,9 @@ class Batcher(Generic[T, R]):
             try:
                 results = await self._commit([item for item, _ in batch])
             except Exception as exc:  # every caller of this batch gets the error
-                log.exception("%s: batch of %d failed", self._name, len(batch))
+                # One line, no traceback: each caller receives the exception and handles it
+                # (a database or Redis outage is routine) or lets it reach a log of its own.
+                log.warning("%s: batch of %d failed: %r", self._name, len(batch), exc)
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
