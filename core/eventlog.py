@@ -155,9 +155,9 @@ class EventLog(Batcher[NewEvent, store.Appended]):
                 delay = min(delay * 2, 2.0)
 
     async def publish(self, events: Sequence[Event]) -> None:
-        """Publish events appended outside the writer: made durable first, then sent."""
-        if not events:
-            return
+        """Publish events appended outside the writer: made durable first, then sent. Flushes
+        even with none: a caller that read rows others committed (an idempotent replay of a
+        task another batch just created) must not answer before they are on disk."""
         await self.flush(events)
         await self._publish(events)
 
