@@ -51,15 +51,6 @@ TRANSITIONS: Final[dict[EventType, tuple[frozenset[Status], Status | None]]] = {
     EventType.REDRIVEN: (frozenset({Status.FAILED, Status.CANCELLED}), Status.PENDING),
 }
 
-#: Events that change lifecycle; never coalesced or dropped by a stream.
-LIFECYCLE: Final = frozenset(e for e, (_, to) in TRANSITIONS.items() if to is not None)
-
-
-class IllegalTransition(Exception):
-    def __init__(self, task_id: str, current: str, event: str) -> None:
-        super().__init__(f"task {task_id} is {current}; cannot apply {event!r}")
-        self.task_id, self.current, self.event = task_id, current, event
-
 
 def allowed_from(event: EventType, *, by_attempt: bool = False) -> frozenset[Status]:
     """Statuses the task may be in for ``event``. A write made by an attempt (a worker's,
