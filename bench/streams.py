@@ -150,8 +150,8 @@ async def latency(run: Run) -> Outcome:
                 out.rounds.append(row)
                 run.log(f"latency n={n} round {r}: p50 {row['p50_ms']:.1f} ms, p99 "
                         f"{row['p99_ms']:.1f} ms ({len(lat)} samples); durable commit "
-                        f"meanwhile: p50 {row['commit_p50_ms']:.1f} ms, "
-                        f"max {row['commit_max_ms']:.1f} ms")
+                        f"meanwhile: p50 {row['commit_p50_ms'] or 0:.1f} ms, "
+                        f"max {row['commit_max_ms'] or 0:.1f} ms")
                 for k in ("p50", "p95", "p99", "commit_max"):
                     v = row[f"{k}_ms"]
                     if isinstance(v, float):
