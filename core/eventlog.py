@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from core import store
+from core.backoff import Backoff
 from core.batcher import Batcher
 from core.constants import task_channel, tenant_channel
 from core.events import Event, NewEvent
@@ -88,7 +89,7 @@ class EventLog(Batcher[NewEvent, store.Appended]):
     async def _write(self, events: Sequence[NewEvent]) -> list[store.Appended]:
         """Append (retrying while the database is away), then make the batch durable."""
         results = await self._append(events)
-        delay = 0.05
+        backoff = Backoff()
         verify = False
         while True:
             try:
@@ -110,21 +111,19 @@ class EventLog(Batcher[NewEvent, store.Appended]):
                         results[i] = res
                 verify = False
             except TRANSIENT_DB_ERRORS as exc:
-                log.warning("event flush failed (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                log.warning("event flush failed (%s); retrying in %.2fs", exc, backoff.delay)
+                await backoff.sleep()
                 verify = True
 
     async def _append(self, events: Sequence[NewEvent]) -> list[store.Appended]:
-        delay = 0.05
+        backoff = Backoff()
         while True:
             try:
                 return await store.append_events(self._pool, events)
             except TRANSIENT_DB_ERRORS as exc:
                 # PostgreSQL briefly away: keep the events and try again; lose nothing.
-                log.warning("event write failed (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                log.warning("event write failed (%s); retrying in %.2fs", exc, backoff.delay)
+                await backoff.sleep()
 
     async def _missing(self, events: Sequence[Event]) -> set[tuple[str, int]]:
         """Flush, and return the (task_id, seq) of those events that are not in the table."""
@@ -135,7 +134,7 @@ class EventLog(Batcher[NewEvent, store.Appended]):
         """Make every commit so far durable. If the first try fails (PostgreSQL restarting),
         ``events`` are checked to be still there: an asynchronous commit that had not reached
         the disk is gone, and then nobody may be told of it (EventsLost)."""
-        delay = 0.05
+        backoff = Backoff()
         for attempt in range(6):
             try:
                 if attempt == 0 or not events:
@@ -150,9 +149,8 @@ class EventLog(Batcher[NewEvent, store.Appended]):
             except TRANSIENT_DB_ERRORS as exc:
                 if attempt == 5:
                     raise
-                log.warning("event flush failed (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                log.warning("event flush failed (%s); retrying in %.2fs", exc, backoff.delay)
+                await backoff.sleep()
 
     async def publish(self, events: Sequence[Event]) -> None:
         """Publish events appended outside the writer: made durable first, then sent. Flushes

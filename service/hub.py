@@ -19,12 +19,13 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Any, Final
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from core.backoff import Backoff
 from core.events import Event
 from core.states import EventType
 
@@ -187,7 +188,7 @@ class Hub:
             return False
 
     async def _supervise(self) -> None:
-        delay = 0.05
+        backoff = Backoff()
         first = True
         while True:
             try:
@@ -198,12 +199,13 @@ class Hub:
                         for sub in subs:
                             sub.push(RESYNC)
                 first = False
-                delay = 0.05
+                backoff.reset()
                 await self._read()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("pub/sub connection lost (%s); reconnecting in %.2fs", exc, delay)
+                log.warning("pub/sub connection lost (%s); reconnecting in %.2fs", exc,
+                            backoff.delay)
             self._connected.clear()
             for fut in self._confirmed.values():
                 if not fut.done():
@@ -211,17 +213,13 @@ class Hub:
                     fut.exception()  # mark retrieved; waiters retry
             self._confirmed.clear()
             await self._drop_connection()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            await backoff.sleep()
 
     async def _connect(self) -> None:
-        if self._ssl_cert_reqs:
-            self._client = Redis.from_url(self._url, socket_connect_timeout=2,
-                                          health_check_interval=10,
-                                          ssl_cert_reqs=self._ssl_cert_reqs)
-        else:
-            self._client = Redis.from_url(self._url, socket_connect_timeout=2,
-                                          health_check_interval=10)
+        # Only a TLS connection accepts ssl_cert_reqs; a plain one rejects the argument.
+        tls: dict[str, Any] = {"ssl_cert_reqs": self._ssl_cert_reqs} if self._ssl_cert_reqs else {}
+        self._client = Redis.from_url(self._url, socket_connect_timeout=2,
+                                      health_check_interval=10, **tls)
         ps = self._client.pubsub()
         channels = [self._home, *self._subs]
         loop = asyncio.get_running_loop()

@@ -30,6 +30,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from core import queue
+from core.backoff import Backoff
 from core.batcher import Batcher
 from core.constants import RUN_TASK_FUNCTION, control_channel, queue_name
 from core.db import create_pool
@@ -147,12 +148,12 @@ async def run_task(ctx: dict[str, Any], task_id: str) -> str:
 
 async def _listen_control(redis: Redis, settings: Settings, runtime: Runtime) -> None:
     """Cancellation requests arrive on one control channel; the worker running the task acts."""
-    delay = 0.1
+    backoff = Backoff(first=0.1, cap=5.0)
     while True:
         try:
             async with redis.pubsub() as ps:
                 await ps.subscribe(control_channel(settings.namespace))
-                delay = 0.1
+                backoff.reset()
                 async for msg in ps.listen():
                     if msg.get("type") != "message":
                         continue
@@ -166,8 +167,7 @@ async def _listen_control(redis: Redis, settings: Settings, runtime: Runtime) ->
             raise
         except Exception as exc:  # Redis away: reconnect with backoff
             log.warning("control channel lost (%s); reconnecting", exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await backoff.sleep()
 
 
 def build_worker(settings: Settings, *, burst: bool = False,
