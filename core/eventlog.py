@@ -127,8 +127,8 @@ class EventLog(Batcher[NewEvent, store.Appended]):
 
     async def _missing(self, events: Sequence[Event]) -> set[tuple[str, int]]:
         """Flush, and return the (task_id, seq) of those events that are not in the table."""
-        found = await store.flush_and_find(self._pool, [(e.task_id, e.seq) for e in events])
-        return {(e.task_id, e.seq) for e in events} - set(found)
+        keys = {(e.task_id, e.seq) for e in events}
+        return keys - await store.flush_and_find(self._pool, list(keys))
 
     async def flush(self, events: Sequence[Event] = ()) -> None:
         """Make every commit so far durable. If the first try fails (PostgreSQL restarting),
@@ -140,11 +140,10 @@ class EventLog(Batcher[NewEvent, store.Appended]):
                 if attempt == 0 or not events:
                     await store.flush(self._pool)
                     return
-                got = await store.flush_and_find(self._pool,
-                                                 [(e.task_id, e.seq) for e in events])
-                for e in events:
-                    if (e.task_id, e.seq) not in got:
-                        raise EventsLost(f"event {e.seq} of task {e.task_id} is not stored")
+                lost = await self._missing(events)
+                if lost:
+                    task_id, seq = min(lost)
+                    raise EventsLost(f"event {seq} of task {task_id} is not stored")
                 return
             except TRANSIENT_DB_ERRORS as exc:
                 if attempt == 5:

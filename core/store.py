@@ -631,7 +631,7 @@ async def flush(db: Executor) -> None:
 
 
 async def flush_and_find(db: Executor, keys: Sequence[tuple[str, int]]
-                         ) -> dict[tuple[str, int], int]:
-    """Flush, then the tenant_seq of each (task_id, seq) that is stored."""
+                         ) -> set[tuple[str, int]]:
+    """Flush, then which of these (task_id, seq) are stored."""
     rows = await db.fetch("SELECT * FROM ts_flush($1::jsonb)", [list(k) for k in keys])
-    return {(str(r["task_id"]), int(r["seq"])): int(r["tenant_seq"]) for r in rows}
+    return {(str(r["task_id"]), int(r["seq"])) for r in rows}
