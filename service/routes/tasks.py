@@ -252,13 +252,8 @@ async def dead_letters(
     """Failed tasks (attempts exhausted, or a permanent error), newest first, each with its
     last error and its attempt history. Re-drive one with ``POST /tasks/{id}/retry``."""
     page = await list_tasks(res, owner, status=[Status.FAILED], limit=limit, cursor=cursor)
-    ids = [t["task_id"] for t in page["items"]]
-    history = await store.attempt_history(res.pool, ids)
-    return {
-        "items": [{"task": t, "history": [e.to_json() for e in history[t["task_id"]]]}
-                  for t in page["items"]],
-        "next_cursor": page["next_cursor"],
-    }
+    return {"items": await _with_history(res, page["items"]),
+            "next_cursor": page["next_cursor"]}
 
 
 @router.get("/admin/dead-letters", response_model=DeadLetterPage, responses=ERRORS,
@@ -270,9 +265,12 @@ async def all_dead_letters(
 ) -> dict[str, Any]:
     """Dead letters across tenants (admin keys only); ``tenant`` narrows to one."""
     tasks = await store.failed_tasks_all(res.pool, tenant, limit)
-    history = await store.attempt_history(res.pool, [t.task_id for t in tasks])
-    return {
-        "items": [{"task": task_json(t), "history": [e.to_json() for e in history[t.task_id]]}
-                  for t in tasks],
-        "next_cursor": None,
-    }
+    return {"items": await _with_history(res, [task_json(t) for t in tasks]),
+            "next_cursor": None}
+
+
+async def _with_history(res: Resources, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Dead letters as listed: each task with its attempt history."""
+    history = await store.attempt_history(res.pool, [t["task_id"] for t in tasks])
+    return [{"task": t, "history": [e.to_json() for e in history[t["task_id"]]]}
+            for t in tasks]
