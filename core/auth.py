@@ -16,6 +16,8 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from core.ttlcache import TtlCache
+
 KEY_PREFIX = "ts_"
 TICKET_PREFIX = "tk_"
 
@@ -91,20 +93,11 @@ def check_ticket(signing_key: bytes, ticket: str, scope: str) -> str | None:
     return tenant
 
 
-class KeyCache:
+class KeyCache(TtlCache[str, Principal]):
     """Verified keys by the hash of their token, each trusted for ``ttl`` seconds."""
 
-    def __init__(self, ttl: float) -> None:
-        self.ttl = ttl
-        self._entries: dict[str, tuple[Principal, float]] = {}
+    def get(self, key: str) -> Principal | None:
+        return super().get(hash_secret(key))
 
-    def get(self, token: str) -> Principal | None:
-        hit = self._entries.get(hash_secret(token))
-        if hit and hit[1] > time.monotonic():
-            return hit[0]
-        return None
-
-    def put(self, token: str, principal: Principal) -> None:
-        if len(self._entries) > 10_000:
-            self._entries.clear()
-        self._entries[hash_secret(token)] = (principal, time.monotonic() + self.ttl)
+    def put(self, key: str, value: Principal) -> None:
+        super().put(hash_secret(key), value)

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.batcher import Batcher
 from core.constants import rate_key
+from core.ttlcache import TtlCache
 from service.errors import PayloadTooLarge, TooManyRequests, error_response
 
 UNLIMITED_PATHS = ("/upload",)
@@ -128,28 +129,16 @@ class StreamSlots:
                 del self.open[tenant]
 
 
-class InflightGauge:
+class InflightGauge(TtlCache[str, int]):
     """Each tenant's pending + running count, read from PostgreSQL at most every ``ttl``
     seconds per web process and counted up locally in between: the in-flight limit is then
     approximate (it may be passed by what one process admits within ``ttl``), and admission
     costs no query per submission."""
 
     def __init__(self, ttl: float = 0.5) -> None:
-        self.ttl = ttl
-        self._seen: dict[str, tuple[int, float]] = {}
-
-    def cached(self, tenant: str) -> int | None:
-        hit = self._seen.get(tenant)
-        if hit is None or hit[1] < time.monotonic():
-            return None
-        return hit[0]
-
-    def store(self, tenant: str, count: int) -> None:
-        if len(self._seen) > 10_000:
-            self._seen.clear()
-        self._seen[tenant] = (count, time.monotonic() + self.ttl)
+        super().__init__(ttl)
 
     def admitted(self, tenant: str) -> None:
-        hit = self._seen.get(tenant)
-        if hit is not None:
-            self._seen[tenant] = (hit[0] + 1, hit[1])
+        count = self.get(tenant)
+        if count is not None:
+            self.replace(tenant, count + 1)

@@ -72,10 +72,10 @@ def request_hash(task_type: str, params: dict[str, Any]) -> str:
 async def admit(res: Resources, owner: str) -> None:
     """The per-tenant limits on submissions: 429 (+ Retry-After) when over."""
     await res.rate.check(owner, res.settings.submit_rate_per_tenant)
-    inflight = res.inflight.cached(owner)
+    inflight = res.inflight.get(owner)
     if inflight is None:
         inflight = await store.inflight_count(res.pool, owner)
-        res.inflight.store(owner, inflight)
+        res.inflight.put(owner, inflight)
     if inflight >= res.settings.max_inflight_per_tenant:
         raise TooManyRequests(
             f"{res.settings.max_inflight_per_tenant} tasks already pending or running; "

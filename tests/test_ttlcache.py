@@ -1,0 +1,25 @@
+"""The TTL cache behind the API-key cache and the in-flight gauge."""
+
+import pytest
+
+from core import ttlcache
+from core.ttlcache import TtlCache
+
+
+def test_entries_expire_keep_their_expiry_on_replace_and_the_cache_stays_bounded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(ttlcache.time, "monotonic", lambda: now[0])
+    c: TtlCache[str, int] = TtlCache(ttl=1.0, max_entries=3)
+    c.put("a", 1)
+    assert c.get("a") == 1 and c.get("b") is None
+    now[0] += 0.6
+    c.replace("a", 2)
+    c.replace("b", 5)  # not cached: nothing
+    assert c.get("a") == 2 and c.get("b") is None
+    now[0] += 0.6  # 1.2 s after the put: expired, although replaced since
+    assert c.get("a") is None
+    for k in "wxyz":
+        c.put(k, 0)
+    c.put("last", 9)  # past max_entries: cleared, then stored
+    assert c.get("w") is None and c.get("last") == 9
