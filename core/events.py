@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from core.states import EventType, Status, allowed_from, target
+from core.states import EventType, allowed_from, is_terminal, target
 
 
 @dataclass(slots=True)
@@ -81,7 +81,7 @@ class Event:
 
     @property
     def terminal(self) -> bool:
-        return self.status in (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+        return is_terminal(self.status)
 
     def to_json(self) -> dict[str, Any]:
         failed = self.type in (EventType.FAILED, EventType.CANCELLED)

@@ -15,6 +15,7 @@ from core.constants import task_channel, tenant_channel
 from core.eventlog import TRANSIENT_DB_ERRORS
 from core.events import Event, sse_message
 from core.ids import parse_event_cursor
+from core.states import is_terminal
 from service.auth import Credentials, Owner, TicketQuery, stream_caller
 from service.deps import Res, Resources
 from service.errors import BadRequest, Unavailable
@@ -92,7 +93,7 @@ async def task_stream(task_id: str, res: Res, creds: Credentials,
     task = await load_task(res, owner, task_id)
     if cursor > task.last_seq:
         raise BadRequest(f"Last-Event-ID {cursor} is ahead of this task's last event")
-    if task.status in ("completed", "failed", "cancelled") and cursor >= task.last_seq:
+    if is_terminal(task.status) and cursor >= task.last_seq:
         return Response(status_code=204)  # stops a reconnecting EventSource for good
     pool = res.pool
 
