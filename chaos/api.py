@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from client.errors import parse_retry_after
+
 #: What the ledger records instead of a status when no response came back.
 CONNECTION_ERROR = "conn-error"
 #: "Come back later" answers: retried after their Retry-After.
@@ -71,9 +73,6 @@ class Api:
 
 
 def retry_after(resp: httpx.Response, default: float = 1.0) -> float:
-    """Seconds from a Retry-After header (delta-seconds form), capped so the run stays brisk."""
-    raw = resp.headers.get("Retry-After", "")
-    try:
-        return min(max(float(raw), 0.05), 5.0)
-    except ValueError:
-        return default
+    """Seconds from a Retry-After header, capped so the run stays brisk."""
+    seconds = parse_retry_after(resp.headers.get("Retry-After"))
+    return default if seconds is None else min(max(seconds, 0.05), 5.0)
