@@ -134,10 +134,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / _TICK
 
 
-async def backend_pids(pool: asyncpg.Pool) -> list[int]:
-    """Server processes of every connection to our database (the product's pools too)."""
-    rows = await pool.fetch("SELECT pid FROM pg_stat_activity WHERE datname = "
-                            "current_database() AND pid <> pg_backend_pid()")
+async def backend_pids(pool: asyncpg.Pool, *, wal_writers: bool = False) -> list[int]:
+    """Server processes of every connection to our database (the product's pools too), and
+    with ``wal_writers`` those that write and flush the WAL for them."""
+    rows = await pool.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE (datname = current_database()"
+        " AND pid <> pg_backend_pid()) OR ($1 AND backend_type IN"
+        " ('walwriter', 'checkpointer', 'background writer'))", wal_writers)
     return [int(r["pid"]) for r in rows]
 
 

@@ -185,6 +185,7 @@ async def throughput(run: Run) -> Outcome:
     n, c = sz.throughput_tasks, sz.submit_concurrency
     web = await env.web("web-throughput")
     redis_pid = await _redis_pid(env.redis_url)
+    pool = await run.pool()
     try:
         for w in (1, 2):
             workers = await env.workers(w, f"worker-throughput{w}-")
@@ -202,10 +203,11 @@ async def throughput(run: Run) -> Outcome:
                         if system == "taskstream":
                             await env.reset()
                             pids = [web.pid, *(p.pid for p in workers), redis_pid, os.getpid(),
-                                    *await _backends(run)]
+                                    *await backend_pids(pool, wal_writers=True)]
                             cpu0 = cpu_seconds(pids)
                             res = await _taskstream_round(run, [web.url], n, c)
-                            late = [p for p in await _backends(run) if p not in pids]
+                            late = [p for p in await backend_pids(pool, wal_writers=True)
+                                    if p not in pids]
                             cpu = cpu_seconds(pids) - cpu0 + cpu_seconds(late)
                             res["cpu_us_per_task"] = cpu / n * 1e6
                         elif system == "raw arq":
@@ -241,24 +243,12 @@ async def throughput(run: Run) -> Outcome:
                     ratio(median(cpus["taskstream"]), median(cpus["raw arq"]))),
             ]
     finally:
+        await pool.close()
         env.stop([web])
     out.notes.append("taskstream: POST /tasks over HTTP until the completed status is in "
                      "PostgreSQL; arq/celery: enqueue_job()/delay() straight into Redis until "
                      "the job has run (it INCRs a counter)")
     return out
-
-
-async def _backends(run: Run) -> list[int]:
-    """Our database's backends, and the server processes that write the WAL for them."""
-    pool = await run.pool()
-    try:
-        rows = await pool.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE (datname = current_database()"
-            " AND pid <> pg_backend_pid()) OR backend_type IN"
-            " ('walwriter', 'checkpointer', 'background writer')")
-        return [int(r["pid"]) for r in rows]
-    finally:
-        await pool.close()
 
 
 async def events(run: Run) -> Outcome:
