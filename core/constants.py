@@ -9,7 +9,6 @@ from typing import Final
 QUEUE_SUFFIX: Final = "queue"
 #: arq function that runs every task; the job carries only the task id.
 RUN_TASK_FUNCTION: Final = "run_task"
-SWEEP_FUNCTION: Final = "sweep"
 
 #: The tenant used when authentication is switched off (local embedded run).
 ANONYMOUS_OWNER: Final = "public"
@@ -32,10 +31,6 @@ def tenant_channel(namespace: str, owner: str) -> str:
 def control_channel(namespace: str) -> str:
     """Channel workers listen on for cancellation requests."""
     return f"{namespace}:control"
-
-
-def worker_heartbeat_key(namespace: str, worker_id: str) -> str:
-    return f"{namespace}:worker:{worker_id}"
 
 
 def rate_key(namespace: str, tenant: str, second: int) -> str:

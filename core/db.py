@@ -1,4 +1,5 @@
-"""The asyncpg pool: JSON codecs registered once so jsonb columns read and write Python values."""
+"""The asyncpg pool (JSON codecs registered once, so jsonb columns read and write Python
+values) and what counts as the database being briefly away."""
 
 from typing import Any
 
@@ -6,6 +7,21 @@ import asyncpg
 import orjson
 
 Pool = asyncpg.Pool
+
+#: Errors that mean the database is briefly away, not the data wrong: the same work is
+#: retried (or answered with 503 + Retry-After), never failed.
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.AdminShutdownError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.InternalClientError,  # a pooled connection the server terminated (asyncpg#1069)
+    asyncpg.PostgresConnectionError,
+    asyncpg.CrashShutdownError,
+)
 
 
 def _encode(value: Any) -> str:

@@ -25,23 +25,10 @@ from core import store
 from core.backoff import Backoff
 from core.batcher import Batcher
 from core.constants import task_channel, tenant_channel
+from core.db import TRANSIENT_DB_ERRORS
 from core.events import Event, NewEvent
 
 log = logging.getLogger(__name__)
-
-#: Errors after which the same batch is retried: the database is away, not the data wrong.
-TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.AdminShutdownError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.InternalClientError,  # a pooled connection the server terminated (asyncpg#1069)
-    asyncpg.PostgresConnectionError,
-    asyncpg.CrashShutdownError,
-)
 
 #: ARGV = task channel, tenant channel, message; repeated per event.
 _PUBLISH_LUA = """

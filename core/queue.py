@@ -1,27 +1,87 @@
-"""Connecting to the arq queue from either process, with our serializer and queue name."""
+"""The arq boundary: the one module that knows arq's internals.
 
-from collections.abc import Sequence
-from urllib.parse import urlsplit
+arq 0.28 is in maintenance-only mode, and we go past its public API for speed: enqueue and
+claim are Lua scripts on arq's key layout (one round trip for many jobs instead of three or
+four per job), and the worker's per-job bookkeeping is batched by overriding three of its
+methods. Everything that depends on that — key prefixes, the job record, the in-progress
+marker's lifetime, the overridden methods — is here, and ``tests/test_queue_contract.py``
+pins it, so an arq upgrade fails loudly in one place.
 
+The surface: ``connect``, ``job_id``, ``enqueue``, ``job_known``, ``held_for`` and
+``build_worker`` (whose worker claims and finishes jobs in batches). Jobs carry only a task
+id and are msgpack, never pickle (arq's default would execute a crafted job).
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import msgpack
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import (
+    abort_jobs_ss,
     expires_extra_ms,
     in_progress_key_prefix,
     job_key_prefix,
     result_key_prefix,
+    retry_key_prefix,
 )
 from arq.jobs import serialize_job
-from arq.utils import timestamp_ms
+from arq.typing import StartupShutdown, WorkerCoroutine
+from arq.utils import timestamp_ms, to_ms
+from arq.worker import Retry, Worker, func
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
 
+from core.batcher import Batcher
 from core.constants import RUN_TASK_FUNCTION, queue_name
-from core.serialization import deserialize, serialize
+from core.redisconn import tls_options
 from core.settings import Settings
 
+log = logging.getLogger(__name__)
+
+#: Raise ``RunAgainLater(defer=seconds)`` from a job to have arq run it again later.
+RunAgainLater: Final = Retry
+
+#: arq keeps a job's in-progress marker this long past its job timeout.
+IN_PROGRESS_MARGIN_S: Final = 10
+
+
+# --- the job record ------------------------------------------------------------------------
+
+def serialize(obj: dict[str, Any]) -> bytes:
+    return msgpack.packb(obj, datetime=True, default=_as_text)  # type: ignore[no-any-return]
+
+
+def deserialize(raw: bytes) -> dict[str, Any]:
+    return msgpack.unpackb(raw, timestamp=3, strict_map_key=False)  # type: ignore[no-any-return]
+
+
+def _as_text(obj: object) -> object:
+    # arq puts only primitives in a job; anything else (an exception it tries to keep as a
+    # result) is stored as its text rather than failing the worker.
+    return repr(obj)
+
+
+def job_id(task_id: str, seq: int, rescue: int = 0) -> str:
+    """A task's job id: its id and the seq of the event that made it pending.
+
+    While a task is pending nothing else is appended to it, so every process that wants to
+    (re-)enqueue the same pending state computes the same id, and arq refuses the duplicate.
+    A retry, a re-queue or a re-drive is a new state and so a new job. ``rescue`` n > 0: the
+    n-th extra job for the same pending state, when the workers that took the earlier ones
+    died before claiming the task.
+    """
+    return f"{task_id}:{seq}" + (f":r{rescue}" if rescue else "")
+
+
+# --- connecting ----------------------------------------------------------------------------
 
 def redis_settings(settings: Settings) -> RedisSettings:
     rs = RedisSettings.from_dsn(settings.redis_url)
-    if urlsplit(settings.redis_url).scheme == "rediss" and not settings.redis_tls_verify:
-        rs.ssl_cert_reqs = "none"
+    for name, value in tls_options(settings).items():
+        setattr(rs, name, value)
     rs.conn_timeout = 2
     rs.conn_retries = 3
     return rs
@@ -36,39 +96,13 @@ async def connect(settings: Settings) -> ArqRedis:
     )
 
 
-def job_id(task_id: str, seq: int, rescue: int = 0) -> str:
-    """A task's job id: its id and the seq of the event that made it pending.
-
-    While a task is pending nothing else is appended to it, so every process that wants to
-    (re-)enqueue the same pending state computes the same id, and arq refuses the duplicate.
-    A retry, a re-queue or a re-drive is a new state and so a new job.
-    """
-    return f"{task_id}:{seq}" + (f":r{rescue}" if rescue else "")
-
-
-async def enqueue_task(arq: ArqRedis, settings: Settings, task_id: str, seq: int,
-                       defer_by: float | None = None, rescue: int = 0) -> bool:
-    """Put a task on the queue; the job carries only the task id. False if already queued.
-    ``rescue`` n > 0: the n-th extra job for the same pending state, when the workers that
-    took the earlier ones died before claiming the task."""
-    return await enqueue_many(arq, settings, [(task_id, seq)], defer_by=defer_by,
-                              rescue=rescue) == 1
-
-
-def arq_job_timeout(settings: Settings) -> float:
-    """arq's own timeout for a run: ours (the runtime's) plus a margin; it only bounds how long
-    arq's in-progress marker lives (this + 10 s)."""
+def job_timeout(settings: Settings) -> float:
+    """arq's own timeout for a run: ours (the runtime's) plus a margin. It only bounds how long
+    arq's in-progress marker lives (this + ``IN_PROGRESS_MARGIN_S``)."""
     return settings.worker_job_timeout + 60
 
 
-async def in_progress_for(arq: ArqRedis, settings: Settings, jid: str) -> float | None:
-    """Seconds since a worker took this job, from arq's in-progress marker; None if no
-    worker holds it."""
-    ttl_ms = await arq.pttl(in_progress_key_prefix + jid)
-    if ttl_ms is None or ttl_ms <= 0:
-        return None
-    return float(arq_job_timeout(settings) + 10 - ttl_ms / 1000)
-
+# --- enqueue -------------------------------------------------------------------------------
 
 #: arq's enqueue (WATCH, EXISTS, MULTI, PSETEX, ZADD: three round trips) as one atomic
 #: script, so that many jobs go in one pipelined round trip. KEYS: job key, result key,
@@ -81,8 +115,8 @@ return 1
 """
 
 
-async def enqueue_many(arq: ArqRedis, settings: Settings, jobs: Sequence[tuple[str, int]],
-                       *, defer_by: float | None = None, rescue: int = 0) -> int:
+async def enqueue(arq: ArqRedis, settings: Settings, jobs: Sequence[tuple[str, int]],
+                  *, defer_by: float | None = None, rescue: int = 0) -> int:
     """Enqueue (task_id, seq) jobs exactly as arq's ``enqueue_job`` would (same job record,
     expiry and score), all in one round trip; returns how many were new."""
     if not jobs:
@@ -107,6 +141,17 @@ async def job_known(arq: ArqRedis, jid: str) -> bool:
     """Whether arq still has this job queued, deferred or running."""
     return bool(await arq.exists(job_key_prefix + jid, in_progress_key_prefix + jid))
 
+
+async def held_for(arq: ArqRedis, settings: Settings, jid: str) -> float | None:
+    """Seconds since a worker took this job, from arq's in-progress marker; None if no
+    worker holds it."""
+    ttl_ms = await arq.pttl(in_progress_key_prefix + jid)
+    if ttl_ms is None or ttl_ms <= 0:
+        return None
+    return float(job_timeout(settings) + IN_PROGRESS_MARGIN_S - ttl_ms / 1000)
+
+
+# --- claim and finish ----------------------------------------------------------------------
 
 #: arq's job claim (per job: WATCH, EXISTS, ZSCORE, MULTI/PSETEX/EXEC — four round trips,
 #: one job after another) as one atomic script for every job id a poll found: a job is
@@ -133,8 +178,8 @@ return out
 """
 
 
-async def claim_jobs(redis: ArqRedis, queue: str, job_ids: Sequence[bytes | str], limit: int,
-                     in_progress_ms: int) -> list[tuple[str, int]]:
+async def claim(redis: ArqRedis, queue: str, job_ids: Sequence[bytes | str], limit: int,
+                in_progress_ms: int) -> list[tuple[str, int]]:
     """Take up to ``limit`` of these jobs for this worker, as arq's ``start_jobs`` would,
     in one round trip; returns (job id, score) of those taken."""
     if not job_ids or limit <= 0:
@@ -143,3 +188,108 @@ async def claim_jobs(redis: ArqRedis, queue: str, job_ids: Sequence[bytes | str]
     raw = await script(keys=[queue], args=[timestamp_ms(), in_progress_ms, limit, *job_ids])
     pairs = [x.decode() if isinstance(x, bytes) else str(x) for x in raw]
     return [(pairs[i], int(float(pairs[i + 1]))) for i in range(0, len(pairs), 2)]
+
+
+class _Finisher(Batcher[Callable[[Pipeline], None], None]):
+    """arq's per-job end-of-run transaction, for every job that ends meanwhile in one."""
+
+    def __init__(self, redis: ArqRedis) -> None:
+        super().__init__("arq-finish", 500)
+        self._redis = redis
+
+    async def finish(self, add: Callable[[Pipeline], None]) -> None:
+        await self._submit(add)
+
+    async def _commit(self, items: list[Callable[[Pipeline], None]]) -> list[None]:
+        async with self._redis.pipeline(transaction=True) as tr:
+            for add in items:
+                add(tr)
+            await tr.execute()
+        return [None] * len(items)
+
+
+class BatchingWorker(Worker):
+    """arq's worker, except that Redis going away does not kill it (polling pauses and
+    running tasks keep going: they write to PostgreSQL, not Redis), and that its per-job
+    Redis bookkeeping is batched: a poll claims all the jobs it can take in one round trip,
+    and jobs that end together are finished in one transaction."""
+
+    _finisher: _Finisher | None = None
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as exc:
+            log.warning("queue poll failed (%s); retrying", exc)
+            await asyncio.sleep(1.0)
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's start_jobs with the same checks and markers (``claim``), batched."""
+        claimed = await claim(self.pool, self.queue_name, job_ids,
+                              self.max_jobs - self.job_counter,
+                              int(self.in_progress_timeout_s * 1000))
+        for jid, score in claimed:
+            await self.sem.acquire()  # free: at most max_jobs - job_counter were claimed
+            self.job_counter += 1
+            t = self.loop.create_task(self.run_job(jid, score))
+            t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[jid] = t
+
+    async def finish_job(self, job_id: str, finish: bool, result_data: bytes | None,
+                         result_timeout_s: float | None, keep_result_forever: bool,
+                         incr_score: int | None, keep_in_progress: float | None) -> None:
+        """arq's finish_job, the same commands, queued into a shared transaction."""
+
+        def add(tr: Pipeline) -> None:
+            delete_keys = []
+            in_progress_key = in_progress_key_prefix + job_id
+            if keep_in_progress is None:
+                delete_keys.append(in_progress_key)
+            else:
+                tr.pexpire(in_progress_key, to_ms(keep_in_progress) or 0)
+            if finish:
+                if result_data:
+                    expire = None if keep_result_forever else result_timeout_s
+                    tr.set(result_key_prefix + job_id, result_data, px=to_ms(expire))
+                delete_keys += [retry_key_prefix + job_id, job_key_prefix + job_id]
+                tr.zrem(abort_jobs_ss, job_id)
+                tr.zrem(self.queue_name, job_id)
+            elif incr_score:
+                tr.zincrby(self.queue_name, incr_score, job_id)
+            if delete_keys:
+                tr.delete(*delete_keys)
+
+        if self._finisher is None:
+            self._finisher = _Finisher(self.pool)
+            self._finisher.start()
+        await self._finisher.finish(add)
+
+    async def close(self) -> None:
+        await super().close()
+        if self._finisher is not None:
+            await self._finisher.close()
+
+
+def build_worker(settings: Settings, run_task: WorkerCoroutine, *,
+                 on_startup: StartupShutdown, on_shutdown: StartupShutdown,
+                 burst: bool = False) -> BatchingWorker:
+    """The worker process's arq worker: one job function (the runtime's), our serializer,
+    queue and timings. SIGTERM: stop taking jobs, give running ones ``shutdown_grace``
+    seconds, then arq re-queues the rest."""
+    return BatchingWorker(
+        functions=[func(run_task, name=RUN_TASK_FUNCTION, max_tries=1_000_000)],
+        queue_name=queue_name(settings.namespace),
+        redis_settings=redis_settings(settings),
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        max_jobs=settings.worker_max_jobs,
+        poll_delay=settings.worker_poll_delay,
+        health_check_interval=settings.worker_health_check_interval,
+        job_timeout=job_timeout(settings),
+        keep_result=0,
+        burst=burst,
+        handle_signals=not burst,
+        job_completion_wait=settings.shutdown_grace,
+    )

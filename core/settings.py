@@ -74,8 +74,6 @@ class Settings(BaseSettings):
     upload_chunk_bytes: int = 1 << 20
     upload_max_bytes: int = 100 << 20
 
-    list_page_max: int = 200
-
     # Security. Auth is on unless switched off explicitly (the local embedded run does).
     auth: bool = True
     stream_ticket_ttl: float = 900.0

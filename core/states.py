@@ -52,6 +52,39 @@ TRANSITIONS: Final[dict[EventType, tuple[frozenset[Status], Status | None]]] = {
 }
 
 
+class Outcome(StrEnum):
+    """What became of one appended event (the SQL functions return these words)."""
+
+    OK = "ok"
+    ILLEGAL = "illegal"  # the task is in a status this event may not come from
+    FENCED = "fenced"  # written by an attempt that was superseded
+    MISSING = "missing"  # no such task
+
+
+class RunOutcome(StrEnum):
+    """How one job run ended, for arq's log (PostgreSQL has the truth)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RETRYING = "retrying"
+    SUPERSEDED = "superseded"  # another attempt took over meanwhile
+    NOT_OURS = "not_ours"  # cancelled while queued, or another worker holds it
+    MISSING = "missing"  # the job names no task
+    ALREADY_FINISHED = "already_finished"
+
+
+class FailureReason(StrEnum):
+    """Why an attempt or a task failed: the ``reason`` of retrying/requeued/failed events and
+    the task's ``failure_reason``."""
+
+    ERROR = "error"  # the task raised
+    PERMANENT = "permanent"  # the task raised PermanentError: no retry
+    TIMEOUT = "timeout"
+    WORKER_LOST = "worker_lost"
+    SHUTDOWN = "shutdown"  # its worker stopped; re-queued without spending an attempt
+
+
 def allowed_from(event: EventType, *, by_attempt: bool = False) -> frozenset[Status]:
     """Statuses the task may be in for ``event``. A write made by an attempt (a worker's,
     or the sweeper's about it) is valid only while the task runs: once the attempt was

@@ -16,7 +16,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from core.events import Event, NewEvent
-from core.states import EventType
+from core.states import EventType, Outcome
 
 Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
 
@@ -105,7 +105,7 @@ class Task:
 class Appended:
     """Outcome of one appended event: 'ok' with the event, or why it was refused."""
 
-    outcome: str  # ok | illegal | fenced | missing
+    outcome: Outcome
     event: Event | None
     status: str | None
 
@@ -157,10 +157,10 @@ async def append_events(pool: asyncpg.Pool, events: Sequence[NewEvent]) -> list[
         i = order[r["idx"] - 1]
         ev = events[i]
         status = r["status"]
-        if r["outcome"] != "ok":
-            out[i] = Appended(r["outcome"], None, status)
+        if r["outcome"] != Outcome.OK:
+            out[i] = Appended(Outcome(r["outcome"]), None, status)
             continue
-        out[i] = Appended("ok", Event(
+        out[i] = Appended(Outcome.OK, Event(
             task_id=ev.task_id,
             seq=r["seq"],
             tenant_seq=r["tenant_seq"] or 0,
@@ -448,11 +448,6 @@ async def store_document_chunks(
                VALUES ($1, $2, $3, $4, $5)""",
             [(tid, i, page, text, vec) for i, page, text, vec in chunks],
         )
-
-
-async def count_document_chunks(db: Executor, task_id: str) -> int:
-    return int(await db.fetchval(
-        "SELECT count(*) FROM document_chunks WHERE task_id = $1", uuid.UUID(task_id)) or 0)
 
 
 class _tx:

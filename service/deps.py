@@ -11,7 +11,7 @@ from core.auth import KeyCache
 from core.eventlog import EventLog
 from core.settings import Settings
 from service.hub import Hub
-from service.limits import InflightGauge, StreamSlots, SubmitRate
+from service.limits import StreamSlots
 from service.submissions import Submissions
 
 
@@ -25,8 +25,6 @@ class Resources:
     keys: KeyCache
     streams: StreamSlots
     submissions: Submissions
-    inflight: InflightGauge
-    rate: SubmitRate
     signing_key: bytes = b""
 
 

@@ -25,7 +25,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.eventlog import TRANSIENT_DB_ERRORS, EventsLost
+from core.db import TRANSIENT_DB_ERRORS
+from core.eventlog import EventsLost
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any, Final
+from collections.abc import AsyncIterator, Callable
+from typing import Final
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -84,10 +84,9 @@ class Subscription:
 
 
 class Hub:
-    def __init__(self, redis_url: str, *, control_channel: str, buffer: int = 256,
-                 connect_timeout: float = 5.0, ssl_cert_reqs: str | None = None) -> None:
-        self._url = redis_url
-        self._ssl_cert_reqs = ssl_cert_reqs  # "none" for Heroku's self-signed rediss://
+    def __init__(self, connect: Callable[[], Redis], *, control_channel: str,
+                 buffer: int = 256, connect_timeout: float = 5.0) -> None:
+        self._new_client = connect  # a fresh client per (re)connection
         self._home = control_channel  # always subscribed, so the connection always exists
         self._buffer = buffer
         self._connect_timeout = connect_timeout
@@ -216,10 +215,7 @@ class Hub:
             await backoff.sleep()
 
     async def _connect(self) -> None:
-        # Only a TLS connection accepts ssl_cert_reqs; a plain one rejects the argument.
-        tls: dict[str, Any] = {"ssl_cert_reqs": self._ssl_cert_reqs} if self._ssl_cert_reqs else {}
-        self._client = Redis.from_url(self._url, socket_connect_timeout=2,
-                                      health_check_interval=10, **tls)
+        self._client = self._new_client()
         ps = self._client.pubsub()
         channels = [self._home, *self._subs]
         loop = asyncio.get_running_loop()

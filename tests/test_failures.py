@@ -270,7 +270,7 @@ def test_no_pickle_anywhere() -> None:
         for py in (root / pkg).rglob("*.py"):
             text = py.read_text()
             assert "import pickle" not in text and "from pickle" not in text, py
-    from core.serialization import deserialize, serialize
+    from core.queue import deserialize, serialize
 
     job = {"t": 1, "f": "run_task", "a": [str(uuid.uuid4())], "k": {}, "et": 1}
     assert deserialize(serialize(job)) == job

@@ -17,24 +17,24 @@ async def test_claim_takes_due_unheld_jobs_once_up_to_the_limit(settings: Settin
     try:
         due = [(str(uuid.uuid4()), 1) for _ in range(6)]
         later = [(str(uuid.uuid4()), 1)]
-        assert await queue.enqueue_many(arq, s, due) == 6
-        assert await queue.enqueue_many(arq, s, later, defer_by=60) == 1
+        assert await queue.enqueue(arq, s, due) == 6
+        assert await queue.enqueue(arq, s, later, defer_by=60) == 1
         q = queue_name(s.namespace)
         ids = [queue.job_id(t, n) for t, n in due + later]
         held = ids[0]
         await arq.psetex(in_progress_key_prefix + held, 60_000, b"1")  # another worker's
 
-        first = await queue.claim_jobs(arq, q, ids, 3, 30_000)
+        first = await queue.claim(arq, q, ids, 3, 30_000)
         assert [j for j, _ in first] == ids[1:4]
         # Two workers racing for the rest: each job goes to exactly one of them.
-        a, b = await asyncio.gather(queue.claim_jobs(arq, q, ids, 10, 30_000),
-                                    queue.claim_jobs(arq, q, ids, 10, 30_000))
+        a, b = await asyncio.gather(queue.claim(arq, q, ids, 10, 30_000),
+                                    queue.claim(arq, q, ids, 10, 30_000))
         taken = [j for j, _ in a + b]
         assert sorted(taken) == sorted(ids[4:6])  # not the held one, not the deferred one
         for jid in ids[1:6]:
             ttl = await arq.pttl(in_progress_key_prefix + jid)
             assert 0 < ttl <= 30_000
         assert all(score > 0 for _, score in first)
-        assert await queue.claim_jobs(arq, q, ids, 0, 30_000) == []
+        assert await queue.claim(arq, q, ids, 0, 30_000) == []
     finally:
         await arq.aclose()

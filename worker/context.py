@@ -22,7 +22,7 @@ from core import store
 from core.eventlog import EventLog
 from core.events import NewEvent
 from core.settings import Settings
-from core.states import EventType
+from core.states import EventType, Outcome
 
 
 class AttemptSuperseded(Exception):
@@ -100,7 +100,7 @@ class TaskContext:
         """Drop the written events from the head of the queue; raise on a refused one."""
         while self._pending and self._pending[0].done():
             res = self._pending.popleft().result()  # a failed batch raises its error here
-            if res.outcome != "ok":
+            if res.outcome != Outcome.OK:
                 self._pending.clear()
                 raise AttemptSuperseded(
                     f"task {self.task_id} attempt {self.attempt}: {res.outcome}")

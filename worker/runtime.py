@@ -20,12 +20,20 @@ import asyncpg
 from arq.connections import ArqRedis
 from pydantic import BaseModel, ValidationError
 
-from core import queue, store
+from core import store
 from core.batcher import Batcher
 from core.eventlog import EventLog
 from core.events import NewEvent
+from core.pending import append_pending
 from core.settings import Settings
-from core.states import EventType, is_terminal
+from core.states import (
+    EventType,
+    FailureReason,
+    Outcome,
+    RunOutcome,
+    Status,
+    is_terminal,
+)
 from core.tasktypes import TASK_TYPES, PermanentError, TaskType
 from worker.context import AttemptSuperseded, SoftTimeLimitExceeded, TaskContext
 from worker.tasks import TaskFn
@@ -74,32 +82,32 @@ class Runtime:
         job.cancel()
         return True
 
-    async def run(self, task_id: str) -> str:
+    async def run(self, task_id: str) -> RunOutcome:
         """Run one job; returns how it ended (for arq's log only: PostgreSQL has the truth)."""
         try:
             return await self._run(task_id)
         finally:
             self._cancel_requested.discard(task_id)
 
-    async def _run(self, task_id: str) -> str:
+    async def _run(self, task_id: str) -> RunOutcome:
         tid = _uuid(task_id)
         task = await self.loader.load(tid) if tid else None
         if task is None:
             log.warning("job for unknown task %r ignored", task_id)
-            return "missing"
+            return RunOutcome.MISSING
         if is_terminal(task.status):
-            return task.status
-        if task.cancel_requested and task.status == "pending":
+            return RunOutcome.ALREADY_FINISHED
+        if task.cancel_requested and task.status == Status.PENDING:
             await self._append(task.owner, task_id, EventType.CANCELLED,
                                error="cancelled by request")
-            return "cancelled"
+            return RunOutcome.CANCELLED
         started = await self._append(task.owner, task_id, EventType.STARTED,
                                      attempt=task.attempts + 1, worker_id=self.worker_id,
                                      lease=self.settings.lease_seconds,
                                      message=f"attempt {task.attempts + 1}")
-        if started.outcome != "ok" or started.event is None:
+        if started.outcome != Outcome.OK or started.event is None:
             # Cancelled while queued, or another worker holds it: not ours to run.
-            return started.outcome
+            return RunOutcome.NOT_OURS
         attempt = started.event.attempt
         spec = TASK_TYPES.get(task.task_type)
         opts = task.options
@@ -109,12 +117,13 @@ class Runtime:
                           settings=self.settings, soft_timeout=soft)
         impl = self.implementations.get(task.task_type)
         if spec is None or impl is None:
-            return await self._fail(ctx, f"unknown task type {task.task_type!r}", "error")
+            return await self._fail(ctx, f"unknown task type {task.task_type!r}",
+                                    FailureReason.ERROR)
         try:
             params = spec.params.model_validate(task.params)
         except ValidationError as exc:
             return await self._fail(ctx, f"invalid params: {exc.errors(include_url=False)}",
-                                    "error")
+                                    FailureReason.ERROR)
 
         timeout = opts.get("timeout") or spec.timeout or self.settings.worker_job_timeout
         job = asyncio.create_task(_run_impl(impl, ctx, params), name=f"task:{task_id}")
@@ -125,34 +134,35 @@ class Runtime:
         except TimeoutError:
             job.cancel()
             await _settle(job)
-            return await self._failed_attempt(ctx, task, spec, "timeout",
+            return await self._failed_attempt(ctx, task, spec, FailureReason.TIMEOUT,
                                               f"timed out after {timeout:g}s (hard limit)")
         except asyncio.CancelledError:
             if task_id in self._cancel_requested:
                 # The cancel endpoint's request: record it and finish normally.
                 await _settle(job)
                 await self._terminal(ctx, EventType.CANCELLED, error="cancelled by request")
-                return "cancelled"
+                return RunOutcome.CANCELLED
             # The worker is shutting down past its grace period: stop the task and put it
             # back to pending (no attempt spent); arq re-queues this job for another worker.
             job.cancel()
             await _settle(job)
             await self._append(ctx.owner, task_id, EventType.REQUEUED, attempt=attempt,
                                message="worker shutting down; task re-queued",
-                               data={"reason": "shutdown"})
+                               data={"reason": FailureReason.SHUTDOWN})
             raise
         except AttemptSuperseded:
-            return "superseded"
+            return RunOutcome.SUPERSEDED
         except Exception as exc:
             if task_id in self._cancel_requested:
                 await self._terminal(ctx, EventType.CANCELLED, error="cancelled by request")
-                return "cancelled"
+                return RunOutcome.CANCELLED
             if isinstance(exc, SoftTimeLimitExceeded):
-                return await self._failed_attempt(ctx, task, spec, "timeout",
+                return await self._failed_attempt(ctx, task, spec, FailureReason.TIMEOUT,
                                                   f"timed out: soft limit of {soft:g}s")
             log.warning("task %s (%s) attempt %d raised %s", task_id, task.task_type,
                         attempt, type(exc).__name__, exc_info=exc)
-            reason = "permanent" if isinstance(exc, PermanentError) else "error"
+            reason = FailureReason.PERMANENT if isinstance(exc, PermanentError) \
+                else FailureReason.ERROR
             return await self._failed_attempt(ctx, task, spec, reason,
                                               f"{type(exc).__name__}: {exc}")
         finally:
@@ -160,44 +170,46 @@ class Runtime:
 
         if task_id in self._cancel_requested:  # the task swallowed its cancellation
             await self._terminal(ctx, EventType.CANCELLED, error="cancelled by request")
-            return "cancelled"
+            return RunOutcome.CANCELLED
         try:
             payload = _jsonable(result)
         except (TypeError, ValueError) as exc:
-            return await self._fail(ctx, f"result is not JSON-serializable: {exc}", "error")
+            return await self._fail(ctx, f"result is not JSON-serializable: {exc}",
+                                    FailureReason.ERROR)
         await self._terminal(ctx, EventType.COMPLETED, result=payload)
-        return "completed"
+        return RunOutcome.COMPLETED
 
     async def _failed_attempt(self, ctx: TaskContext, task: store.Task, spec: TaskType,
-                              reason: str, error: str) -> str:
+                              reason: FailureReason, error: str) -> RunOutcome:
         """Retry with backoff if the budget and the kind of failure allow, else fail."""
         max_attempts = int(task.options.get("max_attempts") or task.max_attempts)
-        retryable = reason == "error" or (reason == "timeout" and spec.retry_timeouts)
+        retryable = reason == FailureReason.ERROR or \
+            (reason == FailureReason.TIMEOUT and spec.retry_timeouts)
         spent = task.failures + 1
         if not retryable or spent >= max_attempts:
-            return await self._fail(ctx, error, "error" if reason == "permanent" else reason)
+            # A permanent error is an error that skips the retries.
+            final = FailureReason.ERROR if reason == FailureReason.PERMANENT else reason
+            return await self._fail(ctx, error, final)
         delay = backoff(spent, self.settings.retry_backoff, self.settings.retry_backoff_max)
-        res = await self._append(
-            ctx.owner, ctx.task_id, EventType.RETRYING, attempt=ctx.attempt, error=error[:4000],
+        await append_pending(self.eventlog, self.arq, self.settings, NewEvent(
+            task_id=ctx.task_id, owner=ctx.owner, type=EventType.RETRYING, attempt=ctx.attempt,
+            error=error[:4000],
             message=f"retrying in {delay:.1f}s (failed attempt {spent} of {max_attempts})",
             data={"reason": reason, "attempt": ctx.attempt, "delay": round(delay, 3),
                   "error": error[:4000]},
-        )
-        if res.outcome == "ok" and res.event is not None:
-            await queue.enqueue_task(self.arq, self.settings, ctx.task_id, res.event.seq,
-                                     defer_by=delay)
-        return "retrying"
+        ), defer_by=delay)
+        return RunOutcome.RETRYING
 
-    async def _fail(self, ctx: TaskContext, error: str, reason: str) -> str:
+    async def _fail(self, ctx: TaskContext, error: str, reason: FailureReason) -> RunOutcome:
         await self._terminal(ctx, EventType.FAILED, error=error[:4000], data={"reason": reason})
-        return "failed"
+        return RunOutcome.FAILED
 
     async def _terminal(self, ctx: TaskContext, etype: EventType, *, result: Any = None,
                         error: str | None = None, data: Any = None) -> None:
         res = await self._append(ctx.owner, ctx.task_id, etype, attempt=ctx.attempt,
                                  result=result, error=error, data=data,
                                  progress=ctx.current_progress)
-        if res.outcome != "ok":
+        if res.outcome != Outcome.OK:
             log.info("terminal %s for %s refused: %s", etype, ctx.task_id, res.outcome)
 
     async def _append(self, owner: str, task_id: str, etype: EventType, **kw: Any

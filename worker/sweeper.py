@@ -21,8 +21,9 @@ from arq.connections import ArqRedis
 from core import queue, store
 from core.eventlog import EventLog
 from core.events import NewEvent
+from core.pending import append_pending
 from core.settings import Settings
-from core.states import EventType
+from core.states import EventType, FailureReason, Outcome
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -60,28 +61,27 @@ async def sweep_once(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
                 task_id=lost.task_id, owner=lost.owner, type=EventType.CANCELLED,
                 attempt=lost.attempts, error="cancelled by request (its worker was lost)",
             ))
-            report.failed += res.outcome == "ok"
+            report.failed += res.outcome == Outcome.OK
             continue
         if lost.crashes + 1 >= settings.max_crashes:
             res = await eventlog.append(NewEvent(
                 task_id=lost.task_id, owner=lost.owner, type=EventType.FAILED,
-                attempt=lost.attempts, data={"reason": "worker_lost"},
+                attempt=lost.attempts, data={"reason": FailureReason.WORKER_LOST},
                 error=f"worker lost {lost.crashes + 1} times running this task; giving up",
             ))
-            report.failed += res.outcome == "ok"
+            report.failed += res.outcome == Outcome.OK
             continue
-        res = await eventlog.append(NewEvent(
+        res = await append_pending(eventlog, arq, settings, NewEvent(
             task_id=lost.task_id, owner=lost.owner, type=EventType.REQUEUED,
-            attempt=lost.attempts, data={"reason": "worker_lost", "attempt": lost.attempts},
+            attempt=lost.attempts,
+            data={"reason": FailureReason.WORKER_LOST, "attempt": lost.attempts},
             message=f"attempt {lost.attempts} lost with its worker; re-queued",
         ))
-        if res.outcome == "ok" and res.event is not None:
-            await queue.enqueue_task(arq, settings, lost.task_id, res.event.seq)
-            report.requeued += 1
+        report.requeued += res.outcome == Outcome.OK
     for task_id, seq in await store.stale_pending(pool, settings.pending_stale_seconds):
         jid = queue.job_id(task_id, seq)
         if not await queue.job_known(arq, jid):
-            if await queue.enqueue_task(arq, settings, task_id, seq):
+            if await queue.enqueue(arq, settings, [(task_id, seq)]):
                 report.reenqueued += 1
             continue
         # Queued (maybe deferred for a retry) is fine. But a worker that took the job and
@@ -89,12 +89,12 @@ async def sweep_once(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
         # marker (the job timeout). Run it again under a rescue id; the claim in PostgreSQL
         # lets only one run start it.
         for rescue in range(1, MAX_RESCUES + 1):
-            held = await queue.in_progress_for(arq, settings, jid)
+            held = await queue.held_for(arq, settings, jid)
             if held is None or held < settings.pending_stale_seconds:
                 break  # waiting in the queue, or taken just now: leave it be
             jid = queue.job_id(task_id, seq, rescue)
             if not await queue.job_known(arq, jid):
-                if await queue.enqueue_task(arq, settings, task_id, seq, rescue=rescue):
+                if await queue.enqueue(arq, settings, [(task_id, seq)], rescue=rescue):
                     report.reenqueued += 1
                 break
     if report.requeued or report.failed or report.reenqueued:

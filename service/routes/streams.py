@@ -12,18 +12,18 @@ from fastapi import APIRouter, Header, Query, Response
 
 from core import auth, store
 from core.constants import task_channel, tenant_channel
-from core.eventlog import TRANSIENT_DB_ERRORS
+from core.db import TRANSIENT_DB_ERRORS
 from core.events import Event, sse_message
-from core.ids import parse_event_cursor
 from core.states import is_terminal
 from service.auth import Credentials, Owner, TicketQuery, stream_caller
 from service.deps import Res, Resources
 from service.errors import BadRequest, Unavailable
 from service.hub import HubUnavailable
-from service.routes.tasks import ERRORS, load_task
+from service.routes.tasks import ERRORS
 from service.schemas import TicketOut, TicketRequest
 from service.sse import KEEPALIVE, EventStreamResponse
 from service.streams import Fetch, StreamSpec, follow
+from service.tasks import load_task
 
 router = APIRouter(tags=["streams"])
 
@@ -42,13 +42,13 @@ SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 
 def cursor_from(header: str | None, query: str | None) -> int:
+    """The resume cursor: a Last-Event-ID is a short decimal sequence number we sent."""
     raw = header if header is not None else query
     if raw is None or raw == "":
         return 0
-    cursor = parse_event_cursor(raw)
-    if cursor is None:
+    if len(raw) > 19 or not raw.isascii() or not raw.isdigit():
         raise BadRequest("Last-Event-ID must be a decimal event sequence number")
-    return cursor
+    return int(raw)
 
 
 def open_stream(res: Resources, tenant: str, *, channel: str, cursor: int, id_field: str,

@@ -1,28 +1,15 @@
 """Task routes: submit, list, read, history, cancel, catalogue."""
 
-import hashlib
-import json
-import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
-from pydantic import ValidationError
 
-from core import queue, store
-from core.constants import control_channel
-from core.events import NewEvent
-from core.states import EventType, Status, is_terminal
-from core.tasktypes import TASK_TYPES, UnknownTaskType, validate_params
+from core import store
+from core.states import Status
+from core.tasktypes import TASK_TYPES
 from service.auth import Admin, Owner
 from service.deps import Res, Resources
-from service.errors import (
-    BadRequest,
-    Conflict,
-    NotFound,
-    TooManyRequests,
-    Unprocessable,
-)
-from service.limits import json_depth
+from service.errors import BadRequest
 from service.schemas import (
     DeadLetterPage,
     ErrorOut,
@@ -32,6 +19,7 @@ from service.schemas import (
     TaskPage,
     TaskTypeOut,
 )
+from service.tasks import cancel, load_task, redrive, task_json
 
 router = APIRouter()
 
@@ -45,92 +33,14 @@ IdempotencyKey = Annotated[
 ]
 
 
-def task_json(task: store.Task) -> dict[str, Any]:
-    out = task.to_json()
-    base = f"/tasks/{task.task_id}"
-    out["links"] = {"self": base, "stream": f"{base}/stream", "events": f"{base}/events"}
-    return out
-
-
-async def load_task(res: Resources, owner: str, task_id: str) -> store.Task:
-    """The caller's task, or 404 — for a malformed id and for another tenant's task alike."""
-    try:
-        tid = uuid.UUID(task_id)
-    except ValueError:
-        raise NotFound(f"task {task_id!r} not found") from None
-    task = await store.get_task(res.pool, tid, owner)
-    if task is None:
-        raise NotFound(f"task {task_id!r} not found")
-    return task
-
-
-def request_hash(task_type: str, params: dict[str, Any]) -> str:
-    body = json.dumps({"type": task_type, "params": params}, sort_keys=True, default=str)
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
-async def admit(res: Resources, owner: str) -> None:
-    """The per-tenant limits on submissions: 429 (+ Retry-After) when over."""
-    await res.rate.check(owner, res.settings.submit_rate_per_tenant)
-    inflight = res.inflight.get(owner)
-    if inflight is None:
-        inflight = await store.inflight_count(res.pool, owner)
-        res.inflight.put(owner, inflight)
-    if inflight >= res.settings.max_inflight_per_tenant:
-        raise TooManyRequests(
-            f"{res.settings.max_inflight_per_tenant} tasks already pending or running; "
-            "wait for some to finish", retry_after=5)
-    res.inflight.admitted(owner)
-
-
-async def submit(res: Resources, owner: str, task_type: str, params: dict[str, Any],
-                 idempotency_key: str | None, *, fingerprint: dict[str, Any] | None = None,
-                 options: dict[str, Any] | None = None, admitted: bool = False,
-                 ) -> tuple[store.Task, bool]:
-    """Validate, insert (task + 'created' event), enqueue. Returns (task, newly_created).
-
-    ``fingerprint`` replaces the params in the idempotency comparison (an upload compares
-    the file's digest, since each upload gets a new id). ``admitted``: the caller already
-    ran ``admit`` (an upload does, before it stores a byte).
-    """
-    if json_depth(params) > res.settings.json_max_depth:
-        raise Unprocessable(f"params nest deeper than {res.settings.json_max_depth} levels")
-    try:
-        model = validate_params(task_type, params)
-    except UnknownTaskType:
-        known = ", ".join(sorted(TASK_TYPES))
-        raise Unprocessable(f"unknown task type {task_type!r}; known types: {known}") from None
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors()
-        )
-        raise Unprocessable(f"invalid params for {task_type!r}: {problems}") from None
-    if not admitted:
-        await admit(res, owner)
-    clean = model.model_dump(mode="json")
-    options = options or {}
-    digest = request_hash(task_type, {"p": fingerprint or clean, "o": options})
-    task, created = await res.submissions.submit(store.NewTask(
-        owner=owner, task_type=task_type, params=clean,
-        max_attempts=options.get("max_attempts") or TASK_TYPES[task_type].max_attempts,
-        idempotency_key=idempotency_key, request_hash=digest if idempotency_key else None,
-        options=options,
-    ))
-    if created is None:
-        if task.request_hash != digest:
-            raise Conflict("Idempotency-Key was already used with a different request body")
-        return task, False
-    return task, True
-
-
 @router.post("/tasks", status_code=202, response_model=TaskOut, tags=["tasks"],
              responses={**ERRORS, 200: {"model": TaskOut,
                                         "description": "Idempotent replay: the same task."}})
 async def create_task(body: SubmitTask, res: Res, owner: Owner, response: Response,
                       idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
     """Submit a task of a registered type; returns at once with its id and links."""
-    task, created = await submit(res, owner, body.type, body.params, idempotency_key,
-                                 options=body.options())
+    task, created = await res.submissions.submit(owner, body.type, body.params,
+                                                 idempotency_key, options=body.options())
     response.headers["Location"] = f"/tasks/{task.task_id}"
     if not created:
         response.status_code = 200
@@ -202,26 +112,7 @@ async def cancel_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
     Idempotent: cancelling a cancelled task returns it unchanged; a task that already
     completed or failed is 409.
     """
-    task = await load_task(res, owner, task_id)
-    for _ in range(3):
-        if task.status == Status.CANCELLED:
-            return task_json(task)
-        if is_terminal(task.status):
-            raise Conflict(f"task already {task.status}; nothing to cancel")
-        etype = EventType.CANCELLED if task.status == Status.PENDING else \
-            EventType.CANCEL_REQUESTED
-        done = await res.eventlog.append(NewEvent(
-            task_id=task.task_id, owner=owner, type=etype,
-            error="cancelled by request" if etype == EventType.CANCELLED else None,
-            message=None if etype == EventType.CANCELLED else "cancellation requested",
-        ))
-        if done.outcome == "ok":
-            if etype == EventType.CANCEL_REQUESTED:
-                await res.arq.publish(control_channel(res.settings.namespace),
-                                      json.dumps({"cancel": task.task_id}))
-            break
-        task = await load_task(res, owner, task_id)  # it moved on meanwhile: look again
-    return task_json(await load_task(res, owner, task_id))
+    return task_json(await cancel(res, owner, task_id))
 
 
 @router.post("/tasks/{task_id}/retry", response_model=TaskOut, responses=ERRORS,
@@ -229,17 +120,7 @@ async def cancel_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
 async def retry_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
     """Re-drive a failed or cancelled task: same id, its history continues, a fresh attempt
     budget. A pending, running or completed task is 409."""
-    task = await load_task(res, owner, task_id)
-    if task.status not in (Status.FAILED, Status.CANCELLED):
-        raise Conflict(f"task is {task.status}; only failed or cancelled tasks can be retried")
-    done = await res.eventlog.append(NewEvent(
-        task_id=task.task_id, owner=owner, type=EventType.REDRIVEN,
-        message="re-driven by request", data={"previous_error": task.error},
-    ))
-    if done.outcome != "ok" or done.event is None:
-        raise Conflict("task changed meanwhile; look at it again")
-    await queue.enqueue_task(res.arq, res.settings, task.task_id, done.event.seq)
-    return task_json(await load_task(res, owner, task_id))
+    return task_json(await redrive(res, owner, task_id))
 
 
 @router.get("/dead-letters", response_model=DeadLetterPage, responses=ERRORS,

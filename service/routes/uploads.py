@@ -6,8 +6,9 @@ from fastapi import APIRouter, Header, Request, Response
 
 from service.auth import Owner
 from service.deps import Res
-from service.routes.tasks import ERRORS, IdempotencyKey, admit, submit, task_json
+from service.routes.tasks import ERRORS, IdempotencyKey
 from service.schemas import UploadOut
+from service.tasks import task_json
 from service.uploads import receive_upload
 
 router = APIRouter(tags=["uploads"])
@@ -36,14 +37,13 @@ async def upload(request: Request, res: Res, owner: Owner, response: Response,
                  idempotency_key: IdempotencyKey = None,
                  content_length: Annotated[int | None, Header(ge=0)] = None) -> dict[str, Any]:
     """Upload a PDF, text or Markdown file (multipart field ``file``) and process it."""
-    await admit(res, owner)  # refuse before storing anything
+    await res.submissions.admit(owner)  # refuse before storing anything
     stored = await receive_upload(request, res.pool, owner,
                                   max_bytes=res.settings.upload_max_bytes,
                                   chunk_bytes=res.settings.upload_chunk_bytes)
-    task, created = await submit(res, owner, "document_process",
-                                 {"upload_id": str(stored.upload_id)}, idempotency_key,
-                                 fingerprint={"sha256": stored.sha256, "size": stored.size},
-                                 admitted=True)
+    task, created = await res.submissions.submit(
+        owner, "document_process", {"upload_id": str(stored.upload_id)}, idempotency_key,
+        fingerprint={"sha256": stored.sha256, "size": stored.size}, admitted=True)
     response.headers["Location"] = f"/tasks/{task.task_id}"
     if not created:
         response.status_code = 200

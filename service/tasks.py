@@ -1,0 +1,74 @@
+"""What the API does to one task beyond submitting it: find it (for its owner only), show
+it, cancel it, re-drive it. Routes call these and stay thin."""
+
+import uuid
+from typing import Any
+
+from core import control, store
+from core.events import NewEvent
+from core.pending import append_pending
+from core.states import EventType, Outcome, Status, is_terminal
+from service.deps import Resources
+from service.errors import Conflict, NotFound
+
+#: A cancel retries this often when the task moves on between the read and the write.
+_CANCEL_TRIES = 3
+
+
+def task_json(task: store.Task) -> dict[str, Any]:
+    out = task.to_json()
+    base = f"/tasks/{task.task_id}"
+    out["links"] = {"self": base, "stream": f"{base}/stream", "events": f"{base}/events"}
+    return out
+
+
+async def load_task(res: Resources, owner: str, task_id: str) -> store.Task:
+    """The caller's task, or 404 — for a malformed id and for another tenant's task alike."""
+    try:
+        tid = uuid.UUID(task_id)
+    except ValueError:
+        raise NotFound(f"task {task_id!r} not found") from None
+    task = await store.get_task(res.pool, tid, owner)
+    if task is None:
+        raise NotFound(f"task {task_id!r} not found")
+    return task
+
+
+async def cancel(res: Resources, owner: str, task_id: str) -> store.Task:
+    """A pending task is cancelled at once; a running one is asked to stop (its worker hears
+    it on the control channel, or at its next heartbeat). Cancelling a cancelled task
+    changes nothing; a completed or failed one is 409."""
+    task = await load_task(res, owner, task_id)
+    for _ in range(_CANCEL_TRIES):
+        if task.status == Status.CANCELLED:
+            return task
+        if is_terminal(task.status):
+            raise Conflict(f"task already {task.status}; nothing to cancel")
+        pending = task.status == Status.PENDING
+        done = await res.eventlog.append(NewEvent(
+            task_id=task.task_id, owner=owner,
+            type=EventType.CANCELLED if pending else EventType.CANCEL_REQUESTED,
+            error="cancelled by request" if pending else None,
+            message=None if pending else "cancellation requested",
+        ))
+        if done.outcome == Outcome.OK:
+            if not pending:
+                await control.publish_cancel(res.arq, res.settings.namespace, task.task_id)
+            break
+        task = await load_task(res, owner, task_id)  # it moved on meanwhile: look again
+    return await load_task(res, owner, task_id)
+
+
+async def redrive(res: Resources, owner: str, task_id: str) -> store.Task:
+    """Run a failed or cancelled task again: same id, its history continues, a fresh attempt
+    budget. Any other status is 409."""
+    task = await load_task(res, owner, task_id)
+    if task.status not in (Status.FAILED, Status.CANCELLED):
+        raise Conflict(f"task is {task.status}; only failed or cancelled tasks can be retried")
+    done = await append_pending(res.eventlog, res.arq, res.settings, NewEvent(
+        task_id=task.task_id, owner=owner, type=EventType.REDRIVEN,
+        message="re-driven by request", data={"previous_error": task.error},
+    ))
+    if done.outcome != Outcome.OK:
+        raise Conflict("task changed meanwhile; look at it again")
+    return await load_task(res, owner, task_id)

@@ -1,0 +1,98 @@
+"""What ``core.queue`` assumes of arq's internals, pinned: an arq upgrade that changes any of
+it fails here, in one place, instead of as lost or doubled jobs in production."""
+
+import inspect
+import uuid
+from importlib.metadata import version
+
+import arq
+from arq.constants import (
+    abort_jobs_ss,
+    expires_extra_ms,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.jobs import Job, JobStatus, deserialize_job
+from arq.worker import Worker
+
+from core import queue
+from core.constants import RUN_TASK_FUNCTION, queue_name
+from core.settings import Settings
+
+
+def test_arq_release_is_the_one_pinned() -> None:
+    assert version("arq") == "0.28.0", "core.queue re-implements arq 0.28 internals; re-check"
+
+
+def test_key_layout() -> None:
+    # The Lua scripts and the finisher write these keys by name.
+    assert (job_key_prefix, in_progress_key_prefix, result_key_prefix, retry_key_prefix,
+            abort_jobs_ss) == ("arq:job:", "arq:in-progress:", "arq:result:", "arq:retry:",
+                               "arq:abort")
+    assert expires_extra_ms == 86_400_000
+
+
+def test_overridden_worker_methods_keep_their_signatures() -> None:
+    expected = {
+        "_poll_iteration": ["self"],
+        "start_jobs": ["self", "job_ids"],
+        "finish_job": ["self", "job_id", "finish", "result_data", "result_timeout_s",
+                       "keep_result_forever", "incr_score", "keep_in_progress"],
+        "run_job": ["self", "job_id", "score"],
+        "_release_sem_dec_counter_on_complete": ["self"],
+    }
+    for name, params in expected.items():
+        assert list(inspect.signature(getattr(Worker, name)).parameters) == params, name
+        assert getattr(queue.BatchingWorker, name).__qualname__.split(".")[0] in (
+            "Worker", "BatchingWorker")
+
+
+async def test_worker_state_and_in_progress_lifetime(settings: Settings) -> None:
+    """(async: arq's Worker takes the running loop.) The attributes the batched claim
+    touches, and the marker's lifetime that ``held_for``
+    inverts: arq sets it to the job timeout + IN_PROGRESS_MARGIN_S."""
+
+    async def startup(ctx: dict[str, object]) -> None: ...
+
+    async def run(ctx: dict[str, object], task_id: str) -> str:
+        return task_id
+
+    w = queue.build_worker(settings, run, on_startup=startup, on_shutdown=startup, burst=True)
+    assert w.in_progress_timeout_s == queue.job_timeout(settings) + queue.IN_PROGRESS_MARGIN_S
+    assert w.job_counter == 0 and w.tasks == {}
+    assert w.sem._value == settings.worker_max_jobs + 1  # arq's BoundedSemaphore(max_jobs + 1)
+    assert w.queue_name == queue_name(settings.namespace)
+    assert list(w.functions) == [RUN_TASK_FUNCTION]
+
+
+async def test_a_job_we_enqueue_is_the_job_arq_would_read(settings: Settings) -> None:
+    """Our enqueue script writes arq's job record, score and expiry: arq's own ``Job`` reads
+    it back, with our msgpack serializer (never pickle)."""
+    s = settings.model_copy(update={"namespace": f"qc{uuid.uuid4().hex[:8]}"})
+    redis = await queue.connect(s)
+    try:
+        task_id = str(uuid.uuid4())
+        assert await queue.enqueue(redis, s, [(task_id, 1)], defer_by=30) == 1
+        assert await queue.enqueue(redis, s, [(task_id, 1)]) == 0  # same state: refused
+        jid = queue.job_id(task_id, 1)
+        job = Job(jid, redis, _queue_name=queue_name(s.namespace),
+                  _deserializer=queue.deserialize)
+        assert await job.status() == JobStatus.deferred
+        info = await job.info()
+        assert info is not None
+        assert (info.function, info.args, info.kwargs) == (RUN_TASK_FUNCTION, [task_id], {})
+        raw = await redis.get(job_key_prefix + jid)
+        assert deserialize_job(raw, deserializer=queue.deserialize).function == RUN_TASK_FUNCTION
+        ttl = await redis.pttl(job_key_prefix + jid)
+        assert expires_extra_ms < ttl <= expires_extra_ms + 30_000
+        assert await queue.job_known(redis, jid)
+        assert await queue.held_for(redis, s, jid) is None
+    finally:
+        await redis.aclose()
+
+
+def test_the_package_exports_what_we_build_on() -> None:
+    assert arq.Worker is Worker
+    assert queue.RunAgainLater is arq.worker.Retry
