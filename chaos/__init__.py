@@ -1,4 +1,4 @@
-"""The chaos run of issue 3: does every task still reach exactly one end when things break?
+"""The chaos run: does every task still reach exactly one end when things break?
 
 From the repository root (``chaos`` and ``tests`` are not installed packages):
 

@@ -1,5 +1,6 @@
 """After the run: what PostgreSQL holds and what the clients saw, checked against the
-invariants of issue 3. Every check returns the violations it found, each one self-explanatory.
+invariants the service promises. Every check returns the violations it found, each one
+self-explanatory.
 """
 
 import json

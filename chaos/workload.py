@@ -135,7 +135,7 @@ async def _cancel(api: Api, spec: TaskSpec) -> None:
 
 
 async def _snapshot(api: Api, spec: TaskSpec) -> None:
-    """The seed's status endpoint, read once while the task is young."""
+    """``GET /tasks/{id}``, read once while the task is young."""
     await asyncio.sleep(random.random() * 2)  # noqa: S311 - timing jitter
     resp = await api.request("GET /tasks/{id}", "GET", f"/tasks/{spec.task_id}")
     if resp is not None and resp.status_code != 200:

@@ -15,6 +15,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 
 from core.ttlcache import TtlCache
 
@@ -22,15 +23,20 @@ KEY_PREFIX = "ts_"
 TICKET_PREFIX = "tk_"
 
 
+class KeyRole(StrEnum):
+    USER = "user"  # acts on its own tenant's tasks
+    ADMIN = "admin"  # may also read across tenants
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     tenant: str
-    role: str  # user | admin
+    role: KeyRole
     key_id: str | None = None
 
     @property
     def is_admin(self) -> bool:
-        return self.role == "admin"
+        return self.role == KeyRole.ADMIN
 
 
 def new_key() -> tuple[str, str, str]:

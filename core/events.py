@@ -2,8 +2,8 @@
 
 One JSON shape is used on the Redis channel, in ``GET /tasks/{id}/events`` and as the ``data:``
 of every SSE message. Each event is also a snapshot of its task (status, progress, result,
-error), so the seed's browser snippet can read ``data.status`` / ``data.progress`` /
-``data.result`` from any message.
+error), so a browser's ``onmessage`` handler can read ``data.status`` / ``data.progress``
+/ ``data.result`` from any message.
 """
 
 from dataclasses import dataclass, field

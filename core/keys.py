@@ -24,7 +24,8 @@ async def _main(args: argparse.Namespace) -> int:
         if args.cmd == "create":
             key_id, token, digest = auth.new_key()
             await store.create_api_key(pool, key_id, args.tenant, args.name,
-                                       "admin" if args.admin else "user", digest)
+                                       auth.KeyRole.ADMIN if args.admin else auth.KeyRole.USER,
+                                       digest)
             print(token)
             print(f"key {key_id} for tenant {args.tenant!r} created; store it now, it is "
                   "not shown again", file=sys.stderr)

@@ -23,7 +23,7 @@ class Params(BaseModel):
 
 
 class DemoParams(Params):
-    """The seed's "process for N seconds", made honest: split into reported steps."""
+    """Work for ``duration`` seconds, split into ``steps`` reported progress steps."""
 
     duration: float = Field(5.0, ge=0, le=3600, description="Total seconds of work.")
     steps: int = Field(10, ge=1, le=1000, description="Progress events to report.")

@@ -11,7 +11,7 @@ from fastapi import Depends, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from core import auth, store
-from core.auth import Principal
+from core.auth import KeyRole, Principal
 from core.constants import ANONYMOUS_OWNER
 from service.deps import Res, Resources
 from service.errors import Forbidden, Unauthorized
@@ -19,7 +19,7 @@ from service.errors import Forbidden, Unauthorized
 bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
                     description="An API key from `python -m core.keys create`.")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-ANONYMOUS = Principal(ANONYMOUS_OWNER, "admin")
+ANONYMOUS = Principal(ANONYMOUS_OWNER, KeyRole.ADMIN)
 
 
 async def verify_key(res: Resources, token: str) -> Principal:
@@ -33,7 +33,7 @@ async def verify_key(res: Resources, token: str) -> Principal:
     if key is None or key.revoked_at is not None or not auth.secret_matches(parts[1],
                                                                              key.secret_hash):
         raise Unauthorized("unknown or revoked API key")
-    principal = Principal(key.tenant, key.role, key.key_id)
+    principal = Principal(key.tenant, KeyRole(key.role), key.key_id)
     res.keys.put(token, principal)
     return principal
 
@@ -71,7 +71,7 @@ async def stream_caller(res: Resources, creds: HTTPAuthorizationCredentials | No
         tenant = auth.check_ticket(res.signing_key, ticket, scope)
         if tenant is None:
             raise Unauthorized("invalid or expired stream ticket; mint a new one")
-        return Principal(tenant, "user")
+        return Principal(tenant, KeyRole.USER)
     raise Unauthorized("send an API key as 'Authorization: Bearer <key>' or a ?ticket=")
 
 

@@ -1,4 +1,4 @@
-"""The chaos run of issue 3, small: the same code as ``python -m chaos`` with 60 tasks on
+"""The chaos run, small: the same code as ``python -m chaos`` with 60 tasks on
 2 workers, one SIGKILL, one Redis restart and one short PostgreSQL stop, against a private
 PostgreSQL and Redis of its own (never the shared ones). Every invariant the full run checks
 is checked here; the assertion message is the run's whole summary.

@@ -1,4 +1,4 @@
--- Group commit that scales (issue 5, measured by `python -m bench`).
+-- Group commit that scales (measured by `python -m bench`).
 --
 -- Before: every event-writing transaction locked its tenant's counter row first and held it
 -- across client round trips and the commit's WAL fsync, so all writers of one tenant (the web

@@ -1,4 +1,4 @@
--- Fast paths (issue 5, measured by `python -m bench` and a micro-benchmark of the batch call).
+-- Fast paths (measured by `python -m bench` and a micro-benchmark of the batch call).
 --
 -- 1. The events a running attempt reports (progress, log, partial). ts_append_events (030)
 --    takes any event as jsonb and runs one set-based round per event of a task. These events

@@ -1,8 +1,9 @@
 """SSE routes: one task's progress, or every task of the caller on one connection.
 
-Each message is an unnamed SSE event (the seed's ``onmessage`` receives it) whose ``data:``
-is the event JSON — also a snapshot with ``task_id, status, progress, result`` — and whose
-``id:`` is a short sequence number, so a reconnecting EventSource resumes with Last-Event-ID.
+Each message is an unnamed SSE event (an EventSource's ``onmessage`` receives it) whose
+``data:`` is the event JSON — also a snapshot with ``task_id, status, progress, result`` —
+and whose ``id:`` is a short sequence number, so a reconnecting EventSource resumes with
+Last-Event-ID.
 """
 
 from collections.abc import AsyncIterator

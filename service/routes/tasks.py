@@ -84,7 +84,7 @@ async def task_types(_: Owner) -> list[dict[str, Any]]:
 
 @router.get("/tasks/{task_id}", response_model=TaskOut, responses=ERRORS, tags=["tasks"])
 async def get_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
-    """A snapshot of one task (the seed's status endpoint)."""
+    """A snapshot of one task: status, progress, result or error."""
     return task_json(await load_task(res, owner, task_id))
 
 

@@ -1,4 +1,4 @@
-"""``POST /upload``: the seed's endpoint — store the file, start a ``document_process`` task."""
+"""``POST /upload``: store the file, start a ``document_process`` task on it."""
 
 from typing import Annotated, Any
 

@@ -1,4 +1,4 @@
-"""``demo`` and ``noop``: the seed's timed task made honest, and a no-op for benchmarks."""
+"""``demo`` and ``noop``: timed work in reported steps, and a no-op for benchmarks."""
 
 import asyncio
 from typing import Any

@@ -1,5 +1,5 @@
-"""``document_process``: the seed's full example — parse, chunk, embed, store — with a
-progress event per stage (and per embedding batch)."""
+"""``document_process``: parse, chunk, embed and store an uploaded document, with a progress
+event per stage (and per embedding batch)."""
 
 import asyncio
 import uuid
