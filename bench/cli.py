@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -64,6 +65,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return ns
 
 
+def product_dependencies() -> list[str]:
+    """The distributions the product itself declares (not an extra's, not the bench's): the
+    versions that the figures were measured with."""
+    names = []
+    for req in metadata.requires("taskstream") or []:
+        if "extra ==" in req:
+            continue
+        names.append(re.split(r"[\s<>=!~;\[(]", req, maxsplit=1)[0])
+    return sorted(set(names))
+
+
 async def meta(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     def version(pkg: str) -> str:
         try:
@@ -83,8 +95,7 @@ async def meta(run: Run, args: argparse.Namespace) -> dict[str, Any]:
         redis_version = (await r.info("server"))["redis_version"]
     finally:
         await r.aclose()
-    versions = {p: version(p) for p in ("arq", "redis", "asyncpg", "fastapi", "starlette",
-                                        "uvicorn", "sse-starlette", "uvloop")}
+    versions = {p: version(p) for p in product_dependencies()}
     versions["postgresql"] = f"{pg} (synchronous_commit={sync})"
     versions["redis-server"] = redis_version
     versions["python"] = platform.python_version()

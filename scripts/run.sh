@@ -12,6 +12,10 @@ if [[ -z "${DATABASE_URL:-}" || -z "${REDIS_URL:-}" ]]; then
     # The local embedded run: authentication off unless asked for (TASKSTREAM_AUTH=true),
     # so the tutorial's browser snippet works as written. Anything else defaults to on.
     export TASKSTREAM_AUTH="${TASKSTREAM_AUTH:-false}"
+    if [[ "$TASKSTREAM_AUTH" == "false" ]]; then
+        # Without authentication every caller is the same tenant: this machine only.
+        export TASKSTREAM_HOST="${TASKSTREAM_HOST:-127.0.0.1}"
+    fi
     urls="$(.venv/bin/python -m devservices up)"
     while IFS='=' read -r key value; do
         if [[ -n "$key" && -z "${!key:-}" ]]; then
