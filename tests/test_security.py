@@ -17,8 +17,8 @@ import pytest
 from redis.asyncio import Redis
 
 from core.settings import Settings
+from devservices.processes import ROOT, WebServer, WorkerProc
 from tests.conftest import eventually, wait_terminal
-from tests.servers import ROOT, WebServer, WorkerProc
 from tests.sse import collect
 
 SECURE_ENV = {
