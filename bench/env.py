@@ -8,25 +8,22 @@ Nothing here touches what other people run on the same PostgreSQL and Redis: the
 
 import asyncio
 import contextlib
-import os
 import resource
 import signal
-import socket
-import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
-import httpx
 from redis.asyncio import Redis
 
 from core.migrate import migrate
 from core.settings import Settings
+from devservices.processes import ROOT, Proc, WebServer, WorkerProc, free_port, service_env
 
-ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
 #: Redis DB index for the baselines' queues (product keys use the namespace in DB 0).
@@ -42,77 +39,28 @@ def raise_fd_limit(want: int = 65536) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+#: The bench's own settings for every process it starts.
+BENCH_ENV = {
+    "TASKSTREAM_SHUTDOWN_GRACE": "2",
+    # The per-tenant abuse limits would cut every scenario short: lifted.
+    "TASKSTREAM_SUBMIT_RATE_PER_TENANT": "1000000",
+    "TASKSTREAM_MAX_INFLIGHT_PER_TENANT": "1000000",
+    "TASKSTREAM_MAX_STREAMS_PER_TENANT": "1000000",
+    "TASKSTREAM_MAX_STREAMS_PER_PROCESS": "1000000",
+    "PYTHONUNBUFFERED": "1",
+}
+#: The product's worker plus the bench's tick task type (``bench.entry``).
+_ENTRY_WORKER = (sys.executable, "-m", "bench.entry", "worker")
+
+
+def _entry_web(port: int) -> list[str]:
+    """The product's web app plus the bench's tick task type (``bench.entry``)."""
+    return [sys.executable, "-m", "bench.entry", "web", str(port)]
 
 
 def with_db(url: str, db: str) -> str:
     base, _, _ = url.rpartition("/")
     return f"{base}/{db}"
-
-
-class Proc:
-    """A child process in its own session, logging to a file; stopped by its pid only."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.name, self.args, self.env, self.log = name, args, env, log
-        self.p: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> "Proc":
-        with open(self.log, "ab") as fh:
-            self.p = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=fh,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.p is not None
-        return self.p.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.p is not None and self.p.poll() is None
-
-    def stop(self, timeout: float = 15) -> None:
-        if self.p is None or self.p.poll() is not None:
-            return
-        self.p.send_signal(signal.SIGTERM)
-        try:
-            self.p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait()
-
-    def tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-
-class Web(Proc):
-    def __init__(self, name: str, env: dict[str, str], log: Path, port: int) -> None:
-        self.port = port
-        super().__init__(name, [sys.executable, "-m", "bench.entry", "web", str(port)], env, log)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def ready(self, within: float = 30) -> None:
-        deadline = time.monotonic() + within
-        async with httpx.AsyncClient(timeout=1) as c:
-            while time.monotonic() < deadline:
-                if not self.alive:
-                    raise RuntimeError(f"{self.name} died:\n{self.tail()}")
-                with contextlib.suppress(httpx.HTTPError):
-                    r = await c.get(self.url + "/health")
-                    if r.status_code == 200 and r.json()["hub_connected"]:
-                        return
-                await asyncio.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready in {within}s:\n{self.tail()}")
 
 
 @dataclass
@@ -200,40 +148,32 @@ class BenchEnv:
     # --- processes ---------------------------------------------------------------------
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(DATABASE_URL=self.database_url, REDIS_URL=self.redis_url,
-                   TASKSTREAM_NAMESPACE=self.namespace, LOG_LEVEL="WARNING",
-                   TASKSTREAM_SHUTDOWN_GRACE="2",
-                   # The per-tenant abuse limits would cut every scenario short: lifted.
-                   TASKSTREAM_SUBMIT_RATE_PER_TENANT="1000000",
-                   TASKSTREAM_MAX_INFLIGHT_PER_TENANT="1000000",
-                   TASKSTREAM_MAX_STREAMS_PER_TENANT="1000000",
-                   TASKSTREAM_MAX_STREAMS_PER_PROCESS="1000000",
-                   PYTHONUNBUFFERED="1", **extra)
-        return env
+        return service_env(self.database_url, self.redis_url, self.namespace,
+                           **{**BENCH_ENV, **extra})
 
     def _log(self, name: str) -> Path:
         return self.logdir / f"{self.db_name}-{name}.log"
 
-    async def web(self, name: str = "web", **extra: str) -> Web:
-        w = Web(name, self.env(**extra), self._log(name), free_port())
-        self.procs.append(w.start())
-        await w.ready()
+    async def web(self, name: str = "web", **extra: str) -> WebServer:
+        w = WebServer(self.env(**extra), self._log(name), free_port(), command=_entry_web,
+                      name=name)
+        self.procs.append(w)
+        await asyncio.to_thread(w.start)
         return w
 
-    async def workers(self, n: int, name: str = "worker", **extra: str) -> list[Proc]:
-        ps = [Proc(f"{name}{i}", [sys.executable, "-m", "bench.entry", "worker"],
-                   self.env(**extra), self._log(f"{name}{i}")).start() for i in range(n)]
+    async def workers(self, n: int, name: str = "worker", **extra: str) -> list[WorkerProc]:
+        ps = [WorkerProc(self.env(**extra), self._log(f"{name}{i}"), command=_ENTRY_WORKER,
+                         name=f"{name}{i}").start() for i in range(n)]
         self.procs.extend(ps)
         await self.wait_ready(ps)
         return ps
 
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
-        p = Proc(name, args, env or self.env(), self._log(name)).start()
+        p = Proc(args, env or self.env(), self._log(name), name=name).start()
         self.procs.append(p)
         return p
 
-    async def wait_ready(self, ps: list[Proc], within: float = 60) -> None:
+    async def wait_ready(self, ps: Sequence[Proc], within: float = 60) -> None:
         """Workers started by ``bench.entry`` set ``<ns>:benchready:<pid>`` once started up."""
         r = Redis.from_url(self.redis_url)
         try:
@@ -251,10 +191,9 @@ class BenchEnv:
         finally:
             await r.aclose()
 
-    def stop(self, ps: list[Proc]) -> None:
+    def stop(self, ps: Sequence[Proc]) -> None:
         for p in ps:  # signal all first, then wait: shutdowns overlap
-            if p.alive and p.p is not None:
-                p.p.send_signal(signal.SIGTERM)
+            p.send_signal(signal.SIGTERM)
         for p in ps:
             p.stop()
             if p in self.procs:

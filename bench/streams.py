@@ -27,8 +27,8 @@ from bench.common import (
     wait_for,
 )
 from bench.entry import TICK
-from bench.env import Proc, Web, free_port
 from bench.net import HttpConn, SSEPool
+from devservices.processes import Proc, WebServer, free_port
 
 WORKER_ENV = {"TASKSTREAM_WORKER_MAX_JOBS": "12000"}  # every tick task runs at once
 
@@ -38,7 +38,7 @@ def tick_bodies(n: int, *, count: int, interval: float, start_at: float) -> list
                                       "start_at": start_at}} for _ in range(n)]
 
 
-async def start_ticks(run: Run, web: Web, pool: asyncpg.Pool, n: int, *, count: int,
+async def start_ticks(run: Run, web: WebServer, pool: asyncpg.Pool, n: int, *, count: int,
                       interval: float, lead: float) -> tuple[list[str], float]:
     """Submit n tick tasks starting ``lead`` seconds from now; wait until all are running."""
     start_at = time.time() + lead

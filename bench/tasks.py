@@ -27,10 +27,11 @@ from bench.common import (
     submit_many,
     wait_for,
 )
-from bench.env import ROOT, BenchEnv, Proc
+from bench.env import BenchEnv
 from bench.net import PubSubCounter, SSEPool
 from bench.streams import WORKER_ENV, check_streams, start_ticks
 from core.settings import Settings
+from devservices.processes import ROOT, Proc
 
 NOOP = {"type": "noop", "params": {}}
 

@@ -7,7 +7,7 @@ From the repository root (``chaos`` and ``tests`` are not installed packages):
 It deploys Taskstream privately: its own PostgreSQL and Redis (devservices, free ports, a
 temporary data dir; the shared 55432/56379 and the system's 5432/6379 are never touched), a
 migrated database, 2 web processes and N worker processes with the fast recovery timings of
-``tests.servers.TEST_TIMINGS`` (lease 2 s, heartbeat and sweep 0.5 s). Then, for
+``devservices.processes.TEST_TIMINGS`` (lease 2 s, heartbeat and sweep 0.5 s). Then, for
 ``--duration`` seconds:
 
 * it submits ``--tasks`` tasks of mixed kinds (``chaos.workload``: short and long ``demo``,

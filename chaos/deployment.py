@@ -3,8 +3,8 @@
 Its own PostgreSQL and Redis (``devservices`` in a temporary data dir, on free ports: never
 the shared 55432/56379 nor the system's 5432/6379), a migrated database, web processes and
 worker processes started as the Procfile starts them, with the fast recovery timings of
-``tests.servers.TEST_TIMINGS``. Blocking steps (pg_ctl, waiting for a web server) run in
-threads so the run's clients keep going while a fault is being injected.
+``devservices.processes.TEST_TIMINGS``. Blocking steps (pg_ctl, waiting for a web server)
+run in threads so the run's clients keep going while a fault is being injected.
 """
 
 import asyncio
@@ -21,7 +21,7 @@ import asyncpg
 
 import devservices
 from core.migrate import migrate
-from tests.servers import Proc, WebServer, WorkerProc, free_port, service_env
+from devservices.processes import Proc, WebServer, WorkerProc, fast_env, free_port
 
 
 @dataclass(slots=True)
@@ -85,8 +85,8 @@ class Deployment:
             await conn.close()
         self.database_url = self.pg.url.rpartition("/")[0] + "/chaos"
         await migrate(self.database_url)
-        self.env = service_env(self.database_url, self.redis.url,
-                               f"chaos{uuid.uuid4().hex[:6]}", **self.extra_env)
+        self.env = fast_env(self.database_url, self.redis.url,
+                            f"chaos{uuid.uuid4().hex[:6]}", **self.extra_env)
         self.web_procs = [WebServer(self.env, self.logs / f"web{i}.log") for i in range(self.webs)]
         await asyncio.gather(*(asyncio.to_thread(w.start) for w in self.web_procs))
         self.worker_procs = [WorkerProc(self.env, self.logs / f"worker{i}.log")
@@ -131,14 +131,12 @@ class Deployment:
 
     # -- workers ---------------------------------------------------------------------------
     def worker_pid(self, slot: int) -> int | None:
-        p = self.worker_procs[slot].p
-        return p.pid if p is not None and p.poll() is None else None
+        proc = self.worker_procs[slot]
+        return proc.pid if proc.alive else None
 
     def _start_worker(self, slot: int) -> None:
-        proc = self.worker_procs[slot]
-        proc.start()
-        assert proc.p is not None
-        self.lives.append(WorkerLife(slot, proc.p.pid, time.time()))
+        proc = self.worker_procs[slot].start()
+        self.lives.append(WorkerLife(slot, proc.pid, time.time()))
 
     def _end_life(self, slot: int, how: str) -> None:
         for life in reversed(self.lives):
@@ -183,12 +181,12 @@ class Deployment:
         """Restart processes that exited without being told to; return what happened."""
         out: list[str] = []
         for slot, w in enumerate(self.worker_procs):
-            if w.p is not None and w.p.poll() is not None and slot not in self.down:
-                self._end_life(slot, f"died (exit {w.p.returncode})")
+            if w.returncode is not None and slot not in self.down:
+                self._end_life(slot, f"died (exit {w.returncode})")
                 self._start_worker(slot)
         for i, web in enumerate(self.web_procs):
-            if web.p is not None and web.p.poll() is not None:
-                msg = f"web {i} exited by itself (code {web.p.returncode}); restarted"
+            if web.returncode is not None:
+                msg = f"web {i} exited by itself (code {web.returncode}); restarted"
                 self.web_deaths.append(msg)
                 out.append(msg)
                 await asyncio.to_thread(web.start)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from chaos.api import CONNECTION_ERROR, RETRY_LATER, Api, retry_after
-from tests.sse import Message, messages
+from client.sse import Decoder, Message, aiter_messages
 
 #: Given a stream's cursor: (PostgreSQL's last id on that stream, created_at of the next).
 Probe = Callable[[int], Awaitable[tuple[int, float | None]]]
@@ -172,7 +172,7 @@ class Followers:
 
         async def pump() -> None:
             try:
-                async for m in messages(resp):
+                async for m in aiter_messages(resp.aiter_bytes(), Decoder()):
                     inbox.put_nowait(m)
                 inbox.put_nowait(_End())
             except Exception as exc:  # a dropped connection ends this read only
@@ -231,6 +231,6 @@ class Followers:
             f.problems.append(f"SSE id {m.id!r} is not the event's {f.kind} position {expect}")
         if f.kind == "task" and seen.task_id != f.task_id:
             f.problems.append(f"event of task {seen.task_id} on the stream of {f.task_id}")
-        if m.event not in (None, "message"):
+        if m.event != "message":
             f.problems.append(f"named SSE event {m.event!r}; the seed listens to unnamed ones")
         f.seen.append(seen)

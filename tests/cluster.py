@@ -2,7 +2,6 @@
 one web process and N worker processes that a test may kill, pause or restart."""
 
 import asyncio
-import os
 import random
 import signal
 import uuid
@@ -12,7 +11,7 @@ from pathlib import Path
 import asyncpg
 
 from core.migrate import migrate
-from tests.servers import WebServer, WorkerProc, service_env
+from devservices.processes import WebServer, WorkerProc, fast_env
 
 
 @dataclass
@@ -31,12 +30,11 @@ class Cluster:
         return w
 
     def worker_by_pid(self, pid: int) -> WorkerProc:
-        return next(w for w in self.workers if w.p is not None and w.p.pid == pid)
+        return next(w for w in self.workers if w.p is not None and w.pid == pid)
 
     def stop(self) -> None:
         for w in self.workers:
-            if w.p is not None and w.p.poll() is None:
-                os.kill(w.p.pid, signal.SIGCONT)
+            w.send_signal(signal.SIGCONT)
             w.kill()
         self.web.stop()
 
@@ -53,7 +51,7 @@ async def start_cluster(admin_pg: str, redis_url: str, logs: Path, workers: int 
     await migrate(db)
     # arq's job keys are not namespaced: a Redis DB index of its own keeps them apart.
     redis = redis_url.rpartition("/")[0] + f"/{random.randint(1, 15)}"
-    env = service_env(db, redis, f"c{uuid.uuid4().hex[:8]}", **extra_env)
+    env = fast_env(db, redis, f"c{uuid.uuid4().hex[:8]}", **extra_env)
     logs.mkdir(parents=True, exist_ok=True)
     web = WebServer(env, logs / "web.log")
     await asyncio.to_thread(web.start)

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from core.db import create_pool
 from core.migrate import migrate
 from core.settings import Settings
-from tests.servers import WebServer, WorkerProc, service_env
+from devservices.processes import WebServer, WorkerProc, fast_env
 
 T = TypeVar("T")
 
@@ -69,7 +69,7 @@ def settings(backing: tuple[str, str]) -> Iterator[Settings]:
 
 @pytest.fixture(scope="session")
 def env(settings: Settings) -> dict[str, str]:
-    return service_env(settings.database_url, settings.redis_url, settings.namespace)
+    return fast_env(settings.database_url, settings.redis_url, settings.namespace)
 
 
 @pytest.fixture(scope="session")

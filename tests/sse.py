@@ -1,45 +1,22 @@
-"""A minimal SSE reader over httpx for tests (the product's own client lives in client/)."""
+"""Reading a task or tenant stream in tests, with the product client's own SSE parser."""
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-
-@dataclass
-class Message:
-    id: str | None
-    event: str | None
-    data: str
-
-    @property
-    def json(self) -> dict[str, Any]:
-        out: dict[str, Any] = json.loads(self.data)
-        return out
+from client.sse import Decoder, Message, aiter_messages
 
 
-async def messages(response: httpx.Response) -> AsyncIterator[Message]:
-    ident: str | None = None
-    event: str | None = None
-    data: list[str] = []
-    async for line in response.aiter_lines():
-        if line == "":
-            if data:
-                yield Message(ident, event, "\n".join(data))
-            event, data = None, []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if field == "id":
-            ident = value
-        elif field == "event":
-            event = value
-        elif field == "data":
-            data.append(value)
+def payload(message: Message) -> dict[str, Any]:
+    """A task event, as the stream's JSON data carries it."""
+    out: dict[str, Any] = json.loads(message.data)
+    return out
+
+
+def messages(response: httpx.Response) -> AsyncIterator[Message]:
+    return aiter_messages(response.aiter_bytes(), Decoder())
 
 
 async def collect(client: httpx.AsyncClient, url: str, *, headers: dict[str, str] | None = None,

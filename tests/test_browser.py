@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
+from devservices.processes import WebServer, WorkerProc
 from tests.conftest import wait_terminal
-from tests.servers import WebServer, WorkerProc
 
 CHROMIUM = os.environ.get("TASKSTREAM_CHROMIUM", "/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from client import AsyncClient, Conflict, RetryPolicy, TaskCancelled
-from tests.servers import WebServer, WorkerProc
+from devservices.processes import WebServer, WorkerProc
 
 EXE = Path(sys.executable).with_name("taskstream")
 COMMAND = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "client"]

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from client import AsyncClient, NotFound, RateLimited, RetryPolicy, Unauthorized
-from tests.servers import ROOT, WebServer, WorkerProc
+from devservices.processes import ROOT, WebServer, WorkerProc
 
 SECURE = {
     "TASKSTREAM_AUTH": "true",

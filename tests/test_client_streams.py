@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from client import AsyncClient, Event, RetryPolicy
+from devservices.processes import WebServer, WorkerProc, free_port
 from tests.conftest import eventually
-from tests.servers import WebServer, WorkerProc, free_port
 
 FAST = RetryPolicy(backoff=0.05, max_backoff=0.5)
 

@@ -30,6 +30,7 @@ from devservices.binaries import (
     system_postgres,
     system_redis,
 )
+from devservices.processes import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,13 +52,6 @@ BACKENDS = [
         ),
     ),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -90,7 +90,7 @@ async def test_hard_and_soft_timeouts_are_recorded_as_timeouts(
 
 
 async def test_cancel_running_runs_finally_and_ends_stream(client: httpx.AsyncClient) -> None:
-    from tests.sse import collect
+    from tests.sse import collect, payload
 
     task = await submit(client, "demo", duration=20, steps=200)
     tid = task["task_id"]
@@ -106,7 +106,7 @@ async def test_cancel_running_runs_finally_and_ends_stream(client: httpx.AsyncCl
     types = [e["type"] for e in await events_of(client, tid) if e["type"] != "progress"]
     assert types[-3:] == ["cancel_requested", "log", "cancelled"]
     _, msgs = await asyncio.wait_for(stream, 10)
-    assert msgs[-1].json["type"] == "cancelled"
+    assert payload(msgs[-1])["type"] == "cancelled"
 
 
 async def test_cancelled_pending_task_never_starts(client: httpx.AsyncClient) -> None:

@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 import devservices
+from devservices.processes import free_port
 from tests.cluster import drop_cluster, start_cluster
 from tests.conftest import eventually, wait_terminal
-from tests.servers import free_port
 from tests.test_tasks_api import submit
 
 

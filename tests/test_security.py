@@ -17,9 +17,9 @@ import pytest
 from redis.asyncio import Redis
 
 from core.settings import Settings
+from devservices.processes import ROOT, WebServer, WorkerProc
 from tests.conftest import eventually, wait_terminal
-from tests.servers import ROOT, WebServer, WorkerProc
-from tests.sse import collect
+from tests.sse import collect, payload
 
 SECURE_ENV = {
     "TASKSTREAM_AUTH": "true",
@@ -181,7 +181,7 @@ async def test_stream_tickets(as_: Any, secure: WebServer, keys: dict[str, str],
     ticket = (await alice.post("/stream-tickets", json={"task_id": tid})).json()
     anon = as_(None)
     status, msgs = await collect(anon, ticket["stream_url"])
-    assert status == 200 and msgs[-1].json["status"] == "completed"
+    assert status == 200 and payload(msgs[-1])["status"] == "completed"
     # Bound to its task, unforgeable.
     r = await anon.get(f"/tasks/{other}/stream", params={"ticket": ticket["ticket"]})
     assert r.status_code == 401

@@ -8,7 +8,7 @@ import httpx
 from redis.asyncio import Redis
 
 from tests.conftest import eventually, wait_terminal
-from tests.sse import collect, messages
+from tests.sse import collect, messages, payload
 from tests.test_tasks_api import submit
 
 
@@ -16,8 +16,8 @@ async def test_stream_follows_task_to_completion(client: httpx.AsyncClient) -> N
     task = await submit(client, "demo", duration=0.6, steps=6)
     status, msgs = await collect(client, f"/tasks/{task['task_id']}/stream")
     assert status == 200
-    assert all(m.event is None for m in msgs)  # unnamed: the seed's onmessage gets them
-    data = [m.json for m in msgs]
+    assert all(m.event == "message" for m in msgs)  # the seed's onmessage gets them
+    data = [payload(m) for m in msgs]
     assert [int(m.id or 0) for m in msgs] == [d["seq"] for d in data]
     assert [d["seq"] for d in data] == list(range(1, len(data) + 1))
     assert data[-1]["status"] == "completed" and data[-1]["result"] == {"steps": 6,
@@ -41,7 +41,7 @@ async def test_dropped_stream_resumes_exactly_once(client: httpx.AsyncClient) ->
     first: list[dict[str, Any]] = []
     async with client.stream("GET", url) as r:
         async for m in messages(r):
-            first.append(m.json)
+            first.append(payload(m))
             if len(first) == 5:
                 break  # drop the connection mid-task
     await asyncio.sleep(0.4)  # events keep coming while we are away
@@ -49,9 +49,9 @@ async def test_dropped_stream_resumes_exactly_once(client: httpx.AsyncClient) ->
     # Resume via header, and (a native EventSource's first connect) via query string.
     _, rest = await collect(client, url, headers={"Last-Event-ID": last})
     _, rest_q = await collect(client, f"{url}?last_event_id={last}")
-    seqs = [d["seq"] for d in first] + [m.json["seq"] for m in rest]
+    seqs = [d["seq"] for d in first] + [payload(m)["seq"] for m in rest]
     assert seqs == list(range(1, len(seqs) + 1))
-    assert rest[-1].json["status"] == "completed"
+    assert payload(rest[-1])["status"] == "completed"
     assert [m.data for m in rest_q] == [m.data for m in rest]
     history = (await client.get(f"/tasks/{task['task_id']}/events")).json()["items"]
     assert len(history) == len(seqs)
@@ -80,10 +80,10 @@ async def test_200_concurrent_streams_each_see_every_event(client: httpx.AsyncCl
         ])
     for i, (status, msgs) in enumerate(results):
         assert status == 200
-        seqs = [m.json["seq"] for m in msgs]
+        seqs = [payload(m)["seq"] for m in msgs]
         assert seqs == list(range(1, len(seqs) + 1)), i
-        assert msgs[-1].json["status"] == "completed"
-        assert [m.json["type"] for m in msgs].count("progress") == 5
+        assert payload(msgs[-1])["status"] == "completed"
+        assert [payload(m)["type"] for m in msgs].count("progress") == 5
 
 
 async def test_tenant_stream_carries_all_tasks_and_resumes(client: httpx.AsyncClient) -> None:
@@ -93,7 +93,7 @@ async def test_tenant_stream_carries_all_tasks_and_resumes(client: httpx.AsyncCl
     async def listen() -> None:
         async with client.stream("GET", "/stream") as r:
             async for m in messages(r):
-                d = m.json
+                d = payload(m)
                 d["_id"] = int(m.id or 0)
                 got.append(d)  # filtered below: ids fill in as submissions return
                 done = {g["task_id"] for g in got if g["type"] == "completed"}
@@ -115,7 +115,7 @@ async def test_tenant_stream_carries_all_tasks_and_resumes(client: httpx.AsyncCl
     mid = got[len(got) // 2]["_id"]
     _, rest = await collect(client, "/stream", headers={"Last-Event-ID": str(mid)}, limit=3)
     assert [int(m.id or 0) for m in rest] == [mid + 1, mid + 2, mid + 3]
-    assert [m.json["tenant_seq"] for m in rest] == [mid + 1, mid + 2, mid + 3]
+    assert [payload(m)["tenant_seq"] for m in rest] == [mid + 1, mid + 2, mid + 3]
 
 
 async def test_hub_reconnects_and_streams_catch_up(client: httpx.AsyncClient,
@@ -128,7 +128,7 @@ async def test_hub_reconnects_and_streams_catch_up(client: httpx.AsyncClient,
     async def read() -> None:
         async with client.stream("GET", f"/tasks/{task['task_id']}/stream") as r:
             async for m in messages(r):
-                got.append(m.json)
+                got.append(payload(m))
 
     reader = asyncio.create_task(read())
     await eventually(lambda: _ready(got, 4))
@@ -152,7 +152,7 @@ async def test_stream_event_is_durable_before_it_is_published(
     task = await submit(client, "demo", duration=0.5, steps=10)
     async with client.stream("GET", f"/tasks/{task['task_id']}/stream") as r:
         async for m in messages(r):
-            seq = m.json["seq"]
+            seq = payload(m)["seq"]
             row = await pool.fetchval(
                 "SELECT count(*) FROM task_events WHERE task_id = $1::uuid AND seq = $2",
                 task["task_id"], seq)
