@@ -20,9 +20,9 @@ from pathlib import Path
 import asyncpg
 from redis.asyncio import Redis
 
-from core.migrate import migrate
 from core.settings import Settings
 from devservices.processes import ROOT, Proc, WebServer, WorkerProc, free_port, service_env
+from devservices.scratch import create_database, drop_database, with_db
 
 BENCH_DIR = ROOT / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
@@ -58,11 +58,6 @@ def _entry_web(port: int) -> list[str]:
     return [sys.executable, "-m", "bench.entry", "web", str(port)]
 
 
-def with_db(url: str, db: str) -> str:
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{db}"
-
-
 @dataclass
 class BenchEnv:
     admin_pg: str
@@ -92,12 +87,7 @@ class BenchEnv:
 
     async def create(self) -> None:
         self.logdir.mkdir(parents=True, exist_ok=True)
-        conn = await asyncpg.connect(self.admin_pg)
-        try:
-            await conn.execute(f'CREATE DATABASE "{self.db_name}"')
-        finally:
-            await conn.close()
-        await migrate(self.database_url)
+        await create_database(self.admin_pg, self.db_name)
         conn = await asyncpg.connect(self.database_url)
         try:  # the one-by-one baseline's table (no tasks row, no counters: the bare minimum)
             await conn.execute(
@@ -111,11 +101,7 @@ class BenchEnv:
     async def destroy(self) -> None:
         self.stop_all()
         with contextlib.suppress(Exception):
-            conn = await asyncpg.connect(self.admin_pg)
-            try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-            finally:
-                await conn.close()
+            await drop_database(self.admin_pg, self.db_name)
         with contextlib.suppress(Exception):
             await self.delete_keys()
 

@@ -17,11 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import asyncpg
-
 import devservices
-from core.migrate import migrate
 from devservices.processes import Proc, WebServer, WorkerProc, fast_env, free_port
+from devservices.scratch import create_database
 
 
 @dataclass(slots=True)
@@ -78,13 +76,7 @@ class Deployment:
     async def start(self) -> None:
         await asyncio.to_thread(self.redis.start)
         await asyncio.to_thread(self.pg.start)
-        conn = await asyncpg.connect(self.pg.url)
-        try:
-            await conn.execute('CREATE DATABASE "chaos"')
-        finally:
-            await conn.close()
-        self.database_url = self.pg.url.rpartition("/")[0] + "/chaos"
-        await migrate(self.database_url)
+        self.database_url = await create_database(self.pg.url, "chaos")
         self.env = fast_env(self.database_url, self.redis.url,
                             f"chaos{uuid.uuid4().hex[:6]}", **self.extra_env)
         self.web_procs = [WebServer(self.env, self.logs / f"web{i}.log") for i in range(self.webs)]

@@ -8,10 +8,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncpg
-
-from core.migrate import migrate
 from devservices.processes import WebServer, WorkerProc, fast_env
+from devservices.scratch import create_database, drop_database, with_db
 
 
 @dataclass
@@ -42,15 +40,9 @@ class Cluster:
 async def start_cluster(admin_pg: str, redis_url: str, logs: Path, workers: int = 2,
                         **extra_env: str) -> Cluster:
     name = f"ts_cluster_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(admin_pg)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    db = admin_pg.rpartition("/")[0] + "/" + name
-    await migrate(db)
+    db = await create_database(admin_pg, name)
     # arq's job keys are not namespaced: a Redis DB index of its own keeps them apart.
-    redis = redis_url.rpartition("/")[0] + f"/{random.randint(1, 15)}"
+    redis = with_db(redis_url, str(random.randint(1, 15)))
     env = fast_env(db, redis, f"c{uuid.uuid4().hex[:8]}", **extra_env)
     logs.mkdir(parents=True, exist_ok=True)
     web = WebServer(env, logs / "web.log")
@@ -63,9 +55,4 @@ async def start_cluster(admin_pg: str, redis_url: str, logs: Path, workers: int 
 
 async def drop_cluster(admin_pg: str, cluster: Cluster) -> None:
     cluster.stop()
-    name = cluster.database_url.rpartition("/")[2]
-    conn = await asyncpg.connect(admin_pg)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await drop_database(admin_pg, cluster.database_url.rpartition("/")[2])

@@ -15,16 +15,11 @@ import pytest
 from redis.asyncio import Redis
 
 from core.db import create_pool
-from core.migrate import migrate
 from core.settings import Settings
 from devservices.processes import WebServer, WorkerProc, fast_env
+from devservices.scratch import create_database, drop_database
 
 T = TypeVar("T")
-
-
-def _with_db(url: str, db: str) -> str:
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{db}"
 
 
 @pytest.fixture(scope="session")
@@ -46,25 +41,10 @@ def settings(backing: tuple[str, str]) -> Iterator[Settings]:
     admin_pg, redis_url = backing
     name = f"ts_test_{uuid.uuid4().hex[:10]}"
 
-    async def create() -> None:
-        conn = await asyncpg.connect(admin_pg)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        await migrate(_with_db(admin_pg, name))
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(admin_pg)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    yield Settings(database_url=_with_db(admin_pg, name), redis_url=redis_url,
+    database_url = asyncio.run(create_database(admin_pg, name))
+    yield Settings(database_url=database_url, redis_url=redis_url,
                    namespace=f"t{uuid.uuid4().hex[:8]}")
-    asyncio.run(drop())
+    asyncio.run(drop_database(admin_pg, name))
 
 
 @pytest.fixture(scope="session")

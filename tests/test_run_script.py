@@ -12,13 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from devservices.processes import ROOT, free_port
 
 
 def _listening_addresses(port: int) -> set[str]:
@@ -45,7 +39,7 @@ def _listening_addresses(port: int) -> set[str]:
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux's /proc/net")
 def test_local_run_without_auth_listens_on_loopback_only(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "REDIS_URL", "TASKSTREAM_AUTH", "TASKSTREAM_HOST")}
     env["PORT"] = str(port)
