@@ -1,9 +1,11 @@
-"""The asyncpg pool: JSON codecs registered once so jsonb columns read and write Python values."""
+"""Database handles: the asyncpg pool (hot paths: appends, claims, streams) and the
+SQLAlchemy async engine (SQLModel reads and key management); jsonb is orjson in both."""
 
 from typing import Any
 
 import asyncpg
 import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 Pool = asyncpg.Pool
 
@@ -31,3 +33,21 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kw: 
     )
     assert pool is not None
     return pool
+
+
+def async_url(dsn: str) -> str:
+    """SQLAlchemy's name for the same database: ``postgresql+asyncpg://`` (settings normalize
+    every URL to ``postgresql://``, which SQLAlchemy would read as psycopg2)."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL: {scheme}://…")
+    return f"postgresql+asyncpg://{rest}"
+
+
+def create_engine(dsn: str, *, pool_size: int = 5) -> AsyncEngine:
+    """The SQLModel read side's engine (over asyncpg). Connections open on first use, so a
+    process starts while PostgreSQL is away; jsonb goes through orjson as in the pool."""
+    return create_async_engine(
+        async_url(dsn), pool_size=pool_size, max_overflow=0,
+        json_serializer=_encode, json_deserializer=orjson.loads,
+    )
