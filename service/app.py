@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse
 from core import queue, store
 from core.auth import KeyCache
 from core.constants import control_channel
-from core.db import create_pool
+from core.db import create_engine, create_pool
 from core.eventlog import TRANSIENT_DB_ERRORS, EventLog
 from core.settings import Settings
 from service import errors
@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings.database_url, min_size=settings.db_pool_min,
                                  max_size=settings.db_pool_max)
+        engine = create_engine(settings.database_url, pool_size=settings.db_engine_pool_size)
         arq = await queue.connect(settings)
         unverified = settings.redis_url.startswith("rediss://") and not settings.redis_tls_verify
         hub = Hub(settings.redis_url, control_channel=control_channel(settings.namespace),
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             submissions=submissions,
             inflight=InflightGauge(),
             rate=rate,
+            engine=engine,
             streams=StreamSlots(settings.max_streams_per_tenant,
                                 settings.max_streams_per_process),
             signing_key=bytes.fromhex(signing_key),
@@ -111,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await eventlog.close()
             await hub.close()
             await arq.aclose()
+            await engine.dispose()
             await pool.close()
 
     app = FastAPI(

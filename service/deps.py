@@ -6,6 +6,7 @@ from typing import Annotated
 import asyncpg
 from arq.connections import ArqRedis
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.auth import KeyCache
 from core.eventlog import EventLog
@@ -27,6 +28,7 @@ class Resources:
     submissions: Submissions
     inflight: InflightGauge
     rate: SubmitRate
+    engine: AsyncEngine  # the SQLModel read side (core.store_read)
     signing_key: bytes = b""
 
 
