@@ -5,6 +5,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 Pool = asyncpg.Pool
@@ -35,13 +36,18 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kw: 
     return pool
 
 
-def async_url(dsn: str) -> str:
+def async_url(dsn: str) -> URL:
     """SQLAlchemy's name for the same database: ``postgresql+asyncpg://`` (settings normalize
-    every URL to ``postgresql://``, which SQLAlchemy would read as psycopg2)."""
-    scheme, sep, rest = dsn.partition("://")
-    if not sep or scheme not in ("postgresql", "postgres"):
-        raise ValueError(f"not a PostgreSQL URL: {scheme}://…")
-    return f"postgresql+asyncpg://{rest}"
+    every URL to ``postgresql://``, which SQLAlchemy would read as psycopg2). Query
+    parameters become asyncpg.connect() arguments there, so libpq's ``sslmode`` becomes
+    asyncpg's ``ssl`` (same values)."""
+    url = make_url(dsn)
+    if url.drivername not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL: {url.drivername}://…")
+    query = dict(url.query)
+    if "sslmode" in query:
+        query["ssl"] = query.pop("sslmode")
+    return url.set(drivername="postgresql+asyncpg", query=query)
 
 
 def create_engine(dsn: str, *, pool_size: int = 5) -> AsyncEngine:
