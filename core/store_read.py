@@ -13,7 +13,6 @@ import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
 
 from sqlalchemy import func, insert, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,14 +34,8 @@ async def get_task(engine: AsyncEngine, task_id: uuid.UUID, owner: str) -> TaskR
         return TaskRead.of(row) if row else None
 
 
-class _Keyed(Protocol):
-    @property
-    def created_at(self) -> datetime: ...
-    @property
-    def task_id(self) -> uuid.UUID | str: ...
-
-
-def encode_cursor(task: _Keyed) -> str:
+def encode_cursor(task: TaskRead) -> str:
+    """Where the next page starts: after this task in (created_at, task_id) order."""
     raw = json.dumps([task.created_at.isoformat(), str(task.task_id)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
