@@ -11,23 +11,45 @@ connection while it waits (a streaming response in particular holds none).
 import base64
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 
 from sqlalchemy import func, insert, tuple_, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from core.eventlog import TRANSIENT_DB_ERRORS
 from core.models import ApiKey, EventRead, Task, TaskEvent, TaskRead
 from core.states import EventType, Status
+
+
+@asynccontextmanager
+async def _session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """A session for one call. SQLAlchemy wraps the driver's errors; a transient one (the
+    server restarted, a pooled connection was dropped) is re-raised as the asyncpg error
+    the hot paths raise, so the edge answers it the same way (503 + Retry-After). SQLAlchemy
+    has already discarded the dead connections by then."""
+    try:
+        async with AsyncSession(engine) as s:
+            yield s
+    except DBAPIError as exc:
+        cause: BaseException | None = exc.orig
+        while cause is not None and not isinstance(cause, TRANSIENT_DB_ERRORS):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None  # the driver's own error; SQLAlchemy's wrapper adds nothing
+
 
 # --- tasks -----------------------------------------------------------------------------------
 
 
 async def get_task(engine: AsyncEngine, task_id: uuid.UUID, owner: str) -> TaskRead | None:
     """The owner's task; another tenant's task is simply not found."""
-    async with AsyncSession(engine) as s:
+    async with _session(engine) as s:
         row = (await s.exec(
             select(Task).where(Task.task_id == task_id, Task.owner == owner)
         )).first()
@@ -68,7 +90,7 @@ async def list_tasks(
     if cursor is not None:
         q = q.where(tuple_(col(Task.created_at), col(Task.task_id)) < tuple_(*cursor))
     q = q.order_by(col(Task.created_at).desc(), col(Task.task_id).desc()).limit(limit)
-    async with AsyncSession(engine) as s:
+    async with _session(engine) as s:
         return [TaskRead.of(r) for r in await s.exec(q)]
 
 
@@ -79,7 +101,7 @@ async def failed_tasks_all(engine: AsyncEngine, owner: str | None, limit: int
     if owner is not None:
         q = q.where(Task.owner == owner)
     q = q.order_by(col(Task.finished_at).desc().nulls_last()).limit(limit)
-    async with AsyncSession(engine) as s:
+    async with _session(engine) as s:
         return [TaskRead.of(r) for r in await s.exec(q)]
 
 
@@ -93,7 +115,7 @@ async def task_events(engine: AsyncEngine, task_id: uuid.UUID, owner: str, after
     Writers commit asynchronously (migration 030): the events are made durable (ts_flush, in
     a transaction that commits) before anyone sees them, as store.events_after does.
     """
-    async with AsyncSession(engine) as s:
+    async with _session(engine) as s:
         found = (await s.exec(
             select(Task.task_id).where(Task.task_id == task_id, Task.owner == owner)
         )).first()
@@ -123,7 +145,7 @@ async def attempt_history(engine: AsyncEngine, task_ids: Sequence[uuid.UUID]
     q = (select(TaskEvent)
          .where(col(TaskEvent.task_id).in_(task_ids), col(TaskEvent.type).in_(_HISTORY_TYPES))
          .order_by(col(TaskEvent.task_id), col(TaskEvent.seq)))
-    async with AsyncSession(engine) as s:
+    async with _session(engine) as s:
         for r in await s.exec(q):
             out[r.task_id].append(EventRead.of(r))
     return out
@@ -135,7 +157,7 @@ async def attempt_history(engine: AsyncEngine, task_ids: Sequence[uuid.UUID]
 async def create_api_key(engine: AsyncEngine, key_id: str, tenant: str, name: str, role: str,
                          secret_hash: str) -> None:
     # An INSERT, not ``add(ApiKey(...))``: created_at is the database's now().
-    async with AsyncSession(engine) as s:
+    async with _session(engine) as s:
         await s.exec(insert(ApiKey).values(key_id=key_id, tenant=tenant, name=name, role=role,
                                            secret_hash=secret_hash))
         await s.commit()
@@ -143,7 +165,7 @@ async def create_api_key(engine: AsyncEngine, key_id: str, tenant: str, name: st
 
 async def get_api_key(engine: AsyncEngine, key_id: str) -> ApiKey | None:
     """The lookup behind authentication (cached per token by core.auth.KeyCache)."""
-    async with AsyncSession(engine) as s:
+    async with _session(engine) as s:
         return await s.get(ApiKey, key_id)
 
 
@@ -151,13 +173,13 @@ async def list_api_keys(engine: AsyncEngine, tenant: str | None = None) -> list[
     q = select(ApiKey)
     if tenant is not None:
         q = q.where(ApiKey.tenant == tenant)
-    async with AsyncSession(engine) as s:
+    async with _session(engine) as s:
         return list(await s.exec(q.order_by(col(ApiKey.created_at))))
 
 
 async def revoke_api_key(engine: AsyncEngine, key_id: str) -> bool:
     """False when there is no such key or it was already revoked."""
-    async with AsyncSession(engine) as s:
+    async with _session(engine) as s:
         done = await s.exec(
             update(ApiKey)
             .where(col(ApiKey.key_id) == key_id, col(ApiKey.revoked_at).is_(None))

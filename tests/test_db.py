@@ -1,8 +1,16 @@
 """The SQLModel engine's URL: the same database the asyncpg pool uses, through asyncpg."""
 
-import pytest
+import uuid
 
-from core.db import async_url
+import asyncpg
+import pytest
+from sqlalchemy import func
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from core import store_read
+from core.db import async_url, create_engine
+from core.eventlog import TRANSIENT_DB_ERRORS
 from core.settings import Settings
 
 
@@ -21,3 +29,21 @@ def test_sslmode_becomes_asyncpg_ssl() -> None:
 def test_other_schemes_are_refused() -> None:
     with pytest.raises(ValueError, match="not a PostgreSQL URL"):
         async_url("mysql://u@h/app")
+
+
+async def test_a_dropped_connection_is_transient_and_the_engine_heals(
+        pool: asyncpg.Pool, settings: Settings) -> None:
+    """A connection the server dropped (restart, failover) raises the asyncpg error the hot
+    paths raise, which the edge answers with 503; the next call gets a fresh connection."""
+    engine = create_engine(settings.database_url, pool_size=1)
+    owner = f"db-{uuid.uuid4().hex[:8]}"
+    try:
+        async with AsyncSession(engine) as s:
+            pid = (await s.exec(select(func.pg_backend_pid()))).one()
+        assert await store_read.list_tasks(engine, owner, limit=1) == []
+        await pool.execute("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises(TRANSIENT_DB_ERRORS):
+            await store_read.list_tasks(engine, owner, limit=1)
+        assert await store_read.list_tasks(engine, owner, limit=1) == []
+    finally:
+        await engine.dispose()
