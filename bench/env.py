@@ -94,7 +94,7 @@ class BenchEnv:
                 """CREATE TABLE bench_events (task_id uuid NOT NULL, seq integer NOT NULL,
                        payload jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now(),
                        PRIMARY KEY (task_id, seq))""")
-            self.token = await _api_key(conn)
+            self.token = await _api_key(conn, self.database_url)
         finally:
             await conn.close()
 
@@ -189,18 +189,30 @@ class BenchEnv:
         self.stop(list(self.procs))
 
 
-async def _api_key(conn: asyncpg.Connection) -> str | None:
+async def _api_key(conn: asyncpg.Connection, database_url: str) -> str | None:
     """An API key for the tenant ``bench`` (requests are authenticated as in production)."""
     try:
         from core import auth, store
     except ImportError:
         return None
     new_key = getattr(auth, "new_key", None)
-    create = getattr(store, "create_api_key", None)
-    if new_key is None or create is None:
+    if new_key is None:
         return None
     key_id, token, digest = new_key()
-    await create(conn, key_id, "bench", "bench", "user", digest)
+    try:  # key management on the SQLModel engine
+        from core import store_read
+        from core.db import create_engine
+    except ImportError:  # a revision that manages keys on the asyncpg connection
+        create = getattr(store, "create_api_key", None)
+        if create is None:
+            return None
+        await create(conn, key_id, "bench", "bench", "user", digest)
+        return str(token)
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        await store_read.create_api_key(engine, key_id, "bench", "bench", "user", digest)
+    finally:
+        await engine.dispose()
     return str(token)
 
 

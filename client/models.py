@@ -3,6 +3,10 @@
 The models accept fields a newer service adds (kept in ``model_extra``) and keep statuses and
 event types as plain strings, so an older client keeps working when the service grows; compare
 them with the ``Status`` and ``EventType`` constants.
+
+``Task`` and ``Event`` mirror the service's ``core.models.TaskRead`` / ``EventRead`` (which
+need SQLAlchemy, so a client-only install cannot import them); tests/test_models.py fails
+when their fields, types or optionality drift apart.
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ class Task(_Model):
     failures: int = 0
     failure_reason: str | None = None
     last_event_id: int = 0
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
     links: Links = Field(default_factory=Links)
@@ -72,7 +76,7 @@ class Event(_Model):
     result: Any = None
     error: str | None = None
     attempt: int = 0
-    created_at: datetime | None = None
+    created_at: datetime
 
     @property
     def terminal(self) -> bool:

@@ -1,10 +1,13 @@
-"""The asyncpg pool (JSON codecs registered once, so jsonb columns read and write Python
-values) and what counts as the database being briefly away."""
+"""Database handles: the asyncpg pool (hot paths: appends, claims, streams) and the
+SQLAlchemy async engine (SQLModel reads and key management); jsonb is orjson in both. Also
+what counts as the database being briefly away."""
 
 from typing import Any
 
 import asyncpg
 import orjson
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 Pool = asyncpg.Pool
 
@@ -47,3 +50,26 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kw: 
     )
     assert pool is not None
     return pool
+
+
+def async_url(dsn: str) -> URL:
+    """SQLAlchemy's name for the same database: ``postgresql+asyncpg://`` (settings normalize
+    every URL to ``postgresql://``, which SQLAlchemy would read as psycopg2). Query
+    parameters become asyncpg.connect() arguments there, so libpq's ``sslmode`` becomes
+    asyncpg's ``ssl`` (same values)."""
+    url = make_url(dsn)
+    if url.drivername not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL: {url.drivername}://…")
+    query = dict(url.query)
+    if "sslmode" in query:
+        query["ssl"] = query.pop("sslmode")
+    return url.set(drivername="postgresql+asyncpg", query=query)
+
+
+def create_engine(dsn: str, *, pool_size: int = 5) -> AsyncEngine:
+    """The SQLModel read side's engine (over asyncpg). Connections open on first use, so a
+    process starts while PostgreSQL is away; jsonb goes through orjson as in the pool."""
+    return create_async_engine(
+        async_url(dsn), pool_size=pool_size, max_overflow=0,
+        json_serializer=_encode, json_deserializer=orjson.loads,
+    )

@@ -53,6 +53,16 @@ class NewEvent:
         }
 
 
+def event_result(type: str, data: Any) -> Any:
+    """The ``result`` an event carries on the wire: a completed event's data."""
+    return data if type == EventType.COMPLETED else None
+
+
+def event_error(type: str, message: str | None) -> str | None:
+    """The ``error`` an event carries on the wire: a failed or cancelled event's message."""
+    return message if type in (EventType.FAILED, EventType.CANCELLED) else None
+
+
 def sse_message(event_id: int, data: str | None = None) -> bytes:
     """An unnamed SSE message (the seed's ``onmessage`` receives it); id-only without data."""
     if data is None:
@@ -84,7 +94,8 @@ class Event:
         return is_terminal(self.status)
 
     def to_json(self) -> dict[str, Any]:
-        failed = self.type in (EventType.FAILED, EventType.CANCELLED)
+        """The ``core.models.EventRead`` shape, built without pydantic (once per event, on
+        the hot path); tests/test_models.py holds the two together."""
         return {
             "task_id": self.task_id,
             "seq": self.seq,
@@ -94,8 +105,8 @@ class Event:
             "progress": self.progress,
             "message": self.message,
             "data": self.data,
-            "result": self.data if self.type == EventType.COMPLETED else None,
-            "error": self.message if failed else None,
+            "result": event_result(self.type, self.data),
+            "error": event_error(self.type, self.message),
             "attempt": self.attempt,
             "created_at": self.created_at.isoformat(),
         }

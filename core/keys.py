@@ -13,33 +13,33 @@ import argparse
 import asyncio
 import sys
 
-from core import auth, store
-from core.db import create_pool
+from core import auth, store_read
+from core.db import create_engine
 from core.settings import Settings
 
 
 async def _main(args: argparse.Namespace) -> int:
-    pool = await create_pool(Settings().database_url, min_size=1, max_size=1)
+    engine = create_engine(Settings().database_url, pool_size=1)
     try:
         if args.cmd == "create":
             key_id, token, digest = auth.new_key()
-            await store.create_api_key(pool, key_id, args.tenant, args.name,
-                                       auth.KeyRole.ADMIN if args.admin else auth.KeyRole.USER,
-                                       digest)
+            await store_read.create_api_key(
+                engine, key_id, args.tenant, args.name,
+                auth.KeyRole.ADMIN if args.admin else auth.KeyRole.USER, digest)
             print(token)
             print(f"key {key_id} for tenant {args.tenant!r} created; store it now, it is "
                   "not shown again", file=sys.stderr)
         elif args.cmd == "list":
-            for k in await store.list_api_keys(pool, args.tenant):
+            for k in await store_read.list_api_keys(engine, args.tenant):
                 state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
                 print(f"{k.key_id}\t{k.tenant}\t{k.role}\t{state}\t{k.name}")
         elif args.cmd == "revoke":
-            if not await store.revoke_api_key(pool, args.key_id):
+            if not await store_read.revoke_api_key(engine, args.key_id):
                 print(f"no active key {args.key_id!r}", file=sys.stderr)
                 return 1
             print(f"revoked {args.key_id}")
     finally:
-        await pool.close()
+        await engine.dispose()
     return 0
 
 

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     #: 0: connections open on demand, so a process starts while PostgreSQL is away.
     db_pool_min: int = 0
     db_pool_max: int = 10
+    #: Connections of the SQLModel engine (task and event reads, key management).
+    db_engine_pool_size: int = 5
 
     # Worker (arq). arq's defaults are a 0.5 s poll and a one-hour health key.
     worker_max_jobs: int = 50

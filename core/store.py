@@ -1,11 +1,12 @@
-"""All SQL in one place. Routes and the worker runtime call these functions and nothing else.
+"""All SQL in one place (with core/store_read.py, the SQLModel read side). Routes and the
+worker runtime call these functions and nothing else. What stays here runs on the asyncpg pool:
+the hot paths (event appends, submissions, the worker's loads, leases and the sweeper, stream
+replay) and the upload chunks.
 
 Connections are taken from the pool for the duration of one call, so no caller holds a
 connection while it waits (an SSE stream in particular holds none).
 """
 
-import base64
-import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,9 @@ class Task:
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The ``core.models.TaskRead`` shape without links (what submit, cancel and retry
+        answer from this row); tests/test_models.py holds the two together."""
+
         def iso(d: datetime | None) -> str | None:
             return d.isoformat() if d else None
 
@@ -287,45 +291,6 @@ async def get_tasks(db: Executor, task_ids: Sequence[uuid.UUID]) -> dict[str, Ta
     return {str(r["task_id"]): Task.from_row(r) for r in rows}
 
 
-def encode_cursor(task: Task) -> str:
-    raw = json.dumps([task.created_at.isoformat(), task.task_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """Raises ValueError on anything that is not a cursor we issued."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, tid = json.loads(raw)
-        return datetime.fromisoformat(created), uuid.UUID(tid)
-    except Exception as exc:  # any decoding failure means a bad cursor
-        raise ValueError("malformed cursor") from exc
-
-
-async def list_tasks(
-    db: Executor,
-    owner: str,
-    *,
-    status: Sequence[str] = (),
-    task_type: Sequence[str] = (),
-    limit: int,
-    cursor: tuple[datetime, uuid.UUID] | None = None,
-) -> list[Task]:
-    """Newest first, keyset pagination on (created_at, task_id)."""
-    rows = await db.fetch(
-        f"""SELECT {_TASK_COLS} FROM tasks
-            WHERE owner = $1
-              AND (cardinality($2::text[]) = 0 OR status = ANY($2::text[]))
-              AND (cardinality($3::text[]) = 0 OR task_type = ANY($3::text[]))
-              AND ($4::timestamptz IS NULL OR (created_at, task_id) < ($4, $5::uuid))
-            ORDER BY created_at DESC, task_id DESC
-            LIMIT $6""",
-        owner, list(status), list(task_type),
-        cursor[0] if cursor else None, cursor[1] if cursor else None, limit,
-    )
-    return [Task.from_row(r) for r in rows]
-
-
 _EVENT_COLS = (
     "owner, task_id, seq, tenant_seq, type, status, progress, message, data, attempt, created_at"
 )
@@ -531,66 +496,7 @@ async def stale_pending(db: Executor, older_than: float, limit: int = 500
     return [(str(r["task_id"]), r["last_seq"]) for r in rows]
 
 
-_HISTORY_TYPES = ["started", "retrying", "requeued", "failed", "cancelled", "redriven"]
-
-
-async def attempt_history(db: Executor, task_ids: Sequence[str]) -> dict[str, list[Event]]:
-    """The lifecycle events of several tasks (for the dead-letter listing), in order."""
-    rows = await db.fetch(
-        f"""SELECT {_EVENT_COLS} FROM task_events
-            WHERE task_id = ANY($1::uuid[]) AND type = ANY($2::text[])
-            ORDER BY task_id, seq""",
-        [uuid.UUID(t) for t in task_ids], _HISTORY_TYPES,
-    )
-    out: dict[str, list[Event]] = {t: [] for t in task_ids}
-    for r in rows:
-        out[str(r["task_id"])].append(_event(r))
-    return out
-
-
-# --- API keys ------------------------------------------------------------------------------
-
-@dataclass(slots=True)
-class ApiKey:
-    key_id: str
-    tenant: str
-    name: str
-    role: str
-    secret_hash: str
-    created_at: datetime
-    revoked_at: datetime | None
-
-
-async def create_api_key(db: Executor, key_id: str, tenant: str, name: str, role: str,
-                         secret_hash: str) -> None:
-    await db.execute(
-        """INSERT INTO api_keys (key_id, tenant, name, role, secret_hash)
-           VALUES ($1, $2, $3, $4, $5)""",
-        key_id, tenant, name, role, secret_hash,
-    )
-
-
-async def get_api_key(db: Executor, key_id: str) -> ApiKey | None:
-    r = await db.fetchrow("SELECT * FROM api_keys WHERE key_id = $1", key_id)
-    return ApiKey(**dict(r)) if r else None
-
-
-async def list_api_keys(db: Executor, tenant: str | None = None) -> list[ApiKey]:
-    rows = await db.fetch(
-        """SELECT * FROM api_keys WHERE ($1::text IS NULL OR tenant = $1)
-           ORDER BY created_at""",
-        tenant,
-    )
-    return [ApiKey(**dict(r)) for r in rows]
-
-
-async def revoke_api_key(db: Executor, key_id: str) -> bool:
-    done = await db.execute(
-        "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL",
-        key_id,
-    )
-    return bool(done.endswith(" 1"))
-
+# --- server secrets ------------------------------------------------------------------------
 
 async def server_secret(db: Executor, name: str, fresh_value: str) -> str:
     """The deployment-wide secret ``name``, created once with ``fresh_value``."""
@@ -606,17 +512,6 @@ async def inflight_count(db: Executor, owner: str) -> int:
     return int(await db.fetchval(
         "SELECT count(*) FROM tasks WHERE owner = $1 AND status IN ('pending', 'running')",
         owner) or 0)
-
-
-async def failed_tasks_all(db: Executor, owner: str | None, limit: int) -> list[Task]:
-    """Failed tasks of every tenant (or one), newest first — for operators."""
-    rows = await db.fetch(
-        f"""SELECT {_TASK_COLS} FROM tasks
-            WHERE status = 'failed' AND ($1::text IS NULL OR owner = $1)
-            ORDER BY finished_at DESC NULLS LAST LIMIT $2""",
-        owner, limit,
-    )
-    return [Task.from_row(r) for r in rows]
 
 
 async def flush(db: Executor) -> None:

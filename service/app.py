@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse
 from core import queue, redisconn, store
 from core.auth import KeyCache
 from core.constants import control_channel
-from core.db import TRANSIENT_DB_ERRORS, create_pool
+from core.db import TRANSIENT_DB_ERRORS, create_engine, create_pool
 from core.eventlog import EventLog
 from core.settings import Settings
 from service import errors
@@ -70,6 +70,8 @@ async def _open(stack: AsyncExitStack, settings: Settings) -> Resources:
     pool = await create_pool(settings.database_url, min_size=settings.db_pool_min,
                              max_size=settings.db_pool_max)
     stack.push_async_callback(pool.close)
+    engine = create_engine(settings.database_url, pool_size=settings.db_engine_pool_size)
+    stack.push_async_callback(engine.dispose)
     arq = await queue.connect(settings)
     stack.push_async_callback(arq.aclose)
     hub = Hub(lambda: redisconn.connect(settings, socket_connect_timeout=2,
@@ -93,6 +95,7 @@ async def _open(stack: AsyncExitStack, settings: Settings) -> Resources:
         settings, pool, arq, hub, eventlog,
         keys=KeyCache(settings.key_cache_seconds),
         submissions=submissions,
+        engine=engine,
         streams=StreamSlots(settings.max_streams_per_tenant, settings.max_streams_per_process),
         signing_key=bytes.fromhex(signing_key),
     )

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from core import auth, store
+from core import auth, store_read
 from core.auth import KeyRole, Principal
 from core.constants import ANONYMOUS_OWNER
 from service.deps import Res, Resources
@@ -29,7 +29,7 @@ async def verify_key(res: Resources, token: str) -> Principal:
     parts = auth.split_key(token)
     if parts is None:
         raise Unauthorized("malformed API key")
-    key = await store.get_api_key(res.pool, parts[0])
+    key = await store_read.get_api_key(res.engine, parts[0])
     if key is None or key.revoked_at is not None or not auth.secret_matches(parts[1],
                                                                              key.secret_hash):
         raise Unauthorized("unknown or revoked API key")

@@ -6,6 +6,7 @@ from typing import Annotated
 import asyncpg
 from arq.connections import ArqRedis
 from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.auth import KeyCache
 from core.eventlog import EventLog
@@ -25,6 +26,7 @@ class Resources:
     keys: KeyCache
     streams: StreamSlots
     submissions: Submissions
+    engine: AsyncEngine  # the SQLModel read side (core.store_read)
     signing_key: bytes = b""
 
 

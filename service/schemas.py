@@ -1,10 +1,17 @@
-"""Request and response models of the HTTP API (they are also the OpenAPI document)."""
+"""Request and response models of the HTTP API (they are also the OpenAPI document).
 
-from datetime import datetime
+A task's snapshot and an event are core.models' ``TaskRead`` and ``EventRead``, the same
+classes the rows are defined by; the envelopes around them (pages, dead letters) live here.
+"""
+
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+# Re-exported: the API's names for them.
+from core.models import EventRead as EventRead
+from core.models import Links as Links
+from core.models import TaskRead as TaskRead
 from core.tasktypes import TaskOptions
 
 
@@ -13,57 +20,14 @@ class SubmitTask(TaskOptions):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class Links(BaseModel):
-    self: str
-    stream: str
-    events: str
-
-
-class TaskOut(BaseModel):
-    task_id: str
-    type: str
-    task_type: str
-    status: str
-    progress: float
-    message: str | None
-    result: Any
-    error: str | None
-    params: dict[str, Any]
-    attempts: int
-    max_attempts: int
-    failures: int
-    failure_reason: str | None
-    last_event_id: int
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    links: Links
-
-
 class TaskPage(BaseModel):
-    items: list[TaskOut]
+    items: list[TaskRead]
     next_cursor: str | None
 
 
-class EventOut(BaseModel):
-    task_id: str
-    seq: int
-    tenant_seq: int
-    type: str
-    status: str
-    progress: float
-    message: str | None
-    data: Any
-    result: Any
-    error: str | None
-    attempt: int
-    created_at: datetime
-
-
 class DeadLetter(BaseModel):
-    task: TaskOut
-    history: list[EventOut]
+    task: TaskRead
+    history: list[EventRead]
 
 
 class DeadLetterPage(BaseModel):
@@ -72,7 +36,7 @@ class DeadLetterPage(BaseModel):
 
 
 class EventPage(BaseModel):
-    items: list[EventOut]
+    items: list[EventRead]
     next_after: int | None
 
 

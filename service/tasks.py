@@ -22,13 +22,17 @@ def task_json(task: store.Task) -> dict[str, Any]:
     return out
 
 
-async def load_task(res: Resources, owner: str, task_id: str) -> store.Task:
-    """The caller's task, or 404 — for a malformed id and for another tenant's task alike."""
+def parse_task_id(task_id: str) -> uuid.UUID:
+    """A malformed id is a task that is not found (404), like another tenant's."""
     try:
-        tid = uuid.UUID(task_id)
+        return uuid.UUID(task_id)
     except ValueError:
         raise NotFound(f"task {task_id!r} not found") from None
-    task = await store.get_task(res.pool, tid, owner)
+
+
+async def load_task(res: Resources, owner: str, task_id: str) -> store.Task:
+    """The caller's task, or 404 — for a malformed id and for another tenant's task alike."""
+    task = await store.get_task(res.pool, parse_task_id(task_id), owner)
     if task is None:
         raise NotFound(f"task {task_id!r} not found")
     return task

@@ -30,7 +30,8 @@ from client import (
 from client.errors import parse_retry_after
 
 FAST = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.02, max_retry_after=1.0)
-TASK = {"task_id": "t1", "type": "demo", "status": "pending", "last_event_id": 1}
+TASK = {"task_id": "t1", "type": "demo", "status": "pending", "last_event_id": 1,
+        "created_at": "2025-01-01T00:00:00+00:00", "updated_at": "2025-01-01T00:00:00+00:00"}
 Handler = Callable[[httpx.Request], httpx.Response]
 
 

@@ -50,19 +50,19 @@ def secure(env: dict[str, str], logs: Path, worker: WorkerProc) -> Iterator[WebS
 @pytest.fixture(scope="module")
 def keys(env: dict[str, str], settings: Settings) -> dict[str, str]:
     """One key per tenant: alice's through the documented CLI, the rest in-process."""
-    from core import auth, store
-    from core.db import create_pool
+    from core import auth, store_read
+    from core.db import create_engine
 
     out = {"alice": make_key(env, f"alice-{uuid.uuid4().hex[:6]}")}
 
     async def create() -> None:
-        pool = await create_pool(settings.database_url)
+        engine = create_engine(settings.database_url)
         for name in ("bob", "admin", "limits", "streams", "rate"):
             key_id, token, digest = auth.new_key()
-            await store.create_api_key(pool, key_id, f"{name}-{uuid.uuid4().hex[:6]}", name,
-                                       "admin" if name == "admin" else "user", digest)
+            await store_read.create_api_key(engine, key_id, f"{name}-{uuid.uuid4().hex[:6]}",
+                                            name, "admin" if name == "admin" else "user", digest)
             out[name] = token
-        await pool.close()
+        await engine.dispose()
 
     asyncio.run(create())
     return out

@@ -4,22 +4,23 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
-from core import store
+from core import store_read
 from core.states import Status
 from core.tasktypes import TASK_TYPES
 from service.auth import Admin, Owner
 from service.deps import Res, Resources
-from service.errors import BadRequest
+from service.errors import BadRequest, NotFound
 from service.schemas import (
+    DeadLetter,
     DeadLetterPage,
     ErrorOut,
     EventPage,
     SubmitTask,
-    TaskOut,
     TaskPage,
+    TaskRead,
     TaskTypeOut,
 )
-from service.tasks import cancel, load_task, redrive, task_json
+from service.tasks import cancel, parse_task_id, redrive, task_json
 
 router = APIRouter()
 
@@ -33,8 +34,8 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post("/tasks", status_code=202, response_model=TaskOut, tags=["tasks"],
-             responses={**ERRORS, 200: {"model": TaskOut,
+@router.post("/tasks", status_code=202, response_model=TaskRead, tags=["tasks"],
+             responses={**ERRORS, 200: {"model": TaskRead,
                                         "description": "Idempotent replay: the same task."}})
 async def create_task(body: SubmitTask, res: Res, owner: Owner, response: Response,
                       idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
@@ -55,24 +56,25 @@ async def list_tasks(
     type: Annotated[list[str] | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
-) -> dict[str, Any]:
+) -> TaskPage:
     """The caller's tasks, newest first; follow ``next_cursor`` for the next page."""
+    return await _page(res, owner, status or [], type or [], limit, cursor)
+
+
+async def _page(res: Resources, owner: str, status: list[Status], types: list[str],
+                limit: int, cursor: str | None) -> TaskPage:
     after = None
     if cursor:
         try:
-            after = store.decode_cursor(cursor)
+            after = store_read.decode_cursor(cursor)
         except ValueError:
             raise BadRequest("malformed cursor; pass back next_cursor unchanged") from None
-    tasks = await store.list_tasks(
-        res.pool, owner, status=[s.value for s in status or []], task_type=type or [],
-        limit=limit + 1, cursor=after,
-    )
+    tasks = await store_read.list_tasks(res.engine, owner, status=status, task_type=types,
+                                        limit=limit + 1, cursor=after)
     more = len(tasks) > limit
     tasks = tasks[:limit]
-    return {
-        "items": [task_json(t) for t in tasks],
-        "next_cursor": store.encode_cursor(tasks[-1]) if more and tasks else None,
-    }
+    return TaskPage(items=tasks,
+                    next_cursor=store_read.encode_cursor(tasks[-1]) if more and tasks else None)
 
 
 @router.get("/task-types", response_model=list[TaskTypeOut], responses=ERRORS,
@@ -82,10 +84,13 @@ async def task_types(_: Owner) -> list[dict[str, Any]]:
     return [t.schema() for t in TASK_TYPES.values()]
 
 
-@router.get("/tasks/{task_id}", response_model=TaskOut, responses=ERRORS, tags=["tasks"])
-async def get_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
+@router.get("/tasks/{task_id}", response_model=TaskRead, responses=ERRORS, tags=["tasks"])
+async def get_task(task_id: str, res: Res, owner: Owner) -> TaskRead:
     """A snapshot of one task: status, progress, result or error."""
-    return task_json(await load_task(res, owner, task_id))
+    task = await store_read.get_task(res.engine, parse_task_id(task_id), owner)
+    if task is None:
+        raise NotFound(f"task {task_id!r} not found")
+    return task
 
 
 @router.get("/tasks/{task_id}/events", response_model=EventPage, responses=ERRORS,
@@ -94,17 +99,17 @@ async def task_events(
     task_id: str, res: Res, owner: Owner,
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
-) -> dict[str, Any]:
+) -> EventPage:
     """The task's event history, oldest first, after sequence number ``after``."""
-    task = await load_task(res, owner, task_id)
-    events = await store.events_after(res.pool, task.task_id, after, limit)
-    return {
-        "items": [e.to_json() for e in events],
-        "next_after": events[-1].seq if len(events) == limit else None,
-    }
+    events = await store_read.task_events(res.engine, parse_task_id(task_id), owner, after,
+                                          limit)
+    if events is None:
+        raise NotFound(f"task {task_id!r} not found")
+    return EventPage(items=events,
+                     next_after=events[-1].seq if len(events) == limit else None)
 
 
-@router.post("/tasks/{task_id}/cancel", response_model=TaskOut, responses=ERRORS,
+@router.post("/tasks/{task_id}/cancel", response_model=TaskRead, responses=ERRORS,
              tags=["tasks"])
 async def cancel_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
     """Cancel: a pending task never starts; a running one is stopped within about a second.
@@ -115,7 +120,7 @@ async def cancel_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
     return task_json(await cancel(res, owner, task_id))
 
 
-@router.post("/tasks/{task_id}/retry", response_model=TaskOut, responses=ERRORS,
+@router.post("/tasks/{task_id}/retry", response_model=TaskRead, responses=ERRORS,
              tags=["tasks"])
 async def retry_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
     """Re-drive a failed or cancelled task: same id, its history continues, a fresh attempt
@@ -129,12 +134,12 @@ async def dead_letters(
     res: Res, owner: Owner,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
-) -> dict[str, Any]:
+) -> DeadLetterPage:
     """Failed tasks (attempts exhausted, or a permanent error), newest first, each with its
     last error and its attempt history. Re-drive one with ``POST /tasks/{id}/retry``."""
-    page = await list_tasks(res, owner, status=[Status.FAILED], limit=limit, cursor=cursor)
-    return {"items": await _with_history(res, page["items"]),
-            "next_cursor": page["next_cursor"]}
+    page = await _page(res, owner, [Status.FAILED], [], limit, cursor)
+    return DeadLetterPage(items=await _with_history(res, page.items),
+                          next_cursor=page.next_cursor)
 
 
 @router.get("/admin/dead-letters", response_model=DeadLetterPage, responses=ERRORS,
@@ -143,15 +148,13 @@ async def all_dead_letters(
     res: Res, _: Admin,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     tenant: Annotated[str | None, Query(max_length=200)] = None,
-) -> dict[str, Any]:
+) -> DeadLetterPage:
     """Dead letters across tenants (admin keys only); ``tenant`` narrows to one."""
-    tasks = await store.failed_tasks_all(res.pool, tenant, limit)
-    return {"items": await _with_history(res, [task_json(t) for t in tasks]),
-            "next_cursor": None}
+    tasks = await store_read.failed_tasks_all(res.engine, tenant, limit)
+    return DeadLetterPage(items=await _with_history(res, tasks), next_cursor=None)
 
 
-async def _with_history(res: Resources, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def _with_history(res: Resources, tasks: list[TaskRead]) -> list[DeadLetter]:
     """Dead letters as listed: each task with its attempt history."""
-    history = await store.attempt_history(res.pool, [t["task_id"] for t in tasks])
-    return [{"task": t, "history": [e.to_json() for e in history[t["task_id"]]]}
-            for t in tasks]
+    history = await store_read.attempt_history(res.engine, [t.task_id for t in tasks])
+    return [DeadLetter(task=t, history=history[t.task_id]) for t in tasks]

@@ -1,0 +1,49 @@
+"""The SQLModel engine's URL: the same database the asyncpg pool uses, through asyncpg."""
+
+import uuid
+
+import asyncpg
+import pytest
+from sqlalchemy import func
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from core import store_read
+from core.db import async_url, create_engine
+from core.eventlog import TRANSIENT_DB_ERRORS
+from core.settings import Settings
+
+
+def test_async_url_keeps_the_database_and_picks_asyncpg() -> None:
+    url = async_url(Settings(database_url="postgres://u:p%40ss@db.example:6543/app").database_url)
+    assert url.drivername == "postgresql+asyncpg"
+    assert (url.username, url.password, url.host, url.port, url.database) == \
+        ("u", "p@ss", "db.example", 6543, "app")
+
+
+def test_sslmode_becomes_asyncpg_ssl() -> None:
+    url = async_url("postgresql://u@h/app?sslmode=require&prepared_statement_cache_size=100")
+    assert dict(url.query) == {"ssl": "require", "prepared_statement_cache_size": "100"}
+
+
+def test_other_schemes_are_refused() -> None:
+    with pytest.raises(ValueError, match="not a PostgreSQL URL"):
+        async_url("mysql://u@h/app")
+
+
+async def test_a_dropped_connection_is_transient_and_the_engine_heals(
+        pool: asyncpg.Pool, settings: Settings) -> None:
+    """A connection the server dropped (restart, failover) raises the asyncpg error the hot
+    paths raise, which the edge answers with 503; the next call gets a fresh connection."""
+    engine = create_engine(settings.database_url, pool_size=1)
+    owner = f"db-{uuid.uuid4().hex[:8]}"
+    try:
+        async with AsyncSession(engine) as s:
+            pid = (await s.exec(select(func.pg_backend_pid()))).one()
+        assert await store_read.list_tasks(engine, owner, limit=1) == []
+        await pool.execute("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises(TRANSIENT_DB_ERRORS):
+            await store_read.list_tasks(engine, owner, limit=1)
+        assert await store_read.list_tasks(engine, owner, limit=1) == []
+    finally:
+        await engine.dispose()
