@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from sse_starlette.sse import SendTimeoutError
+from sse_starlette.sse import AppStatus, SendTimeoutError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -75,6 +75,14 @@ class StarletteEventStream(EventSourceResponse):
             # Returning with the response unfinished makes the server close the connection.
             log.warning("SSE client stopped reading for %ss; closing its stream",
                         self.send_timeout)
+
+
+def server_exiting() -> None:
+    """The server is shutting down: sse-starlette's shutdown watcher ends its streams (within
+    its 0.5 s poll). Its own hooks miss here: uvicorn binds its signal handler before it
+    imports a ``--factory`` app (so sse-starlette's patch of that handler comes too late), and
+    ``service.app`` wraps the handler, which hides the server from its introspection."""
+    AppStatus.should_exit = True
 
 
 def event_stream(frames: AsyncIterator[bytes], settings: Settings) -> Response:
