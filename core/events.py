@@ -63,13 +63,6 @@ def event_error(type: str, message: str | None) -> str | None:
     return message if type in (EventType.FAILED, EventType.CANCELLED) else None
 
 
-def sse_message(event_id: int, data: str | None = None) -> bytes:
-    """An unnamed SSE message (the seed's ``onmessage`` receives it); id-only without data."""
-    if data is None:
-        return b"id: %d\n\n" % event_id
-    return b"id: %d\ndata: %s\n\n" % (event_id, data.encode())
-
-
 @dataclass(slots=True)
 class Event:
     """A persisted event, as every reader sees it."""
@@ -86,8 +79,6 @@ class Event:
     created_at: datetime
     owner: str = ""  # routing only; not part of the wire JSON
     raw: str = field(default="", repr=False, compare=False)
-    # SSE frames by id field ("seq" / "tenant_seq"), built once however many streams send it.
-    frames: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def terminal(self) -> bool:
@@ -110,13 +101,6 @@ class Event:
             "attempt": self.attempt,
             "created_at": self.created_at.isoformat(),
         }
-
-    def frame(self, id_field: str) -> bytes:
-        """This event as an unnamed SSE message whose id is ``seq`` or ``tenant_seq``."""
-        cached = self.frames.get(id_field)
-        if cached is None:
-            cached = self.frames[id_field] = sse_message(self.position(id_field), self.encode())
-        return cached
 
     def position(self, id_field: str) -> int:
         """Where this event stands in a task's stream ("seq") or its tenant's ("tenant_seq")."""

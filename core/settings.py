@@ -4,7 +4,7 @@ Built explicitly (``Settings()``) by each process's entry point and by tests —
 import time — so tests can build their own.
 """
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     stream_buffer: int = 256
     stream_keepalive: float = 15.0
     stream_replay_page: int = 1000
+    #: A client that takes no bytes for this long (its TCP window full) is cut off and
+    #: resumes with Last-Event-ID; 0 waits forever.
+    stream_send_timeout: float = 30.0
+    #: "starlette": sse-starlette's EventSourceResponse. "lean": a hand-written response with
+    #: one watcher task per stream, ~16 KB less per idle stream (README: SSE responses);
+    #: the same bytes on the wire.
+    sse_response: Literal["starlette", "lean"] = "starlette"
 
     # Uploads are stored in PostgreSQL in chunks of this size.
     upload_chunk_bytes: int = 1 << 20

@@ -21,7 +21,7 @@ from core.constants import control_channel
 from core.db import TRANSIENT_DB_ERRORS, create_engine, create_pool
 from core.eventlog import EventLog
 from core.settings import Settings
-from service import errors
+from service import errors, sse
 from service.deps import Resources
 from service.hub import Hub
 from service.limits import BodyLimit, InflightGauge, StreamSlots, SubmitRate
@@ -47,7 +47,8 @@ async def _with_retry(call: Callable[[], Awaitable[str]], attempts: int = 30) ->
 def _end_streams_on_signal(hub: Hub) -> None:
     """On SIGTERM/SIGINT, end every open stream at once, then let the server's own handler
     run. Streams never end by themselves, so uvicorn would otherwise wait out its graceful
-    timeout before a deploy completes; clients resume on another process."""
+    timeout before a deploy completes; clients resume on another process. The hub ends each
+    stream cleanly (the response finishes); sse-starlette's own watcher is told as well."""
     if threading.current_thread() is not threading.main_thread():
         return
     loop = asyncio.get_running_loop()
@@ -59,6 +60,7 @@ def _end_streams_on_signal(hub: Hub) -> None:
         def handler(signum: int, frame: FrameType | None,
                     previous: Callable[[int, FrameType | None], Any] = previous) -> None:
             loop.call_soon_threadsafe(hub.shutdown)
+            sse.server_exiting()
             previous(signum, frame)
 
         signal.signal(sig, handler)

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from core.backoff import Backoff
 from core.events import Event
 from core.states import EventType
+from service.sse import HubEvent
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class Hub:
         self._client: Redis | None = None
         self._connected = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
+        self._releases: set[asyncio.Future[None]] = set()
         self.reconnects = 0
         self.messages = 0
         self.closing = False
@@ -144,9 +146,18 @@ class Hub:
                 if not subs:
                     del self._subs[channel]
                     self._confirmed.pop(channel, None)
-                    await self._send("unsubscribe", channel)
-                    if channel in self._subs:  # re-subscribed while we unsubscribed
-                        await self._send("subscribe", channel)
+                    # Shielded: a stream ended by its response's cancel scope (sse-starlette's
+                    # task group cancels again at every await) must not cut this write short;
+                    # redis-py drops the shared connection when a send is interrupted.
+                    release = asyncio.ensure_future(self._release(channel))
+                    self._releases.add(release)  # a shielded task needs a strong reference
+                    release.add_done_callback(self._releases.discard)
+                    await asyncio.shield(release)
+
+    async def _release(self, channel: str) -> None:
+        await self._send("unsubscribe", channel)
+        if channel in self._subs:  # re-subscribed while we unsubscribed
+            await self._send("subscribe", channel)
 
     async def _confirm(self, channel: str) -> None:
         deadline = asyncio.get_running_loop().time() + self._connect_timeout
@@ -258,7 +269,7 @@ class Hub:
             return
         self.messages += 1
         try:
-            event = Event.decode(data)
+            event = HubEvent.decode(data)
         except (ValueError, KeyError, TypeError):
             log.warning("undecodable message on %s dropped", channel)
             return

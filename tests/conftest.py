@@ -66,6 +66,27 @@ def web(env: dict[str, str], logs: Path) -> Iterator[WebServer]:
 
 
 @pytest.fixture(scope="session")
+def web_lean(env: dict[str, str], logs: Path) -> Iterator[WebServer]:
+    """A second web process with the opt-in hand-written SSE response."""
+    server = WebServer({**env, "TASKSTREAM_SSE_RESPONSE": "lean"}, logs / "web-lean.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+#: The settings of ``TASKSTREAM_SSE_RESPONSE``; streaming tests run against each.
+SSE_RESPONSES = ["starlette", "lean"]
+
+
+@pytest.fixture(params=SSE_RESPONSES)
+def sse_web(request: pytest.FixtureRequest) -> WebServer:
+    """The default web process, then the one with the lean SSE response."""
+    server: WebServer = request.getfixturevalue("web" if request.param == "starlette"
+                                                else "web_lean")
+    return server
+
+
+@pytest.fixture(scope="session")
 def worker(env: dict[str, str], logs: Path) -> Iterator[WorkerProc]:
     proc = WorkerProc(env, logs / "worker.log")
     proc.start()

@@ -19,8 +19,9 @@ def curl(*args: str) -> str:
     return out.stdout
 
 
-async def test_upload_status_stream_with_curl(web: WebServer, worker: WorkerProc,
+async def test_upload_status_stream_with_curl(sse_web: WebServer, worker: WorkerProc,
                                               tmp_path: Path) -> None:
+    web = sse_web
     doc = tmp_path / "doc.txt"
     doc.write_text("Taskstream processes documents pushed over SSE. " * 200)
     up = json.loads(await asyncio.to_thread(curl, "-F", f"file=@{doc}", f"{web.url}/upload"))

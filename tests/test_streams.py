@@ -1,15 +1,25 @@
-"""SSE streams over a real uvicorn: live progress, exact resume, 204, fan-out, hub recovery."""
+"""SSE streams over a real uvicorn: live progress, exact resume, 204, fan-out, hub recovery —
+each test against both SSE responses (``TASKSTREAM_SSE_RESPONSE``)."""
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
+from devservices.processes import WebServer, WorkerProc
 from tests.conftest import eventually, wait_terminal
 from tests.sse import collect, messages, payload
 from tests.test_tasks_api import submit
+
+
+@pytest.fixture
+async def client(sse_web: WebServer, worker: WorkerProc) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=sse_web.url, timeout=30) as c:
+        yield c
 
 
 async def test_stream_follows_task_to_completion(client: httpx.AsyncClient) -> None:

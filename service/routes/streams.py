@@ -14,15 +14,16 @@ from fastapi import APIRouter, Header, Query, Response
 from core import auth, store
 from core.constants import task_channel, tenant_channel
 from core.db import TRANSIENT_DB_ERRORS
-from core.events import Event, sse_message
+from core.events import Event
 from core.states import is_terminal
+from service import sse
 from service.auth import Credentials, Owner, TicketQuery, stream_caller
 from service.deps import Res, Resources
 from service.errors import BadRequest, Unavailable
 from service.hub import HubUnavailable
 from service.routes.tasks import ERRORS
 from service.schemas import TicketOut, TicketRequest
-from service.sse import KEEPALIVE, EventStreamResponse
+from service.sse import StarletteEventStream
 from service.streams import Fetch, StreamSpec, follow
 from service.tasks import load_task
 
@@ -54,7 +55,7 @@ def cursor_from(header: str | None, query: str | None) -> int:
 
 def open_stream(res: Resources, tenant: str, *, channel: str, cursor: int, id_field: str,
                 fetch: Fetch, ends_on_terminal: bool,
-                announce_cursor: bool = False) -> EventStreamResponse:
+                announce_cursor: bool = False) -> Response:
     """The SSE response for one stream; 503 or 429 before it starts if it cannot be held."""
     if not res.hub.connected:
         raise Unavailable("live updates are briefly unavailable; retry")
@@ -70,19 +71,19 @@ def open_stream(res: Resources, tenant: str, *, channel: str, cursor: int, id_fi
             if announce_cursor:
                 # An id-only message: no onmessage fires, but the browser (and our client)
                 # records it, so a drop before the first event resumes from here, not "now".
-                yield sse_message(cursor)
+                yield sse.message(cursor)
             try:
                 async for ev in follow(res.hub, spec):
-                    yield KEEPALIVE if ev is None else ev.frame(id_field)
+                    yield sse.KEEPALIVE if ev is None else sse.frame(ev, id_field)
             except HubUnavailable:
                 return  # Redis went away as we subscribed: end; the client resumes
             except TRANSIENT_DB_ERRORS:
                 return  # PostgreSQL went away during a catch-up: end; the client resumes
 
-    return EventStreamResponse(frames())
+    return sse.event_stream(frames(), res.settings)
 
 
-@router.get("/tasks/{task_id}/stream", response_class=EventStreamResponse,
+@router.get("/tasks/{task_id}/stream", response_class=StarletteEventStream,
             responses=SSE_RESPONSE)
 async def task_stream(task_id: str, res: Res, creds: Credentials,
                       last_event_id_header: LastEventIdHeader = None,
@@ -105,7 +106,7 @@ async def task_stream(task_id: str, res: Res, creds: Credentials,
                        cursor=cursor, id_field="seq", fetch=fetch, ends_on_terminal=True)
 
 
-@router.get("/stream", response_class=EventStreamResponse, responses=SSE_RESPONSE)
+@router.get("/stream", response_class=StarletteEventStream, responses=SSE_RESPONSE)
 async def tenant_stream(res: Res, creds: Credentials,
                         last_event_id_header: LastEventIdHeader = None,
                         last_event_id: LastEventIdQuery = None,

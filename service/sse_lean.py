@@ -1,0 +1,89 @@
+"""A lean Server-Sent Events response (``TASKSTREAM_SSE_RESPONSE=lean``): one task per stream
+plus one that waits for the client to go away, instead of sse-starlette's anyio task group
+(stream, disconnect and shutdown watchers). ``python -m bench --scenario capacity`` measures
+the memory per idle stream of both.
+
+It sends the frames of ``service.sse`` as they come, with sse-starlette's headers, so the two
+responses are the same on the wire. An idle stream costs one sleeping coroutine and no timer
+task: the keep-alive comes from the iterator (the stream's own wait times out). On SIGTERM the
+hub ends every stream (``service.app``); clients resume with Last-Event-ID.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+# What sse-starlette's EventSourceResponse sends, in its order.
+HEADERS = [
+    (b"cache-control", b"no-store"),
+    (b"connection", b"keep-alive"),
+    (b"x-accel-buffering", b"no"),  # tell nginx-style proxies not to buffer
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+]
+
+
+class SendTimeout(Exception):
+    """The client did not take a frame within ``send_timeout`` (its TCP window stayed full)."""
+
+
+class LeanEventStream(Response):
+    media_type = "text/event-stream"
+
+    def __init__(self, frames: AsyncIterator[bytes], status_code: int = 200,
+                 send_timeout: float | None = None) -> None:
+        # status_code is in the signature for FastAPI's OpenAPI generator, which reads it.
+        super().__init__(status_code=status_code)
+        self.frames = frames
+        self.send_timeout = send_timeout
+
+    async def _send(self, send: Send, message: Message) -> None:
+        if self.send_timeout is None:
+            await send(message)
+            return
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                await send(message)
+        except TimeoutError:
+            raise SendTimeout from None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": HEADERS})
+        me = asyncio.current_task()
+        assert me is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            me.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            async for chunk in self.frames:
+                await self._send(send, {"type": "http.response.body", "body": chunk,
+                                        "more_body": True})
+            await self._send(send, {"type": "http.response.body", "body": b"",
+                                    "more_body": False})
+        except SendTimeout:
+            # Returning with the response unfinished makes the server close the connection.
+            log.warning("SSE client stopped reading for %ss; closing its stream",
+                        self.send_timeout)
+        except asyncio.CancelledError:
+            if not gone:
+                raise  # the server is shutting down: let it
+            me.uncancel()  # the client left; that is a normal end for a stream
+        finally:
+            watcher.cancel()
+            aclose = getattr(self.frames, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
