@@ -337,7 +337,9 @@ async def _gone(redis: Redis, settings: Settings, job_id: str) -> bool:
 def test_schemathesis_finds_no_server_errors(secure: WebServer, keys: dict[str, str],
                                              tmp_path: Path) -> None:
     """Fuzz every operation from the OpenAPI document, authenticated and not: no 5xx, and
-    every response matches its declared schema. Streams are left out (they never end)."""
+    every response matches its declared schema. Streams are left out (they never end).
+    One worker: hypothesis parses lambdas with ``ast`` from schemathesis' threads, which
+    CPython 3.11 before 3.11.8 can fail at ("AST constructor recursion depth mismatch")."""
     st = Path(sys.executable).with_name("st")
     for headers in (["-H", f"Authorization: Bearer {keys['alice']}"], []):
         out = subprocess.run(
@@ -345,7 +347,7 @@ def test_schemathesis_finds_no_server_errors(secure: WebServer, keys: dict[str, 
              "--checks", "not_a_server_error,status_code_conformance,"
                          "content_type_conformance,response_schema_conformance",
              "--exclude-path-regex", "stream$", "--max-examples", "25",
-             "--workers", "2", "--seed", "1", "--request-timeout", "20",
+             "--workers", "1", "--seed", "1", "--request-timeout", "20",
              "--suppress-health-check", "all"],
             capture_output=True, text=True, cwd=tmp_path, timeout=280, check=False,
         )
