@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from core.errorcodes import STATUS, ErrorCode
+
 if TYPE_CHECKING:
     from client.models import Event, Task
 
@@ -58,47 +60,47 @@ class ApiError(TaskstreamError):
 
 
 class BadRequest(ApiError):
-    status, code = 400, "bad_request"
+    status, code = STATUS[ErrorCode.BAD_REQUEST], ErrorCode.BAD_REQUEST
 
 
 class Unauthorized(ApiError):
-    status, code = 401, "unauthorized"
+    status, code = STATUS[ErrorCode.UNAUTHORIZED], ErrorCode.UNAUTHORIZED
 
 
 class Forbidden(ApiError):
-    status, code = 403, "forbidden"
+    status, code = STATUS[ErrorCode.FORBIDDEN], ErrorCode.FORBIDDEN
 
 
 class NotFound(ApiError):
-    status, code = 404, "not_found"
+    status, code = STATUS[ErrorCode.NOT_FOUND], ErrorCode.NOT_FOUND
 
 
 class Conflict(ApiError):
-    status, code = 409, "conflict"
+    status, code = STATUS[ErrorCode.CONFLICT], ErrorCode.CONFLICT
 
 
 class PayloadTooLarge(ApiError):
-    status, code = 413, "payload_too_large"
+    status, code = STATUS[ErrorCode.PAYLOAD_TOO_LARGE], ErrorCode.PAYLOAD_TOO_LARGE
 
 
 class UnsupportedMediaType(ApiError):
-    status, code = 415, "unsupported_media_type"
+    status, code = STATUS[ErrorCode.UNSUPPORTED_MEDIA_TYPE], ErrorCode.UNSUPPORTED_MEDIA_TYPE
 
 
 class Unprocessable(ApiError):
-    status, code = 422, "unprocessable"
+    status, code = STATUS[ErrorCode.UNPROCESSABLE], ErrorCode.UNPROCESSABLE
 
 
 class RateLimited(ApiError):
-    status, code = 429, "rate_limited"
+    status, code = STATUS[ErrorCode.TOO_MANY_REQUESTS], ErrorCode.TOO_MANY_REQUESTS
 
 
 class ServerError(ApiError):
-    status, code = 500, "server_error"
+    status, code = STATUS[ErrorCode.SERVER_ERROR], ErrorCode.SERVER_ERROR
 
 
 class Unavailable(ServerError):
-    status, code = 503, "unavailable"
+    status, code = STATUS[ErrorCode.UNAVAILABLE], ErrorCode.UNAVAILABLE
 
 
 class TaskError(TaskstreamError):

@@ -8,6 +8,7 @@ error), so a browser's ``onmessage`` handler can read ``data.status`` / ``data.p
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -63,6 +64,13 @@ def event_error(type: str, message: str | None) -> str | None:
     return message if type in (EventType.FAILED, EventType.CANCELLED) else None
 
 
+class IdField(StrEnum):
+    """Which counter a stream's SSE ids (and resume cursor) follow."""
+
+    SEQ = "seq"  # one task's stream: the task's event sequence
+    TENANT_SEQ = "tenant_seq"  # a tenant's stream: the tenant's event sequence
+
+
 @dataclass(slots=True)
 class Event:
     """A persisted event, as every reader sees it."""
@@ -102,9 +110,9 @@ class Event:
             "created_at": self.created_at.isoformat(),
         }
 
-    def position(self, id_field: str) -> int:
-        """Where this event stands in a task's stream ("seq") or its tenant's ("tenant_seq")."""
-        return self.seq if id_field == "seq" else self.tenant_seq
+    def position(self, id_field: "IdField") -> int:
+        """Where this event stands in a task's stream or in its tenant's."""
+        return self.seq if id_field == IdField.SEQ else self.tenant_seq
 
     def encode(self) -> str:
         if not self.raw:

@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.db import TRANSIENT_DB_ERRORS
+from core.errorcodes import STATUS, ErrorCode
 from core.eventlog import EventsLost
 
 log = logging.getLogger(__name__)
@@ -42,49 +43,49 @@ class ApiError(Exception):
 
 
 class BadRequest(ApiError):
-    status, code = 400, "bad_request"
+    status, code = STATUS[ErrorCode.BAD_REQUEST], ErrorCode.BAD_REQUEST
 
 
 class Unauthorized(ApiError):
-    status, code = 401, "unauthorized"
+    status, code = STATUS[ErrorCode.UNAUTHORIZED], ErrorCode.UNAUTHORIZED
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 class Forbidden(ApiError):
-    status, code = 403, "forbidden"
+    status, code = STATUS[ErrorCode.FORBIDDEN], ErrorCode.FORBIDDEN
 
 
 class NotFound(ApiError):
-    status, code = 404, "not_found"
+    status, code = STATUS[ErrorCode.NOT_FOUND], ErrorCode.NOT_FOUND
 
 
 class Conflict(ApiError):
-    status, code = 409, "conflict"
+    status, code = STATUS[ErrorCode.CONFLICT], ErrorCode.CONFLICT
 
 
 class PayloadTooLarge(ApiError):
-    status, code = 413, "payload_too_large"
+    status, code = STATUS[ErrorCode.PAYLOAD_TOO_LARGE], ErrorCode.PAYLOAD_TOO_LARGE
 
 
 class UnsupportedMediaType(ApiError):
-    status, code = 415, "unsupported_media_type"
+    status, code = STATUS[ErrorCode.UNSUPPORTED_MEDIA_TYPE], ErrorCode.UNSUPPORTED_MEDIA_TYPE
 
 
 class Unprocessable(ApiError):
-    status, code = 422, "unprocessable"
+    status, code = STATUS[ErrorCode.UNPROCESSABLE], ErrorCode.UNPROCESSABLE
 
 
 class TooManyRequests(ApiError):
-    status, code = 429, "too_many_requests"
+    status, code = STATUS[ErrorCode.TOO_MANY_REQUESTS], ErrorCode.TOO_MANY_REQUESTS
 
     def __init__(self, detail: str, retry_after: int = 1) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
 class Unavailable(ApiError):
-    status, code = 503, "unavailable"
+    status, code = STATUS[ErrorCode.UNAVAILABLE], ErrorCode.UNAVAILABLE
 
     def __init__(self, detail: str, retry_after: int = 2) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after)})

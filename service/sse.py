@@ -24,7 +24,7 @@ from sse_starlette.sse import AppStatus, SendTimeoutError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from core.events import Event
+from core.events import Event, IdField
 from core.settings import Settings
 from service.sse_lean import LeanEventStream
 
@@ -47,7 +47,7 @@ class HubEvent(Event):
     frames: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
 
-def frame(ev: Event, id_field: str) -> bytes:
+def frame(ev: Event, id_field: IdField) -> bytes:
     """``ev`` as an unnamed SSE message whose id is its ``seq`` or its ``tenant_seq``."""
     if not isinstance(ev, HubEvent):
         return message(ev.position(id_field), ev.encode())  # a replayed row: one stream's

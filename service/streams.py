@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from core.events import Event
+from core.events import Event, IdField
 from service.hub import CLOSE, RESYNC, Hub
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ Fetch = Callable[[int, int], Awaitable[list[Event]]]
 class StreamSpec:
     channel: str
     cursor: int
-    id_field: str  # "seq" (a task's stream) or "tenant_seq" (the tenant's): the SSE id
+    id_field: IdField  # the SSE id and resume cursor
     fetch: Fetch  # events after a cursor, from PostgreSQL, in order
     ends_on_terminal: bool
     page: int = 1000

@@ -21,6 +21,7 @@ from core.events import Event, NewEvent
 from core.models import EventRead, TaskRead
 from core.settings import Settings
 from core.states import EventType
+from service import schemas
 
 #: Tables in the public schema that hold no product data (the migration runner's ledger).
 BOOKKEEPING = {"schema_migrations"}
@@ -190,7 +191,9 @@ def _drift(theirs: type[BaseModel], ours: type[BaseModel]) -> list[str]:
 
 def test_client_models_mirror_the_read_models() -> None:
     problems = (_drift(client.models.Task, TaskRead) + _drift(client.models.Event, EventRead)
-                + _drift(client.models.Links, models.Links))
+                + _drift(client.models.Links, models.Links)
+                + _drift(client.models.Upload, schemas.UploadOut)
+                + _drift(client.models.TaskType, schemas.TaskTypeOut))
     assert not problems, "client/models.py drifted from core/models.py:\n  " + \
         "\n  ".join(problems)
 

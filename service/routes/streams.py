@@ -14,7 +14,7 @@ from fastapi import APIRouter, Header, Query, Response
 from core import auth, store
 from core.constants import task_channel, tenant_channel
 from core.db import TRANSIENT_DB_ERRORS
-from core.events import Event
+from core.events import Event, IdField
 from core.states import is_terminal
 from service import sse
 from service.auth import Credentials, Owner, TicketQuery, stream_caller
@@ -53,7 +53,7 @@ def cursor_from(header: str | None, query: str | None) -> int:
     return int(raw)
 
 
-def open_stream(res: Resources, tenant: str, *, channel: str, cursor: int, id_field: str,
+def open_stream(res: Resources, tenant: str, *, channel: str, cursor: int, id_field: IdField,
                 fetch: Fetch, ends_on_terminal: bool,
                 announce_cursor: bool = False) -> Response:
     """The SSE response for one stream; 503 or 429 before it starts if it cannot be held."""
@@ -103,7 +103,7 @@ async def task_stream(task_id: str, res: Res, creds: Credentials,
         return await store.events_after(pool, task.task_id, after, limit)
 
     return open_stream(res, owner, channel=task_channel(res.settings.namespace, task.task_id),
-                       cursor=cursor, id_field="seq", fetch=fetch, ends_on_terminal=True)
+                       cursor=cursor, id_field=IdField.SEQ, fetch=fetch, ends_on_terminal=True)
 
 
 @router.get("/stream", response_class=StarletteEventStream, responses=SSE_RESPONSE)
@@ -129,7 +129,7 @@ async def tenant_stream(res: Res, creds: Credentials,
         return await store.tenant_events_after(pool, owner, after, limit)
 
     return open_stream(res, owner, channel=tenant_channel(res.settings.namespace, owner),
-                       cursor=cursor, id_field="tenant_seq", fetch=fetch,
+                       cursor=cursor, id_field=IdField.TENANT_SEQ, fetch=fetch,
                        ends_on_terminal=False, announce_cursor=from_now)
 
 
