@@ -111,7 +111,7 @@ class Links(SQLModel):
 class TaskRead(TaskBase):
     """A task's snapshot: ``GET /tasks/{id}``, list items, what submit and cancel return."""
 
-    type: str  # the seed's name for task_type
+    type: str  # the same as task_type, under the name the API's clients send
     last_event_id: int  # the newest event's seq: where a stream of this task resumes
     links: Links
 
