@@ -26,7 +26,7 @@ TICK = "bench_tick"
 
 
 def _register_tick() -> None:
-    from core.tasktypes import TASK_TYPES, Params, TaskType
+    from taskstream.core.tasktypes import TASK_TYPES, Params, TaskType
 
     class TickParams(Params):
         count: int = Field(1, ge=0, le=100_000)
@@ -65,7 +65,7 @@ def web(port: int) -> None:
 def worker() -> None:
     import logging
 
-    from core.settings import Settings
+    from taskstream.core.settings import Settings
     from worker.main import build_worker, use_uvloop
 
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"),

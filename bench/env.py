@@ -20,9 +20,16 @@ from pathlib import Path
 import asyncpg
 from redis.asyncio import Redis
 
-from core.settings import Settings
-from devservices.processes import ROOT, Proc, WebServer, WorkerProc, free_port, service_env
-from devservices.scratch import create_database, drop_database, with_db
+from taskstream.core.settings import Settings
+from taskstream.devservices.processes import (
+    ROOT,
+    Proc,
+    WebServer,
+    WorkerProc,
+    free_port,
+    service_env,
+)
+from taskstream.devservices.scratch import create_database, drop_database, with_db
 
 BENCH_DIR = ROOT / "bench"
 RESULTS_DIR = BENCH_DIR / "results"
@@ -192,7 +199,7 @@ class BenchEnv:
 async def _api_key(conn: asyncpg.Connection, database_url: str) -> str | None:
     """An API key for the tenant ``bench`` (requests are authenticated as in production)."""
     try:
-        from core import auth, store
+        from taskstream.core import auth, store
     except ImportError:
         return None
     new_key = getattr(auth, "new_key", None)
@@ -200,8 +207,8 @@ async def _api_key(conn: asyncpg.Connection, database_url: str) -> str | None:
         return None
     key_id, token, digest = new_key()
     try:  # key management on the SQLModel engine
-        from core import store_read
-        from core.db import create_engine
+        from taskstream.core import store_read
+        from taskstream.core.db import create_engine
     except ImportError:  # a revision that manages keys on the asyncpg connection
         create = getattr(store, "create_api_key", None)
         if create is None:
@@ -219,7 +226,7 @@ async def _api_key(conn: asyncpg.Connection, database_url: str) -> str | None:
 async def make_env(admin_pg: str | None, redis_url: str | None) -> BenchEnv:
     """Use the given URLs, else the project's dev services (started if absent)."""
     if not admin_pg or not redis_url:
-        import devservices
+        from taskstream import devservices
 
         pg, rd = devservices.ensure()
         admin_pg, redis_url = admin_pg or pg.url, redis_url or rd.url

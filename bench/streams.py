@@ -28,7 +28,7 @@ from bench.common import (
 )
 from bench.entry import TICK
 from bench.net import HttpConn, SSEPool
-from devservices.processes import Proc, WebServer, free_port
+from taskstream.devservices.processes import Proc, WebServer, free_port
 
 WORKER_ENV = {"TASKSTREAM_WORKER_MAX_JOBS": "12000"}  # every tick task runs at once
 

@@ -30,8 +30,8 @@ from bench.common import (
 from bench.env import BenchEnv
 from bench.net import PubSubCounter, SSEPool
 from bench.streams import WORKER_ENV, check_streams, start_ticks
-from core.settings import Settings
-from devservices.processes import ROOT, Proc
+from taskstream.core.settings import Settings
+from taskstream.devservices.processes import ROOT, Proc
 
 NOOP = {"type": "noop", "params": {}}
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from client.errors import parse_retry_after
+from taskstream.client.errors import parse_retry_after
 
 #: What the ledger records instead of a status when no response came back.
 CONNECTION_ERROR = "conn-error"

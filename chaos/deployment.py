@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import devservices
-from devservices.processes import Proc, WebServer, WorkerProc, fast_env, free_port
-from devservices.scratch import create_database
+from taskstream import devservices
+from taskstream.devservices.processes import Proc, WebServer, WorkerProc, fast_env, free_port
+from taskstream.devservices.scratch import create_database
 
 
 @dataclass(slots=True)

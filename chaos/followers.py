@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from chaos.api import CONNECTION_ERROR, RETRY_LATER, Api, retry_after
-from client.sse import Decoder, Message, aiter_messages
+from taskstream.client.sse import Decoder, Message, aiter_messages
 
 #: Given a stream's cursor: (PostgreSQL's last id on that stream, created_at of the next).
 Probe = Callable[[int], Awaitable[tuple[int, float | None]]]

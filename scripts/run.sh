@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the service locally: web + worker from the Procfile (via honcho).
 # With neither DATABASE_URL nor REDIS_URL set, a project-local PostgreSQL and Redis are started
-# (data in .data/, ports 55432/56379; `.venv/bin/python -m devservices down` stops them).
+# (data in .data/, ports 55432/56379; `.venv/bin/python -m taskstream.devservices down` stops them).
 # If only one is set, the other one comes from the local servers.
 set -euo pipefail
 
@@ -16,7 +16,7 @@ if [[ -z "${DATABASE_URL:-}" || -z "${REDIS_URL:-}" ]]; then
         # Without authentication every caller is the same tenant: this machine only.
         export TASKSTREAM_HOST="${TASKSTREAM_HOST:-127.0.0.1}"
     fi
-    urls="$(.venv/bin/python -m devservices up)"
+    urls="$(.venv/bin/python -m taskstream.devservices up)"
     while IFS='=' read -r key value; do
         if [[ -n "$key" && -z "${!key:-}" ]]; then
             export "$key=$value"
@@ -24,7 +24,7 @@ if [[ -z "${DATABASE_URL:-}" || -z "${REDIS_URL:-}" ]]; then
     done <<<"$urls"
 fi
 
-.venv/bin/python -m core.migrate
+.venv/bin/python -m taskstream.core.migrate
 
 # Every Procfile process but `release` (a one-shot: honcho stops everything when one exits).
 mapfile -t procs < <(sed -nE 's/^([A-Za-z0-9_-]+):.*/\1/p' Procfile | grep -vx release)

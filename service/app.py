@@ -15,18 +15,18 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
-from core import queue, redisconn, store
-from core.auth import KeyCache
-from core.constants import control_channel
-from core.db import TRANSIENT_DB_ERRORS, create_engine, create_pool
-from core.eventlog import EventLog
-from core.settings import Settings
 from service import errors, sse
 from service.deps import Resources
 from service.hub import Hub
 from service.limits import BodyLimit, InflightGauge, StreamSlots, SubmitRate
 from service.routes import router
 from service.submissions import Submissions
+from taskstream.core import queue, redisconn, store
+from taskstream.core.auth import KeyCache
+from taskstream.core.constants import control_channel
+from taskstream.core.db import TRANSIENT_DB_ERRORS, create_engine, create_pool
+from taskstream.core.eventlog import EventLog
+from taskstream.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,14 @@ from typing import Annotated
 from fastapi import Depends, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from core import auth, store_read
-from core.auth import KeyRole, Principal
-from core.constants import ANONYMOUS_OWNER
 from service.deps import Res, Resources
 from service.errors import Forbidden, Unauthorized
+from taskstream.core import auth, store_read
+from taskstream.core.auth import KeyRole, Principal
+from taskstream.core.constants import ANONYMOUS_OWNER
 
 bearer = HTTPBearer(auto_error=False, scheme_name="ApiKey",
-                    description="An API key from `python -m core.keys create`.")
+                    description="An API key from `python -m taskstream.core.keys create`.")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ANONYMOUS = Principal(ANONYMOUS_OWNER, KeyRole.ADMIN)
 

@@ -8,12 +8,12 @@ from arq.connections import ArqRedis
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.auth import KeyCache
-from core.eventlog import EventLog
-from core.settings import Settings
 from service.hub import Hub
 from service.limits import StreamSlots
 from service.submissions import Submissions
+from taskstream.core.auth import KeyCache
+from taskstream.core.eventlog import EventLog
+from taskstream.core.settings import Settings
 
 
 @dataclass(slots=True)

@@ -25,9 +25,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.db import TRANSIENT_DB_ERRORS
-from core.errorcodes import STATUS, ErrorCode
-from core.eventlog import EventsLost
+from taskstream.core.db import TRANSIENT_DB_ERRORS
+from taskstream.core.errorcodes import STATUS, ErrorCode
+from taskstream.core.eventlog import EventsLost
 
 log = logging.getLogger(__name__)
 

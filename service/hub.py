@@ -25,10 +25,10 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from core.backoff import Backoff
-from core.events import Event
-from core.states import EventType
 from service.sse import HubEvent
+from taskstream.core.backoff import Backoff
+from taskstream.core.events import Event
+from taskstream.core.states import EventType
 
 log = logging.getLogger(__name__)
 

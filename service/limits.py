@@ -16,10 +16,10 @@ from typing import Any
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.batcher import Batcher
-from core.constants import rate_key
-from core.ttlcache import TtlCache
 from service.errors import PayloadTooLarge, TooManyRequests, error_response
+from taskstream.core.batcher import Batcher
+from taskstream.core.constants import rate_key
+from taskstream.core.ttlcache import TtlCache
 
 UNLIMITED_PATHS = ("/upload",)
 

@@ -9,10 +9,10 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 # Re-exported: the API's names for them.
-from core.models import EventRead as EventRead
-from core.models import Links as Links
-from core.models import TaskRead as TaskRead
-from core.tasktypes import TaskOptions
+from taskstream.core.models import EventRead as EventRead
+from taskstream.core.models import Links as Links
+from taskstream.core.models import TaskRead as TaskRead
+from taskstream.core.tasktypes import TaskOptions
 
 
 class SubmitTask(TaskOptions):

@@ -24,9 +24,9 @@ from sse_starlette.sse import AppStatus, SendTimeoutError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from core.events import Event, IdField
-from core.settings import Settings
 from service.sse_lean import LeanEventStream
+from taskstream.core.events import Event, IdField
+from taskstream.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from core.events import Event, IdField
 from service.hub import CLOSE, RESYNC, Hub
+from taskstream.core.events import Event, IdField
 
 log = logging.getLogger(__name__)
 

@@ -15,15 +15,15 @@ import asyncpg
 from arq.connections import ArqRedis
 from pydantic import ValidationError
 
-from core import store
-from core.batcher import Batcher
-from core.eventlog import EventLog
-from core.events import Event
-from core.pending import enqueue_pending
-from core.settings import Settings
-from core.tasktypes import TASK_TYPES, UnknownTaskType, validate_params
 from service.errors import Conflict, TooManyRequests, Unprocessable
 from service.limits import InflightGauge, SubmitRate, json_depth
+from taskstream.core import store
+from taskstream.core.batcher import Batcher
+from taskstream.core.eventlog import EventLog
+from taskstream.core.events import Event
+from taskstream.core.pending import enqueue_pending
+from taskstream.core.settings import Settings
+from taskstream.core.tasktypes import TASK_TYPES, UnknownTaskType, validate_params
 
 Result = tuple[store.Task, Event | None]
 

@@ -4,12 +4,12 @@ it, cancel it, re-drive it. Routes call these and stay thin."""
 import uuid
 from typing import Any
 
-from core import control, store
-from core.events import NewEvent
-from core.pending import append_pending
-from core.states import EventType, Outcome, Status, is_terminal
 from service.deps import Resources
 from service.errors import Conflict, NotFound
+from taskstream.core import control, store
+from taskstream.core.events import NewEvent
+from taskstream.core.pending import append_pending
+from taskstream.core.states import EventType, Outcome, Status, is_terminal
 
 #: A cancel retries this often when the task moves on between the read and the write.
 _CANCEL_TRIES = 3

@@ -18,8 +18,8 @@ from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
-from core import store
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from taskstream.core import store
 
 FILE_FIELD = "file"
 MAX_FILENAME = 255

@@ -8,8 +8,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devservices.processes import WebServer, WorkerProc, fast_env
-from devservices.scratch import create_database, drop_database, with_db
+from taskstream.devservices.processes import WebServer, WorkerProc, fast_env
+from taskstream.devservices.scratch import create_database, drop_database, with_db
 
 
 @dataclass

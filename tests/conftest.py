@@ -14,10 +14,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from core.db import create_pool
-from core.settings import Settings
-from devservices.processes import WebServer, WorkerProc, fast_env
-from devservices.scratch import create_database, drop_database
+from taskstream.core.db import create_pool
+from taskstream.core.settings import Settings
+from taskstream.devservices.processes import WebServer, WorkerProc, fast_env
+from taskstream.devservices.scratch import create_database, drop_database
 
 T = TypeVar("T")
 
@@ -29,7 +29,7 @@ def backing() -> tuple[str, str]:
     rd = os.environ.get("TASKSTREAM_TEST_REDIS_URL")
     if pg and rd:
         return pg, rd
-    import devservices
+    from taskstream import devservices
 
     pg_h, rd_h = devservices.ensure()
     return pg_h.url, rd_h.url

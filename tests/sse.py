@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from client.sse import Decoder, Message, aiter_messages
+from taskstream.client.sse import Decoder, Message, aiter_messages
 
 
 def payload(message: Message) -> dict[str, Any]:

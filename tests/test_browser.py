@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from devservices.processes import WebServer, WorkerProc
+from taskstream.devservices.processes import WebServer, WorkerProc
 from tests.conftest import wait_terminal
 
 CHROMIUM = os.environ.get("TASKSTREAM_CHROMIUM", "/usr/bin/chromium")

@@ -19,14 +19,15 @@ from typing import Any
 
 import pytest
 
-from client import AsyncClient, Conflict, RetryPolicy, TaskCancelled
-from devservices.processes import WebServer, WorkerProc
+from taskstream.client import AsyncClient, Conflict, RetryPolicy, TaskCancelled
+from taskstream.devservices.processes import WebServer, WorkerProc
 
 EXE = Path(sys.executable).with_name("taskstream")
-COMMAND = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "client"]
+COMMAND = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "taskstream.client"]
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 WORDS = b"the quick brown fox jumps over the lazy dog while taskstream pushes progress\n"
-MEASURE_RSS = ("import resource, sys; from client.cli import main; rc = main(sys.argv[1:]); "
+MEASURE_RSS = ("import resource, sys; from taskstream.client.cli import main; "
+               "rc = main(sys.argv[1:]); "
                "sys.stderr.write(f'maxrss_kb={resource.getrusage(resource.RUSAGE_SELF)"
                ".ru_maxrss}\\n'); sys.exit(rc)")
 

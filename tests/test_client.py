@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from client import (
+from taskstream.client import (
     AsyncClient,
     Client,
     Conflict,
@@ -23,7 +23,7 @@ from client import (
     Unprocessable,
     WaitTimeout,
 )
-from devservices.processes import WebServer, WorkerProc
+from taskstream.devservices.processes import WebServer, WorkerProc
 
 FAST = RetryPolicy(backoff=0.05, max_backoff=0.5)
 WORDS = b"the quick brown fox jumps over the lazy dog while taskstream pushes progress\n"

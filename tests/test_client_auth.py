@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client import AsyncClient, NotFound, RateLimited, RetryPolicy, Unauthorized
-from devservices.processes import ROOT, WebServer, WorkerProc
+from taskstream.client import AsyncClient, NotFound, RateLimited, RetryPolicy, Unauthorized
+from taskstream.devservices.processes import ROOT, WebServer, WorkerProc
 
 SECURE = {
     "TASKSTREAM_AUTH": "true",
@@ -24,15 +24,16 @@ SECURE = {
 }
 FAST = RetryPolicy(backoff=0.05, max_backoff=0.5)
 EXE = Path(sys.executable).with_name("taskstream")
-COMMAND = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "client"]
+COMMAND = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "taskstream.client"]
 
 
 @pytest.fixture(scope="module")
 def keys(env: dict[str, str]) -> dict[str, str]:
-    """An API key for each name, each its own tenant (made with ``python -m core.keys``)."""
+    """An API key for each name, each its own tenant (``python -m taskstream.core.keys``)."""
     names = ("alice", "bob", "rate", "streams")
     procs = {name: subprocess.Popen(
-        [sys.executable, "-m", "core.keys", "create", "--tenant", f"{name}-{uuid.uuid4().hex[:8]}"],
+        [sys.executable, "-m", "taskstream.core.keys", "create",
+         "--tenant", f"{name}-{uuid.uuid4().hex[:8]}"],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for name in names}
     out = {name: p.communicate(timeout=60)[0].strip() for name, p in procs.items()}

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from client import (
+from taskstream.client import (
     ApiError,
     AsyncClient,
     BadRequest,
@@ -27,7 +27,7 @@ from client import (
     Unprocessable,
     UnsupportedMediaType,
 )
-from client.errors import parse_retry_after
+from taskstream.client.errors import parse_retry_after
 
 FAST = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.02, max_retry_after=1.0)
 TASK = {"task_id": "t1", "type": "demo", "status": "pending", "last_event_id": 1,

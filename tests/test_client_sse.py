@@ -2,7 +2,7 @@
 
 from collections.abc import AsyncIterator
 
-from client.sse import Decoder, LineSplitter, Message, aiter_messages, parse
+from taskstream.client.sse import Decoder, LineSplitter, Message, aiter_messages, parse
 
 
 def split_all(chunks: list[bytes]) -> list[bytes]:

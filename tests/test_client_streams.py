@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client import AsyncClient, Event, RetryPolicy
-from devservices.processes import WebServer, WorkerProc, free_port
+from taskstream.client import AsyncClient, Event, RetryPolicy
+from taskstream.devservices.processes import WebServer, WorkerProc, free_port
 from tests.conftest import SSE_RESPONSES, eventually
 
 FAST = RetryPolicy(backoff=0.05, max_backoff=0.5)

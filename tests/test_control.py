@@ -2,11 +2,11 @@
 
 import pytest
 
-from core import control
-from core.events import NewEvent
-from core.pending import append_pending
-from core.settings import Settings
-from core.states import EventType
+from taskstream.core import control
+from taskstream.core.events import NewEvent
+from taskstream.core.pending import append_pending
+from taskstream.core.settings import Settings
+from taskstream.core.states import EventType
 
 
 def test_cancel_round_trips_and_garbage_is_ignored() -> None:

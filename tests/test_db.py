@@ -8,10 +8,10 @@ from sqlalchemy import func
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import store_read
-from core.db import async_url, create_engine
-from core.eventlog import TRANSIENT_DB_ERRORS
-from core.settings import Settings
+from taskstream.core import store_read
+from taskstream.core.db import async_url, create_engine
+from taskstream.core.eventlog import TRANSIENT_DB_ERRORS
+from taskstream.core.settings import Settings
 
 
 def test_async_url_keeps_the_database_and_picks_asyncpg() -> None:

@@ -21,8 +21,8 @@ import asyncpg
 import pytest
 import redis
 
-from devservices import DevServiceError, Postgres, Redis, ensure
-from devservices.binaries import (
+from taskstream.devservices import DevServiceError, Postgres, Redis, ensure
+from taskstream.devservices.binaries import (
     BACKEND_ENV,
     find_postgres,
     pypi_postgres,
@@ -30,7 +30,7 @@ from devservices.binaries import (
     system_postgres,
     system_redis,
 )
-from devservices.processes import free_port
+from taskstream.devservices.processes import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -181,7 +181,7 @@ def test_port_taken_by_someone_else(data_dir: Path) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "devservices", *args],
+        [sys.executable, "-m", "taskstream.devservices", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -11,12 +11,12 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from core import store
-from core.constants import tenant_channel
-from core.eventlog import EventLog
-from core.events import NewEvent
-from core.settings import Settings
-from core.states import EventType
+from taskstream.core import store
+from taskstream.core.constants import tenant_channel
+from taskstream.core.eventlog import EventLog
+from taskstream.core.events import NewEvent
+from taskstream.core.settings import Settings
+from taskstream.core.states import EventType
 from worker.context import AttemptSuperseded, TaskContext
 
 P, L, PA = EventType.PROGRESS, EventType.LOG, EventType.PARTIAL

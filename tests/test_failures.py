@@ -14,7 +14,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from core.db import create_pool
+from taskstream.core.db import create_pool
 from tests.cluster import Cluster, drop_cluster, start_cluster
 from tests.conftest import eventually, wait_terminal
 from tests.test_tasks_api import submit
@@ -240,7 +240,7 @@ async def test_sigterm_finishes_short_tasks_and_requeues_long_ones(cluster: Clus
 
 async def test_sweeper_enqueues_tasks_whose_job_vanished(cluster: Cluster) -> None:
     """A web process that died between insert and enqueue, or Redis losing its data."""
-    from core import store
+    from taskstream.core import store
 
     pool = await create_pool(cluster.database_url, min_size=1, max_size=2)
     task, _ = await store.create_task(pool, owner="public", task_type="noop", params={},
@@ -266,11 +266,11 @@ async def test_sweeper_enqueues_tasks_whose_job_vanished(cluster: Cluster) -> No
 def test_no_pickle_anywhere() -> None:
     """Jobs are msgpack; the project never imports pickle (a crafted job must not execute)."""
     root = Path(__file__).resolve().parent.parent
-    for pkg in ("core", "service", "worker", "client"):
+    for pkg in ("taskstream", "service", "worker"):
         for py in (root / pkg).rglob("*.py"):
             text = py.read_text()
             assert "import pickle" not in text and "from pickle" not in text, py
-    from core.queue import deserialize, serialize
+    from taskstream.core.queue import deserialize, serialize
 
     job = {"t": 1, "f": "run_task", "a": [str(uuid.uuid4())], "k": {}, "et": 1}
     assert deserialize(serialize(job)) == job

@@ -2,8 +2,8 @@
 
 from datetime import UTC, datetime
 
-from core.events import Event
 from service.hub import RESYNC, Subscription
+from taskstream.core.events import Event
 
 
 def ev(seq: int, etype: str = "progress", task: str = "t") -> Event:

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-import devservices
-from devservices.processes import free_port
+from taskstream import devservices
+from taskstream.devservices.processes import free_port
 from tests.cluster import drop_cluster, start_cluster
 from tests.conftest import eventually, wait_terminal
 from tests.test_tasks_api import submit

@@ -6,9 +6,9 @@ import uuid
 
 from arq.constants import in_progress_key_prefix
 
-from core import queue
-from core.constants import queue_name
-from core.settings import Settings
+from taskstream.core import queue
+from taskstream.core.constants import queue_name
+from taskstream.core.settings import Settings
 
 
 async def test_claim_takes_due_unheld_jobs_once_up_to_the_limit(settings: Settings) -> None:

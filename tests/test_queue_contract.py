@@ -17,9 +17,9 @@ from arq.constants import (
 from arq.jobs import Job, JobStatus, deserialize_job
 from arq.worker import Worker
 
-from core import queue
-from core.constants import RUN_TASK_FUNCTION, queue_name
-from core.settings import Settings
+from taskstream.core import queue
+from taskstream.core.constants import RUN_TASK_FUNCTION, queue_name
+from taskstream.core.settings import Settings
 
 
 def test_arq_release_is_the_one_pinned() -> None:

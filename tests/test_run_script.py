@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devservices.processes import ROOT, free_port
+from taskstream.devservices.processes import ROOT, free_port
 
 
 def _listening_addresses(port: int) -> set[str]:

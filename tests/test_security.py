@@ -16,10 +16,12 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from core.settings import Settings
-from devservices.processes import ROOT, WebServer, WorkerProc
+from taskstream.core.settings import Settings
+from taskstream.devservices.processes import ROOT, WebServer, WorkerProc
 from tests.conftest import eventually, wait_terminal
 from tests.sse import collect, payload
+
+KEYS = "taskstream.core.keys"
 
 SECURE_ENV = {
     "TASKSTREAM_AUTH": "true",
@@ -33,7 +35,7 @@ SECURE_ENV = {
 
 
 def make_key(env: dict[str, str], tenant: str, *extra: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "core.keys", "create", "--tenant", tenant,
+    out = subprocess.run([sys.executable, "-m", KEYS, "create", "--tenant", tenant,
                           *extra], env=env, cwd=ROOT, capture_output=True, text=True,
                          check=True)
     return out.stdout.strip()
@@ -50,8 +52,8 @@ def secure(env: dict[str, str], logs: Path, worker: WorkerProc) -> Iterator[WebS
 @pytest.fixture(scope="module")
 def keys(env: dict[str, str], settings: Settings) -> dict[str, str]:
     """One key per tenant: alice's through the documented CLI, the rest in-process."""
-    from core import auth, store_read
-    from core.db import create_engine
+    from taskstream.core import auth, store_read
+    from taskstream.core.db import create_engine
 
     out = {"alice": make_key(env, f"alice-{uuid.uuid4().hex[:6]}")}
 
@@ -152,9 +154,9 @@ async def test_credentials_are_required_everywhere_but_health_and_docs(as_: Any,
     c.headers["Authorization"] = f"Bearer {doomed}"
     assert (await c.get("/tasks")).status_code == 200
     key_id = doomed.split("_")[1]
-    subprocess.run([sys.executable, "-m", "core.keys", "revoke", key_id], env=env, cwd=ROOT,
+    subprocess.run([sys.executable, "-m", KEYS, "revoke", key_id], env=env, cwd=ROOT,
                    check=True, capture_output=True)
-    listed = subprocess.run([sys.executable, "-m", "core.keys", "list", "--tenant", "doomed"],
+    listed = subprocess.run([sys.executable, "-m", KEYS, "list", "--tenant", "doomed"],
                             env=env, cwd=ROOT, check=True, capture_output=True, text=True)
     assert key_id in listed.stdout and "revoked" in listed.stdout
     assert doomed.split("_", 2)[2] not in listed.stdout  # secrets are never listed

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from devservices.processes import WebServer, WorkerProc
+from taskstream.devservices.processes import WebServer, WorkerProc
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from core.queue import redis_settings
-from core.settings import Settings, normalize_database_url
+from taskstream.core.queue import redis_settings
+from taskstream.core.settings import Settings, normalize_database_url
 
 
 def test_heroku_urls_are_accepted() -> None:

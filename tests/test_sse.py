@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devservices.processes import WebServer, WorkerProc
 from service import sse
+from taskstream.devservices.processes import WebServer, WorkerProc
 from tests.conftest import SSE_RESPONSES, eventually, wait_terminal
 from tests.test_tasks_api import submit
 

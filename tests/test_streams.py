@@ -10,7 +10,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from devservices.processes import WebServer, WorkerProc
+from taskstream.devservices.processes import WebServer, WorkerProc
 from tests.conftest import eventually, wait_terminal
 from tests.sse import collect, messages, payload
 from tests.test_tasks_api import submit
@@ -173,7 +173,7 @@ async def test_stream_event_is_durable_before_it_is_published(
 def test_event_json_shape_is_one_contract() -> None:
     from datetime import UTC, datetime
 
-    from core.events import Event
+    from taskstream.core.events import Event
 
     ev = Event("t", 3, 9, "completed", "completed", 100.0, None, {"x": 1}, 1,
                datetime.now(UTC), owner="o")

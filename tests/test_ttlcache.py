@@ -2,8 +2,8 @@
 
 import pytest
 
-from core import ttlcache
-from core.ttlcache import TtlCache
+from taskstream.core import ttlcache
+from taskstream.core.ttlcache import TtlCache
 
 
 def test_entries_expire_keep_their_expiry_on_replace_and_the_cache_stays_bounded(

@@ -18,11 +18,11 @@ from typing import Any
 
 import asyncpg
 
-from core import store
-from core.eventlog import EventLog
-from core.events import NewEvent
-from core.settings import Settings
-from core.states import EventType, Outcome
+from taskstream.core import store
+from taskstream.core.eventlog import EventLog
+from taskstream.core.events import NewEvent
+from taskstream.core.settings import Settings
+from taskstream.core.states import EventType, Outcome
 
 
 class AttemptSuperseded(Exception):

@@ -17,13 +17,13 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
-from core import control, queue
-from core.backoff import Backoff
-from core.constants import control_channel
-from core.db import TRANSIENT_DB_ERRORS, create_pool
-from core.eventlog import EventLog
-from core.settings import Settings
-from core.states import RunOutcome
+from taskstream.core import control, queue
+from taskstream.core.backoff import Backoff
+from taskstream.core.constants import control_channel
+from taskstream.core.db import TRANSIENT_DB_ERRORS, create_pool
+from taskstream.core.eventlog import EventLog
+from taskstream.core.settings import Settings
+from taskstream.core.states import RunOutcome
 from worker import sweeper
 from worker.runtime import Runtime
 from worker.tasks import load_all

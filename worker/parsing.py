@@ -9,7 +9,7 @@ import io
 import re
 from dataclasses import dataclass
 
-from core.tasktypes import PermanentError
+from taskstream.core.tasktypes import PermanentError
 
 PDF_MAGIC = b"%PDF-"
 

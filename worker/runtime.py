@@ -20,13 +20,13 @@ import asyncpg
 from arq.connections import ArqRedis
 from pydantic import BaseModel, ValidationError
 
-from core import store
-from core.batcher import Batcher
-from core.eventlog import EventLog
-from core.events import NewEvent
-from core.pending import append_pending
-from core.settings import Settings
-from core.states import (
+from taskstream.core import store
+from taskstream.core.batcher import Batcher
+from taskstream.core.eventlog import EventLog
+from taskstream.core.events import NewEvent
+from taskstream.core.pending import append_pending
+from taskstream.core.settings import Settings
+from taskstream.core.states import (
     EventType,
     FailureReason,
     Outcome,
@@ -34,7 +34,7 @@ from core.states import (
     Status,
     is_terminal,
 )
-from core.tasktypes import TASK_TYPES, PermanentError, TaskType
+from taskstream.core.tasktypes import TASK_TYPES, PermanentError, TaskType
 from worker.context import AttemptSuperseded, SoftTimeLimitExceeded, TaskContext
 from worker.tasks import TaskFn
 

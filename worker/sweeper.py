@@ -18,12 +18,12 @@ from dataclasses import dataclass
 import asyncpg
 from arq.connections import ArqRedis
 
-from core import queue, store
-from core.eventlog import EventLog
-from core.events import NewEvent
-from core.pending import append_pending
-from core.settings import Settings
-from core.states import EventType, FailureReason, Outcome
+from taskstream.core import queue, store
+from taskstream.core.eventlog import EventLog
+from taskstream.core.events import NewEvent
+from taskstream.core.pending import append_pending
+from taskstream.core.settings import Settings
+from taskstream.core.states import EventType, FailureReason, Outcome
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)

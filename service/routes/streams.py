@@ -11,11 +11,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
-from core import auth, store
-from core.constants import task_channel, tenant_channel
-from core.db import TRANSIENT_DB_ERRORS
-from core.events import Event, IdField
-from core.states import is_terminal
 from service import sse
 from service.auth import Credentials, Owner, TicketQuery, stream_caller
 from service.deps import Res, Resources
@@ -26,6 +21,11 @@ from service.schemas import TicketOut, TicketRequest
 from service.sse import StarletteEventStream
 from service.streams import Fetch, StreamSpec, follow
 from service.tasks import load_task
+from taskstream.core import auth, store
+from taskstream.core.constants import task_channel, tenant_channel
+from taskstream.core.db import TRANSIENT_DB_ERRORS
+from taskstream.core.events import Event, IdField
+from taskstream.core.states import is_terminal
 
 router = APIRouter(tags=["streams"])
 

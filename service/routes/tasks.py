@@ -4,9 +4,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
-from core import store_read
-from core.states import Status
-from core.tasktypes import TASK_TYPES
 from service.auth import Admin, Owner
 from service.deps import Res, Resources
 from service.errors import BadRequest, NotFound
@@ -21,6 +18,9 @@ from service.schemas import (
     TaskTypeOut,
 )
 from service.tasks import cancel, parse_task_id, redrive, task_json
+from taskstream.core import store_read
+from taskstream.core.states import Status
+from taskstream.core.tasktypes import TASK_TYPES
 
 router = APIRouter()
 

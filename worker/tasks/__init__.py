@@ -3,7 +3,7 @@
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from core.tasktypes import Params
+from taskstream.core.tasktypes import Params
 from worker.context import TaskContext
 
 TaskFn = Callable[[TaskContext, Any], Coroutine[Any, Any, Any]]

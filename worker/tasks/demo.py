@@ -3,7 +3,7 @@
 import asyncio
 from typing import Any
 
-from core.tasktypes import DemoParams, NoopParams
+from taskstream.core.tasktypes import DemoParams, NoopParams
 from worker.context import TaskContext
 from worker.tasks import task
 

@@ -5,8 +5,8 @@ import asyncio
 import uuid
 from typing import Any
 
-from core import store
-from core.tasktypes import DocumentParams
+from taskstream.core import store
+from taskstream.core.tasktypes import DocumentParams
 from worker.chunking import chunk_pages
 from worker.context import TaskContext
 from worker.embedding import default_embedder

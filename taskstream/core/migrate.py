@@ -1,0 +1,65 @@
+"""Ordered SQL migrations with a version table; idempotent, safe to run from several processes.
+
+Run by the Procfile's ``release`` line and by the run command:
+``python -m taskstream.core.migrate``.
+"""
+
+import asyncio
+import logging
+from importlib import resources
+
+import asyncpg
+
+from taskstream.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Any constant works; it only has to be the same in every process that migrates.
+_LOCK_KEY = 0x7A5C_5713
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    files = []
+    for entry in resources.files("taskstream.core.migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql"):
+            files.append((int(name.split("_", 1)[0]), name, entry.read_text()))
+    return sorted(files)
+
+
+async def migrate(dsn: str) -> list[str]:
+    """Apply pending migrations; returns the names applied."""
+    conn = await asyncpg.connect(dsn)
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, sql in migration_files():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+            applied.append(name)
+            log.info("applied migration %s", name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+        await conn.close()
+    return applied
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    applied = asyncio.run(migrate(Settings().database_url))
+    print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""The one definition of every persisted row and of the API shapes derived from them.
+
+Base / ``table=True`` / Read, as SQLModel intends: a ``*Base`` holds the columns a row and
+its wire shape share, the table class adds the columns only the server sees, the ``*Read``
+class adds what the API derives (links, the event's result/error). The schema itself is
+made by the SQL migrations; ``tests/test_models.py`` holds these classes to it column by
+column. Shared by both processes: no FastAPI, no arq here.
+"""
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, DateTime, Double, Integer, LargeBinary, Text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, REAL
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+from taskstream.core.events import event_error, event_result
+from taskstream.core.states import EventType, Status
+
+# Column types, spelled as the migrations spell them (SQLModel's defaults would say varchar
+# for str and float4 for float; test_models compares against the database).
+TIMESTAMPTZ = DateTime(timezone=True)
+
+
+class _StrEnumText(TypeDecorator[Any]):
+    """A text column read back as a StrEnum (the values are checked by the database or by
+    core.states, not by a PostgreSQL enum type, so adding a value needs no migration)."""
+
+    impl = Text
+    cache_ok = True
+    enum: type[Status] | type[EventType]
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else str(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return None if value is None else self.enum(value)
+
+
+class StatusText(_StrEnumText):
+    cache_ok = True  # SQLAlchemy reads it from each class itself
+    enum = Status
+
+
+class EventTypeText(_StrEnumText):
+    cache_ok = True
+    enum = EventType
+
+
+# --- tenants ---------------------------------------------------------------------------------
+
+class Tenant(SQLModel, table=True):
+    __tablename__ = "tenants"
+
+    owner: str = Field(primary_key=True, sa_type=Text)
+    last_seq: int = Field(sa_type=BigInteger)  # the tenant stream's cursor
+    created_at: datetime = Field(sa_type=TIMESTAMPTZ)
+
+
+# --- tasks -----------------------------------------------------------------------------------
+
+class TaskBase(SQLModel):
+    """What a task's row and its snapshot share."""
+
+    task_id: uuid.UUID = Field(primary_key=True)
+    task_type: str = Field(sa_type=Text)
+    status: Status = Field(sa_type=StatusText)
+    progress: float = Field(sa_type=Double)
+    message: str | None = Field(sa_type=Text)
+    result: Any = Field(sa_type=JSONB, nullable=True)
+    error: str | None = Field(sa_type=Text)
+    params: dict[str, Any] = Field(sa_type=JSONB)
+    attempts: int = Field(sa_type=Integer)
+    max_attempts: int = Field(sa_type=Integer)
+    failures: int = Field(sa_type=Integer)
+    failure_reason: str | None = Field(sa_type=Text)
+    created_at: datetime = Field(sa_type=TIMESTAMPTZ)
+    updated_at: datetime = Field(sa_type=TIMESTAMPTZ)
+    started_at: datetime | None = Field(sa_type=TIMESTAMPTZ)
+    finished_at: datetime | None = Field(sa_type=TIMESTAMPTZ)
+
+
+class Task(TaskBase, table=True):
+    __tablename__ = "tasks"
+
+    owner: str = Field(sa_type=Text, foreign_key="tenants.owner")
+    last_seq: int = Field(sa_type=BigInteger)  # the task's event counter
+    cancel_requested: bool = Field(sa_type=Boolean)
+    worker_id: str | None = Field(sa_type=Text)
+    idempotency_key: str | None = Field(sa_type=Text)
+    request_hash: str | None = Field(sa_type=Text)
+    crashes: int = Field(sa_type=Integer)
+    lease_expires_at: datetime | None = Field(sa_type=TIMESTAMPTZ)
+    options: dict[str, Any] = Field(sa_type=JSONB)
+
+
+class Links(SQLModel):
+    self: str
+    stream: str
+    events: str
+
+    @classmethod
+    def of(cls, task_id: uuid.UUID | str) -> "Links":
+        base = f"/tasks/{task_id}"
+        return cls(self=base, stream=f"{base}/stream", events=f"{base}/events")
+
+
+class TaskRead(TaskBase):
+    """A task's snapshot: ``GET /tasks/{id}``, list items, what submit and cancel return."""
+
+    type: str  # the same as task_type, under the name the API's clients send
+    last_event_id: int  # the newest event's seq: where a stream of this task resumes
+    links: Links
+
+    @classmethod
+    def of(cls, row: Task) -> "TaskRead":
+        return cls.model_validate(row, update={
+            "type": row.task_type, "last_event_id": row.last_seq, "links": Links.of(row.task_id),
+        })
+
+
+# --- events ----------------------------------------------------------------------------------
+
+class EventBase(SQLModel):
+    """What an event's row and its wire JSON share."""
+
+    task_id: uuid.UUID = Field(primary_key=True)
+    seq: int = Field(primary_key=True, sa_type=BigInteger)
+    tenant_seq: int = Field(sa_type=BigInteger)
+    type: EventType = Field(sa_type=EventTypeText)
+    status: Status = Field(sa_type=StatusText)
+    progress: float = Field(sa_type=Double)
+    message: str | None = Field(sa_type=Text)
+    data: Any = Field(sa_type=JSONB, nullable=True)
+    attempt: int = Field(sa_type=Integer)
+    created_at: datetime = Field(sa_type=TIMESTAMPTZ)
+
+
+class TaskEvent(EventBase, table=True):
+    __tablename__ = "task_events"
+
+    owner: str = Field(sa_type=Text)  # routing (tenant streams); not on the wire
+
+
+class EventRead(EventBase):
+    """One event as every reader sees it: the Redis channel, SSE ``data:``, the history.
+
+    ``core.events.Event.encode`` writes this shape with orjson on the hot path;
+    ``tests/test_models.py`` holds the two together.
+    """
+
+    result: Any  # the completed event's data
+    error: str | None  # a failed or cancelled event's message
+
+    @classmethod
+    def of(cls, row: TaskEvent) -> "EventRead":
+        return cls.model_validate(row, update={
+            "result": event_result(row.type, row.data),
+            "error": event_error(row.type, row.message),
+        })
+
+
+# --- uploads and document chunks -------------------------------------------------------------
+
+class Upload(SQLModel, table=True):
+    __tablename__ = "uploads"
+
+    upload_id: uuid.UUID = Field(primary_key=True)
+    owner: str = Field(sa_type=Text, foreign_key="tenants.owner")
+    filename: str = Field(sa_type=Text)  # sanitized client name, metadata only
+    content_type: str = Field(sa_type=Text)
+    size: int = Field(sa_type=BigInteger)
+    sha256: str = Field(sa_type=Text)
+    created_at: datetime = Field(sa_type=TIMESTAMPTZ)
+
+
+class UploadChunk(SQLModel, table=True):
+    __tablename__ = "upload_chunks"
+
+    upload_id: uuid.UUID = Field(primary_key=True, foreign_key="uploads.upload_id")
+    idx: int = Field(primary_key=True, sa_type=Integer)
+    data: bytes = Field(sa_type=LargeBinary)
+
+
+class DocumentChunk(SQLModel, table=True):
+    __tablename__ = "document_chunks"
+
+    task_id: uuid.UUID = Field(primary_key=True, foreign_key="tasks.task_id")
+    chunk_index: int = Field(primary_key=True, sa_type=Integer)
+    page: int | None = Field(sa_type=Integer)
+    content: str = Field(sa_type=Text)
+    embedding: list[float] = Field(sa_type=ARRAY(REAL))
+
+
+# --- tenancy ---------------------------------------------------------------------------------
+
+class ApiKey(SQLModel, table=True):
+    """A tenant's API key; only the hash of its secret is stored."""
+
+    __tablename__ = "api_keys"
+
+    key_id: str = Field(primary_key=True, sa_type=Text)  # public part of the token
+    tenant: str = Field(sa_type=Text)
+    name: str = Field(sa_type=Text)
+    role: str = Field(sa_type=Text)  # user | admin
+    secret_hash: str = Field(sa_type=Text)
+    created_at: datetime = Field(sa_type=TIMESTAMPTZ)
+    revoked_at: datetime | None = Field(sa_type=TIMESTAMPTZ)
+
+
+class ServerSecret(SQLModel, table=True):
+    __tablename__ = "server_secrets"
+
+    name: str = Field(primary_key=True, sa_type=Text)
+    value: str = Field(sa_type=Text)

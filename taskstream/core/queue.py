@@ -1,0 +1,295 @@
+"""The arq boundary: the one module that knows arq's internals.
+
+arq 0.28 is in maintenance-only mode, and we go past its public API for speed: enqueue and
+claim are Lua scripts on arq's key layout (one round trip for many jobs instead of three or
+four per job), and the worker's per-job bookkeeping is batched by overriding three of its
+methods. Everything that depends on that — key prefixes, the job record, the in-progress
+marker's lifetime, the overridden methods — is here, and ``tests/test_queue_contract.py``
+pins it, so an arq upgrade fails loudly in one place.
+
+The surface: ``connect``, ``job_id``, ``enqueue``, ``job_known``, ``held_for`` and
+``build_worker`` (whose worker claims and finishes jobs in batches). Jobs carry only a task
+id and are msgpack, never pickle (arq's default would execute a crafted job).
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import msgpack
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import (
+    abort_jobs_ss,
+    expires_extra_ms,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.jobs import serialize_job
+from arq.typing import StartupShutdown, WorkerCoroutine
+from arq.utils import timestamp_ms, to_ms
+from arq.worker import Retry, Worker, func
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
+
+from taskstream.core.batcher import Batcher
+from taskstream.core.constants import RUN_TASK_FUNCTION, queue_name
+from taskstream.core.redisconn import tls_options
+from taskstream.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Raise ``RunAgainLater(defer=seconds)`` from a job to have arq run it again later.
+RunAgainLater: Final = Retry
+
+#: arq keeps a job's in-progress marker this long past its job timeout.
+IN_PROGRESS_MARGIN_S: Final = 10
+
+
+# --- the job record ------------------------------------------------------------------------
+
+def serialize(obj: dict[str, Any]) -> bytes:
+    return msgpack.packb(obj, datetime=True, default=_as_text)  # type: ignore[no-any-return]
+
+
+def deserialize(raw: bytes) -> dict[str, Any]:
+    return msgpack.unpackb(raw, timestamp=3, strict_map_key=False)  # type: ignore[no-any-return]
+
+
+def _as_text(obj: object) -> object:
+    # arq puts only primitives in a job; anything else (an exception it tries to keep as a
+    # result) is stored as its text rather than failing the worker.
+    return repr(obj)
+
+
+def job_id(task_id: str, seq: int, rescue: int = 0) -> str:
+    """A task's job id: its id and the seq of the event that made it pending.
+
+    While a task is pending nothing else is appended to it, so every process that wants to
+    (re-)enqueue the same pending state computes the same id, and arq refuses the duplicate.
+    A retry, a re-queue or a re-drive is a new state and so a new job. ``rescue`` n > 0: the
+    n-th extra job for the same pending state, when the workers that took the earlier ones
+    died before claiming the task.
+    """
+    return f"{task_id}:{seq}" + (f":r{rescue}" if rescue else "")
+
+
+# --- connecting ----------------------------------------------------------------------------
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    rs = RedisSettings.from_dsn(settings.redis_url)
+    for name, value in tls_options(settings).items():
+        setattr(rs, name, value)
+    rs.conn_timeout = 2
+    rs.conn_retries = 3
+    return rs
+
+
+async def connect(settings: Settings) -> ArqRedis:
+    return await create_pool(
+        redis_settings(settings),
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        default_queue_name=queue_name(settings.namespace),
+    )
+
+
+def job_timeout(settings: Settings) -> float:
+    """arq's own timeout for a run: ours (the runtime's) plus a margin. It only bounds how long
+    arq's in-progress marker lives (this + ``IN_PROGRESS_MARGIN_S``)."""
+    return settings.worker_job_timeout + 60
+
+
+# --- enqueue -------------------------------------------------------------------------------
+
+#: arq's enqueue (WATCH, EXISTS, MULTI, PSETEX, ZADD: three round trips) as one atomic
+#: script, so that many jobs go in one pipelined round trip. KEYS: job key, result key,
+#: queue; ARGV: expiry ms, serialized job, score, job id.
+_ENQUEUE_LUA = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+
+
+async def enqueue(arq: ArqRedis, settings: Settings, jobs: Sequence[tuple[str, int]],
+                  *, defer_by: float | None = None, rescue: int = 0) -> int:
+    """Enqueue (task_id, seq) jobs exactly as arq's ``enqueue_job`` would (same job record,
+    expiry and score), all in one round trip; returns how many were new."""
+    if not jobs:
+        return 0
+    script = arq.register_script(_ENQUEUE_LUA)
+    queue = queue_name(settings.namespace)
+    now = timestamp_ms()
+    defer_ms = int(defer_by * 1000) if defer_by else 0
+    async with arq.pipeline(transaction=False) as pipe:
+        for task_id, seq in jobs:
+            jid = job_id(task_id, seq, rescue)
+            body = serialize_job(RUN_TASK_FUNCTION, (task_id,), {}, None, now,
+                                 serializer=serialize)
+            await script(keys=[job_key_prefix + jid, result_key_prefix + jid, queue],
+                         args=[defer_ms + expires_extra_ms, body, now + defer_ms, jid],
+                         client=pipe)
+        results = await pipe.execute()
+    return sum(1 for r in results if r == 1)
+
+
+async def job_known(arq: ArqRedis, jid: str) -> bool:
+    """Whether arq still has this job queued, deferred or running."""
+    return bool(await arq.exists(job_key_prefix + jid, in_progress_key_prefix + jid))
+
+
+async def held_for(arq: ArqRedis, settings: Settings, jid: str) -> float | None:
+    """Seconds since a worker took this job, from arq's in-progress marker; None if no
+    worker holds it."""
+    ttl_ms = await arq.pttl(in_progress_key_prefix + jid)
+    if ttl_ms is None or ttl_ms <= 0:
+        return None
+    return float(job_timeout(settings) + IN_PROGRESS_MARGIN_S - ttl_ms / 1000)
+
+
+# --- claim and finish ----------------------------------------------------------------------
+
+#: arq's job claim (per job: WATCH, EXISTS, ZSCORE, MULTI/PSETEX/EXEC — four round trips,
+#: one job after another) as one atomic script for every job id a poll found: a job is
+#: taken when no worker holds it and it is due; at most ARGV[3] are taken. KEYS: queue;
+#: ARGV: now ms, in-progress marker ttl ms, limit, then the job ids. Returns id, score pairs.
+_CLAIM_LUA = """
+local out = {}
+local limit = tonumber(ARGV[3])
+local now = tonumber(ARGV[1])
+for i = 4, #ARGV do
+    if #out >= 2 * limit then break end
+    local id = ARGV[i]
+    local marker = '""" + in_progress_key_prefix + """' .. id
+    if redis.call('EXISTS', marker) == 0 then
+        local score = redis.call('ZSCORE', KEYS[1], id)
+        if score and tonumber(score) <= now then
+            redis.call('PSETEX', marker, ARGV[2], '1')
+            out[#out + 1] = id
+            out[#out + 1] = score
+        end
+    end
+end
+return out
+"""
+
+
+async def claim(redis: ArqRedis, queue: str, job_ids: Sequence[bytes | str], limit: int,
+                in_progress_ms: int) -> list[tuple[str, int]]:
+    """Take up to ``limit`` of these jobs for this worker, as arq's ``start_jobs`` would,
+    in one round trip; returns (job id, score) of those taken."""
+    if not job_ids or limit <= 0:
+        return []
+    script = redis.register_script(_CLAIM_LUA)
+    raw = await script(keys=[queue], args=[timestamp_ms(), in_progress_ms, limit, *job_ids])
+    pairs = [x.decode() if isinstance(x, bytes) else str(x) for x in raw]
+    return [(pairs[i], int(float(pairs[i + 1]))) for i in range(0, len(pairs), 2)]
+
+
+class _Finisher(Batcher[Callable[[Pipeline], None], None]):
+    """arq's per-job end-of-run transaction, for every job that ends meanwhile in one."""
+
+    def __init__(self, redis: ArqRedis) -> None:
+        super().__init__("arq-finish", 500)
+        self._redis = redis
+
+    async def finish(self, add: Callable[[Pipeline], None]) -> None:
+        await self._submit(add)
+
+    async def _commit(self, items: list[Callable[[Pipeline], None]]) -> list[None]:
+        async with self._redis.pipeline(transaction=True) as tr:
+            for add in items:
+                add(tr)
+            await tr.execute()
+        return [None] * len(items)
+
+
+class BatchingWorker(Worker):
+    """arq's worker, except that Redis going away does not kill it (polling pauses and
+    running tasks keep going: they write to PostgreSQL, not Redis), and that its per-job
+    Redis bookkeeping is batched: a poll claims all the jobs it can take in one round trip,
+    and jobs that end together are finished in one transaction."""
+
+    _finisher: _Finisher | None = None
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as exc:
+            log.warning("queue poll failed (%s); retrying", exc)
+            await asyncio.sleep(1.0)
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's start_jobs with the same checks and markers (``claim``), batched."""
+        claimed = await claim(self.pool, self.queue_name, job_ids,
+                              self.max_jobs - self.job_counter,
+                              int(self.in_progress_timeout_s * 1000))
+        for jid, score in claimed:
+            await self.sem.acquire()  # free: at most max_jobs - job_counter were claimed
+            self.job_counter += 1
+            t = self.loop.create_task(self.run_job(jid, score))
+            t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[jid] = t
+
+    async def finish_job(self, job_id: str, finish: bool, result_data: bytes | None,
+                         result_timeout_s: float | None, keep_result_forever: bool,
+                         incr_score: int | None, keep_in_progress: float | None) -> None:
+        """arq's finish_job, the same commands, queued into a shared transaction."""
+
+        def add(tr: Pipeline) -> None:
+            delete_keys = []
+            in_progress_key = in_progress_key_prefix + job_id
+            if keep_in_progress is None:
+                delete_keys.append(in_progress_key)
+            else:
+                tr.pexpire(in_progress_key, to_ms(keep_in_progress) or 0)
+            if finish:
+                if result_data:
+                    expire = None if keep_result_forever else result_timeout_s
+                    tr.set(result_key_prefix + job_id, result_data, px=to_ms(expire))
+                delete_keys += [retry_key_prefix + job_id, job_key_prefix + job_id]
+                tr.zrem(abort_jobs_ss, job_id)
+                tr.zrem(self.queue_name, job_id)
+            elif incr_score:
+                tr.zincrby(self.queue_name, incr_score, job_id)
+            if delete_keys:
+                tr.delete(*delete_keys)
+
+        if self._finisher is None:
+            self._finisher = _Finisher(self.pool)
+            self._finisher.start()
+        await self._finisher.finish(add)
+
+    async def close(self) -> None:
+        await super().close()
+        if self._finisher is not None:
+            await self._finisher.close()
+
+
+def build_worker(settings: Settings, run_task: WorkerCoroutine, *,
+                 on_startup: StartupShutdown, on_shutdown: StartupShutdown,
+                 burst: bool = False) -> BatchingWorker:
+    """The worker process's arq worker: one job function (the runtime's), our serializer,
+    queue and timings. SIGTERM: stop taking jobs, give running ones ``shutdown_grace``
+    seconds, then arq re-queues the rest."""
+    return BatchingWorker(
+        functions=[func(run_task, name=RUN_TASK_FUNCTION, max_tries=1_000_000)],
+        queue_name=queue_name(settings.namespace),
+        redis_settings=redis_settings(settings),
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        max_jobs=settings.worker_max_jobs,
+        poll_delay=settings.worker_poll_delay,
+        health_check_interval=settings.worker_health_check_interval,
+        job_timeout=job_timeout(settings),
+        keep_result=0,
+        burst=burst,
+        handle_signals=not burst,
+        job_completion_wait=settings.shutdown_grace,
+    )

@@ -1,0 +1,527 @@
+"""All SQL in one place (with taskstream/core/store_read.py, the SQLModel read side). Routes and the
+worker runtime call these functions and nothing else. What stays here runs on the asyncpg pool:
+the hot paths (event appends, submissions, the worker's loads, leases and the sweeper, stream
+replay) and the upload chunks.
+
+Connections are taken from the pool for the duration of one call, so no caller holds a
+connection while it waits (an SSE stream in particular holds none).
+"""
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from taskstream.core.events import Event, NewEvent
+from taskstream.core.states import EventType, Outcome
+
+Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
+
+
+@dataclass(slots=True)
+class Task:
+    task_id: str
+    owner: str
+    task_type: str
+    params: dict[str, Any]
+    status: str
+    progress: float
+    message: str | None
+    result: Any
+    error: str | None
+    attempts: int
+    max_attempts: int
+    last_seq: int
+    cancel_requested: bool
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    failures: int = 0
+    crashes: int = 0
+    failure_reason: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, r: asyncpg.Record) -> "Task":
+        return cls(
+            task_id=str(r["task_id"]),
+            owner=r["owner"],
+            task_type=r["task_type"],
+            params=r["params"],
+            status=r["status"],
+            progress=r["progress"],
+            message=r["message"],
+            result=r["result"],
+            error=r["error"],
+            attempts=r["attempts"],
+            max_attempts=r["max_attempts"],
+            last_seq=r["last_seq"],
+            cancel_requested=r["cancel_requested"],
+            created_at=r["created_at"],
+            updated_at=r["updated_at"],
+            started_at=r["started_at"],
+            finished_at=r["finished_at"],
+            idempotency_key=r["idempotency_key"],
+            request_hash=r["request_hash"],
+            failures=r["failures"],
+            crashes=r["crashes"],
+            failure_reason=r["failure_reason"],
+            options=r["options"],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``core.models.TaskRead`` shape without links (what submit, cancel and retry
+        answer from this row); tests/test_models.py holds the two together."""
+
+        def iso(d: datetime | None) -> str | None:
+            return d.isoformat() if d else None
+
+        return {
+            "task_id": self.task_id,
+            "type": self.task_type,
+            "task_type": self.task_type,
+            "status": self.status,
+            "progress": self.progress,
+            "message": self.message,
+            "result": self.result,
+            "error": self.error,
+            "params": self.params,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "failures": self.failures,
+            "failure_reason": self.failure_reason,
+            "last_event_id": self.last_seq,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+        }
+
+
+@dataclass(slots=True)
+class Appended:
+    """Outcome of one appended event: 'ok' with the event, or why it was refused."""
+
+    outcome: Outcome
+    event: Event | None
+    status: str | None
+
+
+_TASK_COLS = """task_id, owner, task_type, params, status, progress, message, result, error,
+    attempts, max_attempts, last_seq, cancel_requested, created_at, updated_at, started_at,
+    finished_at, idempotency_key, request_hash, failures, crashes, failure_reason, options"""
+
+
+#: Events a running attempt reports that change no status: ts_append's typed fast path.
+_FAST_TYPES = frozenset({EventType.PROGRESS, EventType.LOG, EventType.PARTIAL})
+
+
+async def append_events(pool: asyncpg.Pool, events: Sequence[NewEvent]) -> list[Appended]:
+    """Persist a batch of events in one round trip and one transaction (group commit).
+
+    The transaction commits asynchronously (see migration 030): the events are durable once
+    ``EventLog.flush()`` has returned, and nobody may hear of them before that.
+
+    An attempt's progress, log and partial events take the typed fast path (migration 040);
+    an event goes there only if no earlier event of its task in this batch is slow, so each
+    task's events keep their order.
+    """
+    fast: list[int] = []
+    slow: list[int] = []
+    slow_tasks: set[str] = set()
+    for i, ev in enumerate(events):
+        if ev.type in _FAST_TYPES and ev.attempt is not None and ev.task_id not in slow_tasks:
+            fast.append(i)
+        else:
+            slow.append(i)
+            slow_tasks.add(ev.task_id)
+    slow_json = [events[i].to_sql() for i in slow]
+    if not fast:
+        rows = await pool.fetch("SELECT * FROM ts_append_events($1::jsonb, false)", slow_json)
+    else:
+        fe = [events[i] for i in fast]
+        owners = sorted({e.owner for e in events})
+        rows = await pool.fetch(
+            "SELECT * FROM ts_append($1::uuid[], $2::int[], $3::text[], $4::float8[],"
+            " $5::text[], $6::jsonb[], $7::text[], $8::jsonb)",
+            [e.task_id for e in fe], [e.attempt for e in fe], [e.type.value for e in fe],
+            [e.progress for e in fe], [e.message for e in fe], [e.data for e in fe],
+            owners if len(owners) > 1 else None, slow_json or None,
+        )
+    order = fast + slow  # row idx (1-based) -> position in ``events``
+    out: list[Appended | None] = [None] * len(events)
+    for r in rows:
+        i = order[r["idx"] - 1]
+        ev = events[i]
+        status = r["status"]
+        if r["outcome"] != Outcome.OK:
+            out[i] = Appended(Outcome(r["outcome"]), None, status)
+            continue
+        out[i] = Appended(Outcome.OK, Event(
+            task_id=ev.task_id,
+            seq=r["seq"],
+            tenant_seq=r["tenant_seq"] or 0,
+            type=ev.type.value,
+            status=status,
+            progress=r["progress"],
+            message=ev.message if ev.message is not None else ev.error,
+            data=ev.result if ev.type == EventType.COMPLETED else ev.data,
+            attempt=r["attempt"],
+            created_at=r["created_at"],
+            owner=ev.owner,
+        ), status)
+    done = [a for a in out if a is not None]
+    if len(done) != len(events):
+        raise RuntimeError(f"{len(events) - len(done)} events came back without an outcome")
+    return done
+
+
+async def ensure_tenant(db: Executor, owner: str) -> None:
+    await db.execute(
+        "INSERT INTO tenants (owner) VALUES ($1) ON CONFLICT (owner) DO NOTHING", owner
+    )
+
+
+async def create_task(
+    pool: asyncpg.Pool,
+    *,
+    owner: str,
+    task_type: str,
+    params: dict[str, Any],
+    max_attempts: int,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> tuple[Task, Event | None]:
+    """Insert one task and its 'created' event atomically (``create_tasks`` of one).
+
+    With an idempotency key already used by this owner, returns the existing task and None
+    (the caller compares ``request_hash``).
+    """
+    (result,) = await create_tasks(pool, [NewTask(owner, task_type, params, max_attempts,
+                                                  idempotency_key, request_hash,
+                                                  options or {})])
+    return result
+
+
+@dataclass(slots=True)
+class NewTask:
+    owner: str
+    task_type: str
+    params: dict[str, Any]
+    max_attempts: int
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+async def create_tasks(pool: asyncpg.Pool, items: Sequence[NewTask]
+                       ) -> list[tuple[Task, Event | None]]:
+    """Insert many tasks and their 'created' events in one transaction and a few round trips
+    (group commit for submissions). Per item: (task, its created event), or (the task an
+    earlier submission with the same idempotency key made, None)."""
+    # A tenant row is created only when the insert finds it missing: an INSERT ... ON
+    # CONFLICT per submission would be a round trip, and would wait on any in-flight update
+    # of the tenant's counter row.
+    try:
+        return await _insert_tasks(pool, items)
+    except asyncpg.ForeignKeyViolationError:
+        for owner in sorted({i.owner for i in items}):
+            await ensure_tenant(pool, owner)
+        return await _insert_tasks(pool, items)
+
+
+async def _insert_tasks(pool: asyncpg.Pool, items: Sequence[NewTask]
+                        ) -> list[tuple[Task, Event | None]]:
+    # One statement, its own transaction (migration 040): tasks, 'created' events, tenant_seq.
+    ids = [uuid.uuid4() for _ in items]
+    rows = await pool.fetch(
+        "SELECT * FROM ts_create_tasks($1::uuid[], $2::text[], $3::text[], $4::jsonb[],"
+        " $5::integer[], $6::text[], $7::text[], $8::jsonb[])",
+        ids, [i.owner for i in items], [i.task_type for i in items],
+        [i.params for i in items], [i.max_attempts for i in items],
+        [i.idempotency_key for i in items], [i.request_hash for i in items],
+        [i.options for i in items],
+    )
+    made: dict[uuid.UUID, tuple[Task, Event | None]] = {}
+    for r in rows:
+        task = Task.from_row(r)
+        made[r["task_id"]] = (task, Event(
+            task_id=task.task_id, seq=1, tenant_seq=r["tenant_seq"], type=EventType.CREATED.value,
+            status=task.status, progress=task.progress, message=None, data=None, attempt=0,
+            created_at=task.created_at, owner=task.owner,
+        ))
+    out: list[tuple[Task, Event | None]] = []
+    for tid, item in zip(ids, items, strict=True):
+        if tid in made:
+            out.append(made[tid])
+            continue
+        # An idempotent replay (maybe of an item in this very batch).
+        existing = await pool.fetchrow(
+            f"SELECT {_TASK_COLS} FROM tasks WHERE owner = $1 AND idempotency_key = $2",
+            item.owner, item.idempotency_key,
+        )
+        assert existing is not None
+        out.append((Task.from_row(existing), None))
+    return out
+
+
+async def get_task(db: Executor, task_id: uuid.UUID, owner: str | None = None) -> Task | None:
+    """One task; with ``owner`` given, another tenant's task is simply not found."""
+    if owner is None:
+        row = await db.fetchrow(f"SELECT {_TASK_COLS} FROM tasks WHERE task_id = $1", task_id)
+    else:
+        row = await db.fetchrow(
+            f"SELECT {_TASK_COLS} FROM tasks WHERE task_id = $1 AND owner = $2", task_id, owner
+        )
+    return Task.from_row(row) if row else None
+
+
+async def get_tasks(db: Executor, task_ids: Sequence[uuid.UUID]) -> dict[str, Task]:
+    """Many tasks by id in one query (the worker loads the tasks its jobs start together)."""
+    rows = await db.fetch(f"SELECT {_TASK_COLS} FROM tasks WHERE task_id = ANY($1::uuid[])",
+                          task_ids)
+    return {str(r["task_id"]): Task.from_row(r) for r in rows}
+
+
+_EVENT_COLS = (
+    "owner, task_id, seq, tenant_seq, type, status, progress, message, data, attempt, created_at"
+)
+
+
+def _event(r: asyncpg.Record) -> Event:
+    return Event(
+        task_id=str(r["task_id"]), seq=r["seq"], tenant_seq=r["tenant_seq"], type=r["type"],
+        status=r["status"], progress=r["progress"], message=r["message"], data=r["data"],
+        attempt=r["attempt"], created_at=r["created_at"], owner=r["owner"],
+    )
+
+
+async def events_after(
+    db: Executor, task_id: uuid.UUID | str, after: int, limit: int
+) -> list[Event]:
+    """A task's events after ``after``, durable before anyone sees them (writers commit
+    asynchronously; a crash must not take back an event a client was shown)."""
+    rows = await db.fetch(
+        f"""SELECT {_EVENT_COLS} FROM task_events WHERE task_id = $1 AND seq > $2
+            ORDER BY seq LIMIT $3""",
+        task_id if isinstance(task_id, uuid.UUID) else uuid.UUID(task_id), after, limit,
+    )
+    if rows:
+        await flush(db)
+    return [_event(r) for r in rows]
+
+
+async def tenant_events_after(db: Executor, owner: str, after: int, limit: int) -> list[Event]:
+    rows = await db.fetch(
+        f"""SELECT {_EVENT_COLS} FROM task_events WHERE owner = $1 AND tenant_seq > $2
+            ORDER BY tenant_seq LIMIT $3""",
+        owner, after, limit,
+    )
+    if rows:
+        await flush(db)  # as in events_after
+    return [_event(r) for r in rows]
+
+
+async def tenant_last_seq(db: Executor, owner: str) -> int:
+    v = await db.fetchval("SELECT last_seq FROM tenants WHERE owner = $1", owner)
+    return int(v or 0)
+
+
+# --- uploads -------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Upload:
+    upload_id: str
+    owner: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+
+
+async def begin_upload(conn: asyncpg.Connection, owner: str, upload_id: uuid.UUID,
+                       filename: str, content_type: str) -> None:
+    """Inside the caller's transaction: the upload row exists only if every chunk lands."""
+    await ensure_tenant(conn, owner)
+    await conn.execute(
+        """INSERT INTO uploads (upload_id, owner, filename, content_type, size, sha256)
+           VALUES ($1, $2, $3, $4, 0, '')""",
+        upload_id, owner, filename, content_type,
+    )
+
+
+async def add_upload_chunk(conn: asyncpg.Connection, upload_id: uuid.UUID, idx: int,
+                           data: bytes) -> None:
+    await conn.execute(
+        "INSERT INTO upload_chunks (upload_id, idx, data) VALUES ($1, $2, $3)",
+        upload_id, idx, data,
+    )
+
+
+async def finish_upload(conn: asyncpg.Connection, upload_id: uuid.UUID, size: int,
+                        sha256: str) -> None:
+    await conn.execute(
+        "UPDATE uploads SET size = $2, sha256 = $3 WHERE upload_id = $1", upload_id, size, sha256
+    )
+
+
+async def get_upload(db: Executor, upload_id: uuid.UUID, owner: str | None = None
+                     ) -> Upload | None:
+    r = await db.fetchrow(
+        """SELECT upload_id, owner, filename, content_type, size, sha256 FROM uploads
+           WHERE upload_id = $1 AND ($2::text IS NULL OR owner = $2)""",
+        upload_id, owner,
+    )
+    if r is None:
+        return None
+    return Upload(str(r["upload_id"]), r["owner"], r["filename"], r["content_type"], r["size"],
+                  r["sha256"])
+
+
+async def iter_upload(pool: asyncpg.Pool, upload_id: uuid.UUID) -> AsyncIterator[bytes]:
+    """Chunks in order, one query each, so a large file never sits in memory whole."""
+    idx = 0
+    while True:
+        data = await pool.fetchval(
+            "SELECT data FROM upload_chunks WHERE upload_id = $1 AND idx = $2", upload_id, idx
+        )
+        if data is None:
+            return
+        yield bytes(data)
+        idx += 1
+
+
+# --- document chunks -----------------------------------------------------------------------
+
+async def store_document_chunks(
+    db: Executor, task_id: str, chunks: Sequence[tuple[int, int | None, str, list[float]]]
+) -> None:
+    """Replace a task's chunks (a retried attempt rewrites them, never duplicates)."""
+    tid = uuid.UUID(task_id)
+    async with _tx(db) as conn:
+        await conn.execute("DELETE FROM document_chunks WHERE task_id = $1", tid)
+        await conn.executemany(
+            """INSERT INTO document_chunks (task_id, chunk_index, page, content, embedding)
+               VALUES ($1, $2, $3, $4, $5)""",
+            [(tid, i, page, text, vec) for i, page, text, vec in chunks],
+        )
+
+
+class _tx:
+    """``async with _tx(pool_or_conn) as conn``: a transaction on a pooled or given connection."""
+
+    def __init__(self, db: Executor) -> None:
+        self._db = db
+        self._conn: Any = None
+        self._ctx: Any = None
+        self._tr: Any = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        if isinstance(self._db, asyncpg.Pool):
+            self._ctx = self._db.acquire()
+            self._conn = await self._ctx.__aenter__()
+        else:
+            self._conn = self._db
+        self._tr = self._conn.transaction()
+        await self._tr.__aenter__()
+        return self._conn  # type: ignore[no-any-return]
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            await self._tr.__aexit__(*exc)
+        finally:
+            if self._ctx is not None:
+                await self._ctx.__aexit__(*exc)
+
+
+# --- leases, sweeping, dead letters ----------------------------------------------------------
+
+async def renew_leases(db: Executor, worker_id: str, lease: float, task_ids: Sequence[str]
+                       ) -> list[tuple[str, bool]]:
+    """Heartbeat: extend the lease of the tasks this worker is really running (a task whose
+    run ended without a terminal write must not be kept alive); returns (task_id,
+    cancel_requested) so a cancel whose pub/sub message was lost still lands."""
+    # Rows are locked in task_id order, the order event batches lock them in: an
+    # unordered UPDATE deadlocked with concurrent batches (seen in the benchmark).
+    rows = await db.fetch(
+        """UPDATE tasks t SET lease_expires_at = now() + make_interval(secs => $2)
+           FROM (SELECT task_id FROM tasks
+                 WHERE worker_id = $1 AND status = 'running' AND task_id = ANY($3::uuid[])
+                 ORDER BY task_id FOR NO KEY UPDATE) held
+           WHERE t.task_id = held.task_id
+           RETURNING t.task_id, t.cancel_requested""",
+        worker_id, lease, [uuid.UUID(t) for t in task_ids],
+    )
+    return [(str(r["task_id"]), r["cancel_requested"]) for r in rows]
+
+
+@dataclass(slots=True)
+class Lost:
+    task_id: str
+    owner: str
+    attempts: int
+    crashes: int
+    cancel_requested: bool = False
+
+
+async def expired_leases(db: Executor, limit: int = 100) -> list[Lost]:
+    """Running tasks whose worker stopped renewing its lease (killed, or paused)."""
+    rows = await db.fetch(
+        """SELECT task_id, owner, attempts, crashes, cancel_requested FROM tasks
+           WHERE status = 'running' AND lease_expires_at < now()
+           ORDER BY lease_expires_at LIMIT $1""",
+        limit,
+    )
+    return [Lost(str(r["task_id"]), r["owner"], r["attempts"], r["crashes"],
+                 r["cancel_requested"]) for r in rows]
+
+
+async def stale_pending(db: Executor, older_than: float, limit: int = 500
+                        ) -> list[tuple[str, int]]:
+    """Pending tasks untouched for a while: (task_id, last_seq) — their job id's parts."""
+    rows = await db.fetch(
+        """SELECT task_id, last_seq FROM tasks
+           WHERE status = 'pending' AND updated_at < now() - make_interval(secs => $1)
+           ORDER BY updated_at LIMIT $2""",
+        older_than, limit,
+    )
+    return [(str(r["task_id"]), r["last_seq"]) for r in rows]
+
+
+# --- server secrets ------------------------------------------------------------------------
+
+async def server_secret(db: Executor, name: str, fresh_value: str) -> str:
+    """The deployment-wide secret ``name``, created once with ``fresh_value``."""
+    await db.execute(
+        "INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        name, fresh_value,
+    )
+    value = await db.fetchval("SELECT value FROM server_secrets WHERE name = $1", name)
+    return str(value)
+
+
+async def inflight_count(db: Executor, owner: str) -> int:
+    return int(await db.fetchval(
+        "SELECT count(*) FROM tasks WHERE owner = $1 AND status IN ('pending', 'running')",
+        owner) or 0)
+
+
+async def flush(db: Executor) -> None:
+    """Make every commit so far durable (see 030_group_commit.sql: writers commit
+    asynchronously; whoever shows their rows to anyone flushes first)."""
+    await db.execute("SELECT ts_flush()")
+
+
+async def flush_and_find(db: Executor, keys: Sequence[tuple[str, int]]
+                         ) -> set[tuple[str, int]]:
+    """Flush, then which of these (task_id, seq) are stored."""
+    rows = await db.fetch("SELECT * FROM ts_flush($1::jsonb)", [list(k) for k in keys])
+    return {(str(r["task_id"]), int(r["seq"])) for r in rows}

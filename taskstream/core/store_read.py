@@ -1,0 +1,189 @@
+"""The read side and key management: SQLModel queries on an async session over asyncpg.
+
+``store.py`` keeps the hot paths (appends, submissions, claims, leases, stream replay) on
+the asyncpg pool; everything here is a request-scoped read whose cost is one query, where
+typed queries and the models' one definition are worth more than the microseconds.
+
+Each call opens its own session and closes it before returning, so no caller holds a
+connection while it waits (a streaming response in particular holds none).
+"""
+
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+from sqlalchemy import func, insert, tuple_, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from taskstream.core.db import TRANSIENT_DB_ERRORS
+from taskstream.core.models import ApiKey, EventRead, Task, TaskEvent, TaskRead
+from taskstream.core.states import EventType, Status
+
+
+@asynccontextmanager
+async def _session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """A session for one call. SQLAlchemy wraps the driver's errors; a transient one (the
+    server restarted, a pooled connection was dropped) is re-raised as the asyncpg error
+    the hot paths raise, so the edge answers it the same way (503 + Retry-After). SQLAlchemy
+    has already discarded the dead connections by then."""
+    try:
+        async with AsyncSession(engine) as s:
+            yield s
+    except DBAPIError as exc:
+        cause: BaseException | None = exc.orig
+        while cause is not None and not isinstance(cause, TRANSIENT_DB_ERRORS):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None  # the driver's own error; SQLAlchemy's wrapper adds nothing
+
+
+# --- tasks -----------------------------------------------------------------------------------
+
+
+async def get_task(engine: AsyncEngine, task_id: uuid.UUID, owner: str) -> TaskRead | None:
+    """The owner's task; another tenant's task is simply not found."""
+    async with _session(engine) as s:
+        row = (await s.exec(
+            select(Task).where(Task.task_id == task_id, Task.owner == owner)
+        )).first()
+        return TaskRead.of(row) if row else None
+
+
+def encode_cursor(task: TaskRead) -> str:
+    """Where the next page starts: after this task in (created_at, task_id) order."""
+    raw = json.dumps([task.created_at.isoformat(), str(task.task_id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Raises ValueError on anything that is not a cursor we issued."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, tid = json.loads(raw)
+        return datetime.fromisoformat(created), uuid.UUID(tid)
+    except Exception as exc:  # any decoding failure means a bad cursor
+        raise ValueError("malformed cursor") from exc
+
+
+async def list_tasks(
+    engine: AsyncEngine,
+    owner: str,
+    *,
+    status: Sequence[Status] = (),
+    task_type: Sequence[str] = (),
+    limit: int,
+    cursor: tuple[datetime, uuid.UUID] | None = None,
+) -> list[TaskRead]:
+    """Newest first, keyset pagination on (created_at, task_id) (index tasks_owner_created)."""
+    q = select(Task).where(Task.owner == owner)
+    if status:
+        q = q.where(col(Task.status).in_(status))
+    if task_type:
+        q = q.where(col(Task.task_type).in_(task_type))
+    if cursor is not None:
+        q = q.where(tuple_(col(Task.created_at), col(Task.task_id)) < tuple_(*cursor))
+    q = q.order_by(col(Task.created_at).desc(), col(Task.task_id).desc()).limit(limit)
+    async with _session(engine) as s:
+        return [TaskRead.of(r) for r in await s.exec(q)]
+
+
+async def failed_tasks_all(engine: AsyncEngine, owner: str | None, limit: int
+                           ) -> list[TaskRead]:
+    """Failed tasks of every tenant (or one), newest first — for operators."""
+    q = select(Task).where(Task.status == Status.FAILED)
+    if owner is not None:
+        q = q.where(Task.owner == owner)
+    q = q.order_by(col(Task.finished_at).desc().nulls_last()).limit(limit)
+    async with _session(engine) as s:
+        return [TaskRead.of(r) for r in await s.exec(q)]
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+async def task_events(engine: AsyncEngine, task_id: uuid.UUID, owner: str, after: int,
+                      limit: int) -> list[EventRead] | None:
+    """The owner's task's events after seq ``after``, oldest first; None: no such task.
+
+    Writers commit asynchronously (migration 030): the events are made durable (ts_flush, in
+    a transaction that commits) before anyone sees them, as store.events_after does.
+    """
+    async with _session(engine) as s:
+        found = (await s.exec(
+            select(Task.task_id).where(Task.task_id == task_id, Task.owner == owner)
+        )).first()
+        if found is None:
+            return None
+        events = [EventRead.of(r) for r in await s.exec(
+            select(TaskEvent).where(TaskEvent.task_id == task_id, TaskEvent.seq > after)
+            .order_by(col(TaskEvent.seq)).limit(limit)
+        )]
+        if events:
+            await s.exec(select(func.ts_flush()))
+            await s.commit()  # the flush waits at COMMIT; a rollback would not wait
+        return events
+
+
+#: The lifecycle events a dead letter's history shows.
+_HISTORY_TYPES = (EventType.STARTED, EventType.RETRYING, EventType.REQUEUED, EventType.FAILED,
+                  EventType.CANCELLED, EventType.REDRIVEN)
+
+
+async def attempt_history(engine: AsyncEngine, task_ids: Sequence[uuid.UUID]
+                          ) -> dict[uuid.UUID, list[EventRead]]:
+    """The lifecycle events of several tasks (for the dead-letter listing), in order."""
+    out: dict[uuid.UUID, list[EventRead]] = {t: [] for t in task_ids}
+    if not task_ids:
+        return out
+    q = (select(TaskEvent)
+         .where(col(TaskEvent.task_id).in_(task_ids), col(TaskEvent.type).in_(_HISTORY_TYPES))
+         .order_by(col(TaskEvent.task_id), col(TaskEvent.seq)))
+    async with _session(engine) as s:
+        for r in await s.exec(q):
+            out[r.task_id].append(EventRead.of(r))
+    return out
+
+
+# --- API keys --------------------------------------------------------------------------------
+
+
+async def create_api_key(engine: AsyncEngine, key_id: str, tenant: str, name: str, role: str,
+                         secret_hash: str) -> None:
+    # An INSERT, not ``add(ApiKey(...))``: created_at is the database's now().
+    async with _session(engine) as s:
+        await s.exec(insert(ApiKey).values(key_id=key_id, tenant=tenant, name=name, role=role,
+                                           secret_hash=secret_hash))
+        await s.commit()
+
+
+async def get_api_key(engine: AsyncEngine, key_id: str) -> ApiKey | None:
+    """The lookup behind authentication (cached per token by core.auth.KeyCache)."""
+    async with _session(engine) as s:
+        return await s.get(ApiKey, key_id)
+
+
+async def list_api_keys(engine: AsyncEngine, tenant: str | None = None) -> list[ApiKey]:
+    q = select(ApiKey)
+    if tenant is not None:
+        q = q.where(ApiKey.tenant == tenant)
+    async with _session(engine) as s:
+        return list(await s.exec(q.order_by(col(ApiKey.created_at))))
+
+
+async def revoke_api_key(engine: AsyncEngine, key_id: str) -> bool:
+    """False when there is no such key or it was already revoked."""
+    async with _session(engine) as s:
+        done = await s.exec(
+            update(ApiKey)
+            .where(col(ApiKey.key_id) == key_id, col(ApiKey.revoked_at).is_(None))
+            .values(revoked_at=func.now())
+        )
+        await s.commit()
+        return done.rowcount == 1
