@@ -14,50 +14,15 @@
 import asyncio
 import json
 import os
-import random
 import sys
 import time
 import uuid
 from typing import Any
 
-from pydantic import Field
-
-TICK = "bench_tick"
-
-
-def _register_tick() -> None:
-    from taskstream.core.tasktypes import TASK_TYPES, Params, TaskType
-
-    class TickParams(Params):
-        count: int = Field(1, ge=0, le=100_000)
-        interval: float = Field(1.0, ge=0, le=3600)
-        start_at: float = Field(0.0, ge=0, description="Epoch seconds of the first tick.")
-        jitter: bool = Field(True, description="Offset the first tick by U(0, interval).")
-
-    TASK_TYPES[TICK] = TaskType(TICK, TickParams, "Bench: progress on a schedule.")
-
-    try:
-        from worker.context import TaskContext
-        from worker.tasks import task
-    except ImportError:  # the web process does not need the implementation
-        return
-
-    @task(TICK)
-    async def tick(ctx: TaskContext, params: TickParams) -> dict[str, Any]:
-        start = params.start_at + (random.random() * params.interval if params.jitter else 0)
-        await asyncio.sleep(max(0.0, start - time.time()))
-        for i in range(1, params.count + 1):
-            t = time.time()
-            await ctx.progress(100 * i / params.count, f"{t:.6f}", data={"t": t})
-            if i < params.count:
-                await asyncio.sleep(max(0.0, start + i * params.interval - time.time()))
-        return {"ticks": params.count}
-
 
 def web(port: int) -> None:
     import uvicorn
 
-    _register_tick()
     uvicorn.run("service.app:create_app", factory=True, host="127.0.0.1", port=port,
                 log_level="warning", access_log=False)
 
@@ -70,7 +35,6 @@ def worker() -> None:
 
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _register_tick()
     settings = Settings()
     use_uvloop()
     w = build_worker(settings)

@@ -21,12 +21,14 @@ from service.hub import Hub
 from service.limits import BodyLimit, InflightGauge, StreamSlots, SubmitRate
 from service.routes import router
 from service.submissions import Submissions
+from service.worker_types import WorkerTypes
 from taskstream.core import queue, redisconn, store
 from taskstream.core.auth import KeyCache
 from taskstream.core.constants import control_channel
 from taskstream.core.db import TRANSIENT_DB_ERRORS, create_engine, create_pool
 from taskstream.core.eventlog import EventLog
 from taskstream.core.settings import Settings
+from taskstream.core.tasktypes import Catalogue
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,9 @@ async def _open(stack: AsyncExitStack, settings: Settings) -> Resources:
     rate = SubmitRate(arq, settings.namespace)
     rate.start()
     stack.push_async_callback(rate.close)
-    submissions = Submissions(pool, arq, eventlog, settings, rate, InflightGauge())
+    catalogue = Catalogue.load(settings)
+    submissions = Submissions(pool, arq, eventlog, settings, rate, InflightGauge(), catalogue,
+                              WorkerTypes(pool, settings.lease_seconds))
     submissions.start()
     stack.push_async_callback(submissions.close)
     signing_key = await _with_retry(
@@ -98,6 +102,7 @@ async def _open(stack: AsyncExitStack, settings: Settings) -> Resources:
         keys=KeyCache(settings.key_cache_seconds),
         submissions=submissions,
         engine=engine,
+        catalogue=catalogue,
         streams=StreamSlots(settings.max_streams_per_tenant, settings.max_streams_per_process),
         signing_key=bytes.fromhex(signing_key),
     )

@@ -14,6 +14,7 @@ from service.submissions import Submissions
 from taskstream.core.auth import KeyCache
 from taskstream.core.eventlog import EventLog
 from taskstream.core.settings import Settings
+from taskstream.core.tasktypes import Catalogue
 
 
 @dataclass(slots=True)
@@ -27,6 +28,7 @@ class Resources:
     streams: StreamSlots
     submissions: Submissions
     engine: AsyncEngine  # the SQLModel read side (core.store_read)
+    catalogue: Catalogue
     signing_key: bytes = b""
 
 

@@ -46,6 +46,10 @@ class TaskTypeOut(BaseModel):
     max_attempts: int
     timeout: float | None
     soft_timeout: float | None
+    priority: str
+    limit: int | None
+    key_limit: int | None
+    cron: str | None
     params_schema: dict[str, Any]
 
 

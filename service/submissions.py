@@ -17,13 +17,14 @@ from pydantic import ValidationError
 
 from service.errors import Conflict, TooManyRequests, Unprocessable
 from service.limits import InflightGauge, SubmitRate, json_depth
+from service.worker_types import WorkerTypes
 from taskstream.core import store
 from taskstream.core.batcher import Batcher
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import Event
 from taskstream.core.pending import enqueue_pending
 from taskstream.core.settings import Settings
-from taskstream.core.tasktypes import TASK_TYPES, UnknownTaskType, validate_params
+from taskstream.core.tasktypes import Catalogue, UnknownTaskType
 
 Result = tuple[store.Task, Event | None]
 
@@ -31,7 +32,7 @@ Result = tuple[store.Task, Event | None]
 class Submissions(Batcher[store.NewTask, Result]):
     def __init__(self, pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
                  settings: Settings, rate: SubmitRate, inflight: InflightGauge,
-                 max_batch: int = 200) -> None:
+                 catalogue: Catalogue, workers: WorkerTypes, max_batch: int = 200) -> None:
         super().__init__("submissions", max_batch)
         self._pool = pool
         self._arq = arq
@@ -39,6 +40,8 @@ class Submissions(Batcher[store.NewTask, Result]):
         self._settings = settings
         self._rate = rate
         self._inflight = inflight
+        self._catalogue = catalogue
+        self._workers = workers
 
     async def admit(self, owner: str) -> None:
         """The per-tenant limits on submissions: 429 (+ Retry-After) when over."""
@@ -65,13 +68,14 @@ class Submissions(Batcher[store.NewTask, Result]):
         ran ``admit`` (an upload does, before it stores a byte).
         """
         clean = self.validate(task_type, params)
+        await self._workers.check(task_type, self._catalogue[task_type].schema_hash())
         if not admitted:
             await self.admit(owner)
         options = options or {}
         digest = request_hash(task_type, {"p": fingerprint or clean, "o": options})
         task, created = await self._submit(store.NewTask(
             owner=owner, task_type=task_type, params=clean,
-            max_attempts=options.get("max_attempts") or TASK_TYPES[task_type].max_attempts,
+            max_attempts=options.get("max_attempts") or self._catalogue[task_type].max_attempts,
             idempotency_key=idempotency_key, request_hash=digest if idempotency_key else None,
             options=options,
         ))
@@ -87,9 +91,9 @@ class Submissions(Batcher[store.NewTask, Result]):
             raise Unprocessable(
                 f"params nest deeper than {self._settings.json_max_depth} levels")
         try:
-            model = validate_params(task_type, params)
+            model = self._catalogue.validate(task_type, params)
         except UnknownTaskType:
-            known = ", ".join(sorted(TASK_TYPES))
+            known = ", ".join(self._catalogue.names())
             raise Unprocessable(
                 f"unknown task type {task_type!r}; known types: {known}") from None
         except ValidationError as exc:

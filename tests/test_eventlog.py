@@ -11,13 +11,14 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from taskstream.context import AttemptSuperseded
 from taskstream.core import store
 from taskstream.core.constants import tenant_channel
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import NewEvent
 from taskstream.core.settings import Settings
 from taskstream.core.states import EventType
-from worker.context import AttemptSuperseded, TaskContext
+from worker.context import WorkerContext as TaskContext
 
 P, L, PA = EventType.PROGRESS, EventType.LOG, EventType.PARTIAL
 

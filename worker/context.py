@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from taskstream.context import AttemptSuperseded, SoftTimeLimitExceeded
 from taskstream.core import store
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import NewEvent
@@ -25,16 +26,9 @@ from taskstream.core.settings import Settings
 from taskstream.core.states import EventType, Outcome
 
 
-class AttemptSuperseded(Exception):
-    """This attempt's writes are refused: the task was cancelled or re-run elsewhere."""
+class WorkerContext:
+    """``taskstream.TaskContext`` as a worker implements it."""
 
-
-class SoftTimeLimitExceeded(Exception):
-    """Raised once, at the first report after the soft time limit: clean up, or return a
-    partial result. The hard limit cancels the task some time later."""
-
-
-class TaskContext:
     def __init__(self, *, task_id: str, owner: str, attempt: int, worker_id: str,
                  eventlog: EventLog, pool: asyncpg.Pool, settings: Settings,
                  soft_timeout: float | None = None) -> None:

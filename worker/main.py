@@ -17,16 +17,16 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
-from taskstream.core import control, queue
+from taskstream.core import control, queue, store
 from taskstream.core.backoff import Backoff
 from taskstream.core.constants import control_channel
 from taskstream.core.db import TRANSIENT_DB_ERRORS, create_pool
 from taskstream.core.eventlog import EventLog
 from taskstream.core.settings import Settings
 from taskstream.core.states import RunOutcome
+from taskstream.core.tasktypes import Catalogue
 from worker import sweeper
 from worker.runtime import Runtime
-from worker.tasks import load_all
 
 log = logging.getLogger("worker")
 
@@ -79,9 +79,12 @@ async def _start(ctx: dict[str, Any], stack: AsyncExitStack, settings: Settings,
     eventlog = EventLog(pool, redis, settings.namespace, max_batch=settings.eventlog_max_batch)
     eventlog.start()
     stack.push_async_callback(eventlog.close)
+    catalogue = Catalogue.load(settings)
     runtime = Runtime(settings=settings, pool=pool, eventlog=eventlog, arq=redis,
-                      worker_id=worker_id, implementations=load_all())
+                      worker_id=worker_id, catalogue=catalogue)
     stack.push_async_callback(runtime.close)
+    await store.announce_worker_types(pool, worker_id, catalogue.versions())
+    stack.push_async_callback(store.forget_worker_types, pool, worker_id)
     ctx["runtime"] = runtime
     for loop in (_listen_control(redis, settings, runtime),
                  sweeper.run_forever(pool, redis, eventlog, runtime, settings)):

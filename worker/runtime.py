@@ -20,6 +20,7 @@ import asyncpg
 from arq.connections import ArqRedis
 from pydantic import BaseModel, ValidationError
 
+from taskstream.context import AttemptSuperseded, SoftTimeLimitExceeded
 from taskstream.core import store
 from taskstream.core.batcher import Batcher
 from taskstream.core.eventlog import EventLog
@@ -34,9 +35,9 @@ from taskstream.core.states import (
     Status,
     is_terminal,
 )
-from taskstream.core.tasktypes import TASK_TYPES, PermanentError, TaskType
-from worker.context import AttemptSuperseded, SoftTimeLimitExceeded, TaskContext
-from worker.tasks import TaskFn
+from taskstream.core.tasktypes import Catalogue
+from taskstream.declaration import PermanentError, TaskDef
+from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,13 @@ class TaskLoader(Batcher[uuid.UUID, "store.Task | None"]):
 
 class Runtime:
     def __init__(self, *, settings: Settings, pool: asyncpg.Pool, eventlog: EventLog,
-                 arq: ArqRedis, worker_id: str, implementations: dict[str, TaskFn]) -> None:
+                 arq: ArqRedis, worker_id: str, catalogue: Catalogue) -> None:
         self.settings = settings
         self.pool = pool
         self.eventlog = eventlog
         self.arq = arq
         self.worker_id = worker_id
-        self.implementations = implementations
+        self.catalogue = catalogue
         self.running: dict[str, asyncio.Task[Any]] = {}
         self._cancel_requested: set[str] = set()
         self.loader = TaskLoader(pool)
@@ -109,16 +110,17 @@ class Runtime:
             # Cancelled while queued, or another worker holds it: not ours to run.
             return RunOutcome.NOT_OURS
         attempt = started.event.attempt
-        spec = TASK_TYPES.get(task.task_type)
+        spec = self.catalogue.get(task.task_type)
         opts = task.options
         soft = opts.get("soft_timeout") or (spec.soft_timeout if spec else None)
-        ctx = TaskContext(task_id=task_id, owner=task.owner, attempt=attempt,
-                          worker_id=self.worker_id, eventlog=self.eventlog, pool=self.pool,
-                          settings=self.settings, soft_timeout=soft)
-        impl = self.implementations.get(task.task_type)
-        if spec is None or impl is None:
-            return await self._fail(ctx, f"unknown task type {task.task_type!r}",
-                                    FailureReason.ERROR)
+        ctx = WorkerContext(task_id=task_id, owner=task.owner, attempt=attempt,
+                            worker_id=self.worker_id, eventlog=self.eventlog, pool=self.pool,
+                            settings=self.settings, soft_timeout=soft)
+        if spec is None:
+            # Every worker of a deployment loads the same task modules (TASKSTREAM_TASKS).
+            return await self._fail(
+                ctx, f"unknown task type {task.task_type!r}: this worker loads "
+                f"{', '.join(self.catalogue.names())}", FailureReason.UNKNOWN_TASK_TYPE)
         try:
             params = spec.params.model_validate(task.params)
         except ValidationError as exc:
@@ -126,7 +128,7 @@ class Runtime:
                                     FailureReason.ERROR)
 
         timeout = opts.get("timeout") or spec.timeout or self.settings.worker_job_timeout
-        job = asyncio.create_task(_run_impl(impl, ctx, params), name=f"task:{task_id}")
+        job = asyncio.create_task(_run_impl(spec, ctx, params), name=f"task:{task_id}")
         self.running[task_id] = job
         try:
             async with asyncio.timeout(timeout):
@@ -179,7 +181,8 @@ class Runtime:
         await self._terminal(ctx, EventType.COMPLETED, result=payload)
         return RunOutcome.COMPLETED
 
-    async def _failed_attempt(self, ctx: TaskContext, task: store.Task, spec: TaskType,
+    async def _failed_attempt(self, ctx: WorkerContext, task: store.Task,
+                              spec: TaskDef[Any, Any],
                               reason: FailureReason, error: str) -> RunOutcome:
         """Retry with backoff if the budget and the kind of failure allow, else fail."""
         max_attempts = int(task.options.get("max_attempts") or task.max_attempts)
@@ -190,7 +193,8 @@ class Runtime:
             # A permanent error is an error that skips the retries.
             final = FailureReason.ERROR if reason == FailureReason.PERMANENT else reason
             return await self._fail(ctx, error, final)
-        delay = backoff(spent, self.settings.retry_backoff, self.settings.retry_backoff_max)
+        delay = backoff(spent, spec.backoff or self.settings.retry_backoff,
+                        self.settings.retry_backoff_max)
         await append_pending(self.eventlog, self.arq, self.settings, NewEvent(
             task_id=ctx.task_id, owner=ctx.owner, type=EventType.RETRYING, attempt=ctx.attempt,
             error=error[:4000],
@@ -200,11 +204,11 @@ class Runtime:
         ), defer_by=delay)
         return RunOutcome.RETRYING
 
-    async def _fail(self, ctx: TaskContext, error: str, reason: FailureReason) -> RunOutcome:
+    async def _fail(self, ctx: WorkerContext, error: str, reason: FailureReason) -> RunOutcome:
         await self._terminal(ctx, EventType.FAILED, error=error[:4000], data={"reason": reason})
         return RunOutcome.FAILED
 
-    async def _terminal(self, ctx: TaskContext, etype: EventType, *, result: Any = None,
+    async def _terminal(self, ctx: WorkerContext, etype: EventType, *, result: Any = None,
                         error: str | None = None, data: Any = None) -> None:
         res = await self._append(ctx.owner, ctx.task_id, etype, attempt=ctx.attempt,
                                  result=result, error=error, data=data,
@@ -223,10 +227,10 @@ def backoff(failures: int, base: float, cap: float) -> float:
     return float(raw * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not cryptography
 
 
-async def _run_impl(impl: TaskFn, ctx: TaskContext, params: BaseModel) -> Any:
+async def _run_impl(spec: TaskDef[Any, Any], ctx: WorkerContext, params: BaseModel) -> Any:
     """The task's code, then its reports made durable: a refused or failed report fails the
     attempt here, inside its time limit, rather than after it claimed success."""
-    result = await impl(ctx, params)
+    result = await spec.fn(ctx, params)
     await ctx.flush()
     return result
 

@@ -43,6 +43,7 @@ class SweepReport:
 async def heartbeat_once(pool: asyncpg.Pool, runtime: Runtime, settings: Settings) -> int:
     held = await store.renew_leases(pool, runtime.worker_id, settings.lease_seconds,
                                     list(runtime.running))
+    await store.touch_worker_types(pool, runtime.worker_id)
     for task_id, cancel_requested in held:
         if cancel_requested:
             runtime.request_cancel(task_id)
@@ -97,9 +98,30 @@ async def sweep_once(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
                 if await queue.enqueue(arq, settings, [(task_id, seq)], rescue=rescue):
                     report.reenqueued += 1
                 break
+    report.failed += await fail_unknown_types(pool, eventlog, settings)
     if report.requeued or report.failed or report.reenqueued:
         log.warning("sweep: %s", report)
     return report
+
+
+async def fail_unknown_types(pool: asyncpg.Pool, eventlog: EventLog, settings: Settings) -> int:
+    """Pending tasks of a type that no live worker loads (and that stayed so for
+    ``unknown_type_grace``) fail with ``unknown_task_type`` instead of waiting forever."""
+    workers, live = await store.live_worker_types(pool, settings.lease_seconds)
+    if not workers:
+        return 0  # this worker has not announced itself yet: judge nothing
+    failed = 0
+    for task_id, owner, task_type in await store.pending_of_unknown_types(
+            pool, sorted(live), settings.unknown_type_grace):
+        res = await eventlog.append(NewEvent(
+            task_id=task_id, owner=owner, type=EventType.FAILED,
+            data={"reason": FailureReason.UNKNOWN_TASK_TYPE},
+            error=f"no running worker loads task type {task_type!r} (they load: "
+                  f"{', '.join(sorted(live))}); start workers with its module in "
+                  "TASKSTREAM_TASKS and re-drive the task",
+        ))
+        failed += res.outcome == Outcome.OK
+    return failed
 
 
 async def run_forever(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog, runtime: Runtime,

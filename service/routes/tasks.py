@@ -20,7 +20,6 @@ from service.schemas import (
 from service.tasks import cancel, parse_task_id, redrive, task_json
 from taskstream.core import store_read
 from taskstream.core.states import Status
-from taskstream.core.tasktypes import TASK_TYPES
 
 router = APIRouter()
 
@@ -79,9 +78,9 @@ async def _page(res: Resources, owner: str, status: list[Status], types: list[st
 
 @router.get("/task-types", response_model=list[TaskTypeOut], responses=ERRORS,
             tags=["tasks"])
-async def task_types(_: Owner) -> list[dict[str, Any]]:
-    """Every registered task type with the JSON schema of its params."""
-    return [t.schema() for t in TASK_TYPES.values()]
+async def task_types(res: Res, _: Owner) -> list[dict[str, Any]]:
+    """Every declared task type with its policy and the JSON schema of its params."""
+    return [t.schema() for t in res.catalogue.all()]
 
 
 @router.get("/tasks/{task_id}", response_model=TaskRead, responses=ERRORS, tags=["tasks"])

@@ -18,7 +18,7 @@ import os
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Self
+from typing import Any, Self, TypeVar, overload
 
 import httpx
 
@@ -38,6 +38,9 @@ from taskstream.client.models import (
 from taskstream.client.retry import DEFAULT_POLICY, RetryPolicy
 from taskstream.client.streams import EventStream
 from taskstream.client.uploads import FileSource, MultipartFile, prepare
+from taskstream.declaration import Params, TaskDef
+
+P = TypeVar("P", bound=Params)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 USER_AGENT = "taskstream-client/0.1"
@@ -89,18 +92,36 @@ class AsyncClient:
 
     # --- tasks ------------------------------------------------------------------------
 
+    @overload
+    async def submit(self, type: TaskDef[P, Any], params: P, *,
+                     idempotency_key: str | None = None, max_attempts: int | None = None,
+                     time_limit: float | None = None,
+                     soft_time_limit: float | None = None) -> Task: ...
+
+    @overload
     async def submit(self, type: str, params: Mapping[str, Any] | None = None, *,
                      idempotency_key: str | None = None, max_attempts: int | None = None,
                      time_limit: float | None = None,
+                     soft_time_limit: float | None = None) -> Task: ...
+
+    async def submit(self, type: str | TaskDef[Any, Any],
+                     params: Params | Mapping[str, Any] | None = None, *,
+                     idempotency_key: str | None = None, max_attempts: int | None = None,
+                     time_limit: float | None = None,
                      soft_time_limit: float | None = None) -> Task:
-        """Start a task of a registered type. The same ``idempotency_key`` with the same
-        request returns the task it created the first time (409 if they differ).
+        """Start a task: ``submit(summarize, SummarizeParams(...))`` with a declared type
+        and its parameter model (type-checked), or ``submit("summarize", {...})`` by name.
+        The same ``idempotency_key`` with the same request returns the task it created the
+        first time (409 if they differ).
 
         ``max_attempts``, ``time_limit`` and ``soft_time_limit`` override the type's retry
         budget and its hard and soft time limits in seconds (the API's ``max_attempts``,
         ``timeout`` and ``soft_timeout``).
         """
-        body: dict[str, Any] = {"type": type, "params": dict(params or {})}
+        name = type if isinstance(type, str) else type.name
+        values = params.model_dump(mode="json") if isinstance(params, Params) \
+            else dict(params or {})
+        body: dict[str, Any] = {"type": name, "params": values}
         for name, value in (("max_attempts", max_attempts), ("timeout", time_limit),
                             ("soft_timeout", soft_time_limit)):
             if value is not None:

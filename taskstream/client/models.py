@@ -92,6 +92,10 @@ class TaskType(_Model):
     max_attempts: int = 1
     timeout: float | None = None
     soft_timeout: float | None = None
+    priority: str = "normal"
+    limit: int | None = None
+    key_limit: int | None = None
+    cron: str | None = None
     params_schema: dict[str, Any] = Field(default_factory=dict)
 
 

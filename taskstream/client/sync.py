@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, overload
 
 from taskstream.client.api import AsyncClient
 from taskstream.client.models import DeadLetter, Event, Task, TaskPage, TaskRef, TaskType, Upload
 from taskstream.client.uploads import FileSource
+from taskstream.declaration import Params, TaskDef
 
 T = TypeVar("T")
+P = TypeVar("P", bound=Params)
 
 
 async def _next(it: AsyncIterator[T]) -> T:
@@ -76,10 +78,25 @@ class Client:
             if close is not None and not self._closed and not _in_loop():
                 self._runner.run(close())
 
+    @overload
+    def submit(self, type: TaskDef[P, Any], params: P, *,
+               idempotency_key: str | None = None, max_attempts: int | None = None,
+               time_limit: float | None = None, soft_time_limit: float | None = None
+               ) -> Task: ...
+
+    @overload
     def submit(self, type: str, params: Mapping[str, Any] | None = None, *,
                idempotency_key: str | None = None, max_attempts: int | None = None,
+               time_limit: float | None = None, soft_time_limit: float | None = None
+               ) -> Task: ...
+
+    def submit(self, type: str | TaskDef[Any, Any],
+               params: Params | Mapping[str, Any] | None = None, *,
+               idempotency_key: str | None = None, max_attempts: int | None = None,
                time_limit: float | None = None, soft_time_limit: float | None = None) -> Task:
-        return self._runner.run(self.aio.submit(
+        """``AsyncClient.submit``, blocking."""
+        submit: Any = self.aio.submit  # the overloads were checked at this call's caller
+        return self._runner.run(submit(  # type: ignore[no-any-return]
             type, params, idempotency_key=idempotency_key, max_attempts=max_attempts,
             time_limit=time_limit, soft_time_limit=soft_time_limit))
 

@@ -216,3 +216,14 @@ class ServerSecret(SQLModel, table=True):
 
     name: str = Field(primary_key=True, sa_type=Text)
     value: str = Field(sa_type=Text)
+
+
+class WorkerType(SQLModel, table=True):
+    """A task type a running worker loads (touched with its heartbeat)."""
+
+    __tablename__ = "worker_types"
+
+    worker_id: str = Field(primary_key=True, sa_type=Text)
+    task_type: str = Field(primary_key=True, sa_type=Text)
+    schema_hash: str = Field(sa_type=Text)
+    seen_at: datetime = Field(sa_type=TIMESTAMPTZ)

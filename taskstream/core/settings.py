@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     #: Connections of the SQLModel engine (task and event reads, key management).
     db_engine_pool_size: int = 5
 
+    # Task types. Both processes load the same modules (see taskstream.discovery).
+    #: Comma-separated modules that declare task types: ``myapp.tasks,otherpkg.jobs``.
+    tasks: str = ""
+    builtin_tasks: bool = True
+    #: A pending task whose type no running worker knows fails (``unknown_task_type``)
+    #: after this long.
+    unknown_type_grace: float = 60.0
+
     # Worker (arq). arq's defaults are a 0.5 s poll and a one-hour health key.
     worker_max_jobs: int = 50
     worker_poll_delay: float = 0.05

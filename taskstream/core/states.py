@@ -83,6 +83,7 @@ class FailureReason(StrEnum):
     TIMEOUT = "timeout"
     WORKER_LOST = "worker_lost"
     SHUTDOWN = "shutdown"  # its worker stopped; re-queued without spending an attempt
+    UNKNOWN_TASK_TYPE = "unknown_task_type"  # no running worker loads its type
 
 
 def allowed_from(event: EventType, *, by_attempt: bool = False) -> frozenset[Status]:

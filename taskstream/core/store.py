@@ -525,3 +525,46 @@ async def flush_and_find(db: Executor, keys: Sequence[tuple[str, int]]
     """Flush, then which of these (task_id, seq) are stored."""
     rows = await db.fetch("SELECT * FROM ts_flush($1::jsonb)", [list(k) for k in keys])
     return {(str(r["task_id"]), int(r["seq"])) for r in rows}
+
+
+# --- which task types the running workers load -----------------------------------------------
+
+async def announce_worker_types(db: Executor, worker_id: str, versions: dict[str, str]) -> None:
+    """A worker's rows, replaced: (task type, schema hash) for each type it loads."""
+    async with _tx(db) as conn:
+        await conn.execute("DELETE FROM worker_types WHERE worker_id = $1", worker_id)
+        await conn.executemany(
+            "INSERT INTO worker_types (worker_id, task_type, schema_hash) VALUES ($1, $2, $3)",
+            [(worker_id, name, digest) for name, digest in sorted(versions.items())])
+
+
+async def touch_worker_types(db: Executor, worker_id: str) -> None:
+    await db.execute("UPDATE worker_types SET seen_at = now() WHERE worker_id = $1", worker_id)
+
+
+async def forget_worker_types(db: Executor, worker_id: str) -> None:
+    await db.execute("DELETE FROM worker_types WHERE worker_id = $1", worker_id)
+
+
+async def live_worker_types(db: Executor, within: float) -> tuple[int, dict[str, set[str]]]:
+    """(how many workers were seen within ``within`` seconds, type -> their schema hashes)."""
+    rows = await db.fetch(
+        """SELECT worker_id, task_type, schema_hash FROM worker_types
+           WHERE seen_at > now() - make_interval(secs => $1)""", within)
+    types: dict[str, set[str]] = {}
+    for r in rows:
+        types.setdefault(r["task_type"], set()).add(r["schema_hash"])
+    return len({r["worker_id"] for r in rows}), types
+
+
+async def pending_of_unknown_types(db: Executor, known: Sequence[str], older_than: float,
+                                   limit: int = 500) -> list[tuple[str, str, str]]:
+    """Pending tasks, created more than ``older_than`` seconds ago, whose type is not in
+    ``known``: (task_id, owner, task_type)."""
+    rows = await db.fetch(
+        """SELECT task_id, owner, task_type FROM tasks
+           WHERE status = 'pending' AND NOT (task_type = ANY($1::text[]))
+             AND created_at < now() - make_interval(secs => $2)
+           ORDER BY created_at LIMIT $3""",
+        list(known), older_than, limit)
+    return [(str(r["task_id"]), r["owner"], r["task_type"]) for r in rows]

@@ -3,26 +3,41 @@ event per stage (and per embedding batch)."""
 
 import asyncio
 import uuid
-from typing import Any
+from typing import Any, cast
 
-from taskstream.core import store
-from taskstream.core.tasktypes import DocumentParams
-from worker.chunking import chunk_pages
-from worker.context import TaskContext
-from worker.embedding import default_embedder
-from worker.parsing import DocumentError, parse
-from worker.tasks import task
+from pydantic import Field
+
+from taskstream.context import TaskContext
+from taskstream.declaration import Params, task
+
+
+class DocumentParams(Params):
+    """Parse an uploaded PDF, text or Markdown file, chunk it, embed and store the chunks."""
+
+    upload_id: uuid.UUID
+    chunk_size: int = Field(1000, ge=100, le=20_000, description="Characters per chunk.")
+    chunk_overlap: int = Field(100, ge=0, le=5_000)
+
 
 EMBED_BATCH = 32
 
 
-@task("document_process")
+@task("document_process", max_attempts=3, timeout=1800, soft_timeout=1700,
+      description="Parse a PDF/text/Markdown upload, chunk, embed and store it.")
 async def document_process(ctx: TaskContext, params: DocumentParams) -> dict[str, Any]:
-    upload = await store.get_upload(ctx.pool, params.upload_id, ctx.owner)
+    # The parts that need the server (the upload and chunk tables) and pypdf are imported
+    # here, so that declaring this type costs the web process nothing.
+    from taskstream.builtin.chunking import chunk_pages
+    from taskstream.builtin.embedding import default_embedder
+    from taskstream.builtin.parsing import DocumentError, parse
+    from taskstream.core import store
+
+    pool = cast(Any, ctx).pool  # a worker's context: this built-in writes our own tables
+    upload = await store.get_upload(pool, params.upload_id, ctx.owner)
     if upload is None:
         raise DocumentError(f"upload {params.upload_id} not found")
     await ctx.progress(1, f"reading {upload.filename} ({upload.size} bytes)")
-    parts = [c async for c in store.iter_upload(ctx.pool, uuid.UUID(upload.upload_id))]
+    parts = [c async for c in store.iter_upload(pool, uuid.UUID(upload.upload_id))]
     data = b"".join(parts)
     await ctx.progress(10, "parsing")
     kind, pages = await asyncio.to_thread(parse, data, upload.filename)
@@ -44,7 +59,7 @@ async def document_process(ctx: TaskContext, params: DocumentParams) -> dict[str
 
     rows = [(i, page, text, vec) for i, ((page, text), vec) in
             enumerate(zip(chunks, vectors, strict=True))]
-    await store.store_document_chunks(ctx.pool, ctx.task_id, rows)
+    await store.store_document_chunks(pool, ctx.task_id, rows)
     await ctx.progress(99, "stored chunks and vectors")
     word_count = sum(len(p.text.split()) for p in pages)
     return {

@@ -2,7 +2,7 @@
 
 from collections.abc import Iterator
 
-from worker.parsing import Page
+from taskstream.builtin.parsing import Page
 
 
 def chunk_pages(pages: list[Page], size: int, overlap: int) -> Iterator[tuple[int | None, str]]:

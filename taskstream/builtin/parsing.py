@@ -9,7 +9,7 @@ import io
 import re
 from dataclasses import dataclass
 
-from taskstream.core.tasktypes import PermanentError
+from taskstream.declaration import PermanentError
 
 PDF_MAGIC = b"%PDF-"
 

@@ -1,0 +1,33 @@
+"""The bench's own task type, loaded like any user's (``TASKSTREAM_TASKS=bench.ticks``):
+progress on a schedule, each event stamped with the wall clock at the moment it is reported
+(push latency = the SSE client's receive time - that stamp; one machine, one clock)."""
+
+import asyncio
+import random
+import time
+from typing import Any
+
+from pydantic import Field
+
+from taskstream import Params, TaskContext, task
+
+TICK = "bench_tick"
+
+
+class TickParams(Params):
+    count: int = Field(1, ge=0, le=100_000)
+    interval: float = Field(1.0, ge=0, le=3600)
+    start_at: float = Field(0.0, ge=0, description="Epoch seconds of the first tick.")
+    jitter: bool = Field(True, description="Offset the first tick by U(0, interval).")
+
+
+@task(TICK, description="Bench: progress on a schedule.")
+async def tick(ctx: TaskContext, params: TickParams) -> dict[str, Any]:
+    start = params.start_at + (random.random() * params.interval if params.jitter else 0)
+    await asyncio.sleep(max(0.0, start - time.time()))
+    for i in range(1, params.count + 1):
+        t = time.time()
+        await ctx.progress(100 * i / params.count, f"{t:.6f}", data={"t": t})
+        if i < params.count:
+            await asyncio.sleep(max(0.0, start + i * params.interval - time.time()))
+    return {"ticks": params.count}
