@@ -118,7 +118,7 @@ async def test_cancelled_pending_task_never_starts(client: httpx.AsyncClient) ->
             "type": "demo", "params": {"duration": 0.05, "steps": 1, "fail_at_step": 1},
             "max_attempts": 5})
         tid = r.json()["task_id"]
-        await eventually(lambda: _has_event(client, tid, "retrying"))
+        await eventually(lambda tid=tid: _has_event(client, tid, "retrying"))
         await client.post(f"/tasks/{tid}/cancel")
         types = [e["type"] for e in await events_of(client, tid)]
         if types[-2:] == ["retrying", "cancelled"]:
