@@ -16,8 +16,9 @@ import pytest
 from pydantic import BaseModel
 
 from taskstream import Params, Priority, TaskContext, task
+from taskstream.core import store
 from taskstream.declaration import REGISTRY, DeclarationError
-from taskstream.devservices.processes import WebServer, WorkerProc
+from taskstream.devservices.processes import TEST_TIMINGS, WebServer, WorkerProc
 from taskstream.discovery import TaskModuleError, load_tasks
 from tests.cluster import Cluster, drop_cluster, start_cluster
 from tests.conftest import eventually, wait_terminal
@@ -153,10 +154,12 @@ V1 = {"TASKSTREAM_TASKS": "tests.task_api_types", "TT_ECHO_VERSION": "1"}
 
 
 async def live_workers(database_url: str) -> int:
+    """Workers seen within the test lease (TEST_TIMINGS), as the web process counts them."""
     conn = await asyncpg.connect(database_url)
     try:
-        n: int = await conn.fetchval("SELECT count(DISTINCT worker_id) FROM worker_types")
-        return n
+        workers, _ = await store.live_worker_types(
+            conn, float(TEST_TIMINGS["TASKSTREAM_LEASE_SECONDS"]))
+        return workers
     finally:
         await conn.close()
 
