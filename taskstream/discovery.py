@@ -22,7 +22,8 @@ BUILTIN_MODULE = "taskstream.builtin"
 
 
 class TaskModuleError(ImportError):
-    """A named task module could not be imported; says which and why."""
+    """A named task module could not be imported (a missing dependency, or a declaration
+    that raises ``DeclarationError``); says which module and why."""
 
 
 def task_modules(names: str | Sequence[str]) -> list[str]:
@@ -38,13 +39,13 @@ def load_tasks(modules: str | Sequence[str] = (), *, builtin: bool = True,
     for name in names:
         try:
             importlib.import_module(name)
-        except ImportError as exc:
+        except Exception as exc:  # whatever the module raised, say which module it was
             raise TaskModuleError(f"cannot import task module {name!r}: {exc}") from exc
     if use_entry_points:
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             try:
                 ep.load()
-            except ImportError as exc:
+            except Exception as exc:
                 raise TaskModuleError(
                     f"cannot import task module {ep.value!r} (entry point {ep.name!r} of "
                     f"{ENTRY_POINT_GROUP}): {exc}") from exc
