@@ -1,7 +1,8 @@
 """Celery's own virtualenv (bench/.venv-celery, git-ignored), created on first use.
 
 Celery 5.7 needs redis-py >= 6.1 while the product pins redis < 6 for arq 0.28, so the peer
-cannot share the project venv. ``python -m bench.celery_env`` creates it by hand.
+cannot share the project venv. The tutorial peer (``bench.tutorial_app``) runs from it too. ``python
+-m bench.celery_env`` creates it by hand.
 """
 
 import subprocess
@@ -9,7 +10,16 @@ import sys
 from pathlib import Path
 
 VENV = Path(__file__).resolve().parent / ".venv-celery"
-REQUIREMENTS = ["celery[redis]==5.7.0"]
+REQUIREMENTS = [
+    "celery[redis]==5.7.0",
+    # The tutorial's own web stack (``bench.tutorial_app``): the product's versions of FastAPI,
+    # uvicorn (plain, as ``uvicorn app.main:app``) and SQLAlchemy; psycopg 3, the driver
+    # SQLAlchemy 2.1 picks for a plain ``postgresql://`` URL.
+    "fastapi==0.165.0",
+    "uvicorn==0.54.0",
+    "sqlalchemy==2.1.9",
+    "psycopg[binary]==3.3.9",
+]
 
 
 def python() -> Path:

@@ -25,7 +25,7 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from bench import celery_env, streams, tasks
+from bench import celery_env, streams, tasks, tutorial
 from bench.common import SIZES, Outcome, Row, Run
 from bench.env import RESULTS_DIR, make_env, raise_fd_limit
 from bench.net import set_token
@@ -38,7 +38,12 @@ SCENARIOS: dict[str, Callable[[Run], Awaitable[Outcome]]] = {
     "waiting": streams.waiting,
     "submission": tasks.submission,
     "scaleout": tasks.scaleout,
+    "tutorial": tutorial.tutorial,
 }
+#: Not in ``--tiny`` unless asked for (it runs a whole second stack: too slow for a smoke run).
+NOT_TINY = {"tutorial"}
+#: Need Celery's venv: skipped by ``--no-celery`` unless asked for.
+NEEDS_CELERY = {"tutorial"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -160,7 +165,9 @@ async def amain(args: argparse.Namespace) -> int:
     env = await make_env(args.database_url, args.redis_url)
     set_token(env.token)
     run = Run(env=env, sizes=sizes, mode=args.mode, celery=not args.no_celery)
-    names = args.scenario or list(SCENARIOS)
+    names = args.scenario or [
+        n for n in SCENARIOS if not (args.mode == "tiny" and n in NOT_TINY)
+        and not (args.no_celery and n in NEEDS_CELERY)]
     results: dict[str, Any] = {}
     rows: list[Row] = []
     failed: list[str] = []

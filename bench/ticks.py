@@ -31,3 +31,18 @@ async def tick(ctx: TaskContext, params: TickParams) -> dict[str, Any]:
         if i < params.count:
             await asyncio.sleep(max(0.0, start + i * params.interval - time.time()))
     return {"ticks": params.count}
+
+
+STEPS = "bench_steps"
+
+
+class StepsParams(Params):
+    steps: int = Field(10, ge=0, le=100_000)
+
+
+@task(STEPS, description="Bench: progress events as fast as it can (the tutorial's workload).")
+async def steps(ctx: TaskContext, params: StepsParams) -> dict[str, Any]:
+    for i in range(1, params.steps + 1):
+        t = time.time()  # stamped as bench_tick's: push latency = receive time - this
+        await ctx.progress(100 * i / params.steps, f"{t:.6f}", data={"t": t})
+    return {"steps": params.steps}
