@@ -98,6 +98,8 @@ class Task:
             "failures": self.failures,
             "failure_reason": self.failure_reason,
             "last_event_id": self.last_seq,
+            "priority": self.options.get("priority", "normal"),
+            "run_at": self.options.get("run_at"),
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
             "started_at": iso(self.started_at),
