@@ -128,6 +128,8 @@ class AsyncClient:
         ``priority`` (high, normal, low) overrides the type's. ``run_at`` (an aware datetime)
         or ``delay`` (seconds), not both: the task stays pending until then.
         """
+        if run_at is not None and delay is not None:
+            raise ValueError("give run_at or delay, not both")
         name = type if isinstance(type, str) else type.name
         values = params.model_dump(mode="json") if isinstance(params, Params) \
             else dict(params or {})
