@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -151,3 +152,20 @@ async def test_the_client_submits_with_priority_and_delay(web: WebServer,
         assert await ts.wait(task, timeout=30) == {"events": 0}
         done = await ts.get(task)
         assert done.started_at is not None and done.started_at >= task.run_at
+
+
+async def test_the_sweeper_looks_at_due_pending_tasks_before_ones_delayed_far_ahead(
+        pool: asyncpg.Pool) -> None:
+    owner = f"prio-{uuid.uuid4().hex[:8]}"
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    made = await store.create_tasks(pool, [
+        *(store.NewTask(owner, "noop", {}, 1, options={"run_at": tomorrow}) for _ in range(3)),
+        store.NewTask(owner, "noop", {}, 1)])
+    ids = [uuid.UUID(t.task_id) for t, _ in made]
+    # All four queued long ago, the delayed ones first.
+    await pool.execute("""UPDATE tasks SET updated_at = now() - make_interval(hours => 2)
+                          + make_interval(secs => array_position($1::uuid[], task_id))
+                          WHERE task_id = ANY($1::uuid[])""", ids)
+    stale = [tid for tid, _, _ in await store.stale_pending(pool, 3600, limit=200)
+             if uuid.UUID(tid) in ids]
+    assert stale == [str(i) for i in ids[3:] + ids[:3]]

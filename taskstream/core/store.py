@@ -490,11 +490,12 @@ async def expired_leases(db: Executor, limit: int = 100) -> list[Lost]:
 async def stale_pending(db: Executor, older_than: float, limit: int = 500
                         ) -> list[tuple[str, int, dict[str, Any]]]:
     """Pending tasks untouched for a while: (task_id, last_seq, options) — their job id's
-    parts, and the priority and start time their job is queued with."""
+    parts, and the priority and start time their job is queued with. Those due first: tasks
+    delayed far ahead (their jobs rightly waiting) must not fill the batch every pass."""
     rows = await db.fetch(
         """SELECT task_id, last_seq, options FROM tasks
            WHERE status = 'pending' AND updated_at < now() - make_interval(secs => $1)
-           ORDER BY updated_at LIMIT $2""",
+           ORDER BY greatest(updated_at, (options->>'run_at')::timestamptz) LIMIT $2""",
         older_than, limit,
     )
     return [(str(r["task_id"]), r["last_seq"], r["options"]) for r in rows]
