@@ -119,6 +119,13 @@ async def test_a_job_run_again_later_owes_its_priority_again(settings: Settings)
         await w.finish_job(jid, True, None, None, False, None, None)
         assert await arq.zscore(q, jid) is None
         assert await arq.hget(queue.promote_key(q), jid) is None
+        # A job arq gives up on (expired, out of tries) takes its offset along too.
+        later = queue.Job(str(uuid.uuid4()), 1, Priority.HIGH, run_at=time.time() + 60)
+        await queue.enqueue(arq, s, [later])
+        lid = queue.job_id(later.task_id, 1)
+        assert await arq.hget(queue.promote_key(q), lid) is not None
+        await w.finish_failed_job(lid, None)
+        assert await arq.hget(queue.promote_key(q), lid) is None
     finally:
         if w._finisher is not None:  # not w.close(): it would close our connection by the
             await w._finisher.close()  # deprecated name

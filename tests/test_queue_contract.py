@@ -42,6 +42,7 @@ def test_overridden_worker_methods_keep_their_signatures() -> None:
         "finish_job": ["self", "job_id", "finish", "result_data", "result_timeout_s",
                        "keep_result_forever", "incr_score", "keep_in_progress"],
         "run_job": ["self", "job_id", "score"],
+        "finish_failed_job": ["self", "job_id", "result_data"],
         "_release_sem_dec_counter_on_complete": ["self"],
     }
     for name, params in expected.items():

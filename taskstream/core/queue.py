@@ -335,6 +335,14 @@ class BatchingWorker(Worker):
             self._finisher.start()
         await self._finisher.finish(add)
 
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        """arq's end of a job it could not run (expired, unreadable, out of tries), and the
+        job's priority offset forgotten with it."""
+        await super().finish_failed_job(job_id, result_data)
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.hdel(promote_key(self.queue_name), job_id)
+            await pipe.execute()
+
     async def close(self) -> None:
         await super().close()
         if self._finisher is not None:
