@@ -4,7 +4,6 @@ claimed in one round trip per poll with arq's own checks (not held by another wo
 import asyncio
 import time
 import uuid
-from unittest import mock
 
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
@@ -73,20 +72,20 @@ async def test_a_deferred_job_gets_its_priority_when_due_never_before(settings: 
     arq = await queue.connect(s)
     try:
         q = queue_name(s.namespace)
-        normal = [queue.Job(str(uuid.uuid4()), 1) for _ in range(3)]
-        high = queue.Job(str(uuid.uuid4()), 1, Priority.HIGH,
-                         run_at=time.time() + 0.3)
-        assert await queue.enqueue(arq, s, [high, *normal]) == 4
-        # Enqueued together, they share a score: Redis orders them by id.
-        ids = sorted(queue.job_id(j.task_id, j.seq) for j in normal)
+        normal = [queue.Job(str(uuid.uuid4()), 1) for _ in range(300)]
+        high = queue.Job(str(uuid.uuid4()), 1, Priority.HIGH, run_at=time.time() + 0.3)
+        assert await queue.enqueue(arq, s, [high, *normal]) == 301
         hid = queue.job_id(high.task_id, 1)
-        assert await _due_in_poll_order(arq, s) == ids  # not due: its offset not applied yet
-        assert [j for j, _ in await queue.claim(arq, q, [hid], 5, 30_000)] == []
+        order = await _due_in_poll_order(arq, s)
+        assert len(order) == 300 and hid not in order  # not due: no offset yet
+        assert await queue.claim(arq, q, [], 5, 30_000) == []
+        assert hid not in await _due_in_poll_order(arq, s)
         await asyncio.sleep(0.35)
-        assert await _due_in_poll_order(arq, s) == [*ids, hid]
-        # The claim that finds it due moves it to its place instead of taking it out of turn.
-        assert await queue.claim(arq, q, [*ids[:1], hid], 1, 30_000) == [(ids[0], mock.ANY)]
-        assert await queue.claim(arq, q, [hid], 1, 30_000) == []
+        # Due, but behind 300 normal jobs: past a poll's read window (100 by default).
+        assert (await _due_in_poll_order(arq, s))[-1] == hid
+        # Any claim first gives it its offset, whatever ids the poll read.
+        taken = await queue.claim(arq, q, order[:2], 2, 30_000)
+        assert [j for j, _ in taken] == order[:2]
         assert (await _due_in_poll_order(arq, s))[0] == hid
         assert [j for j, _ in await queue.claim(arq, q, [hid], 1, 30_000)] == [hid]
     finally:
@@ -112,26 +111,28 @@ async def test_a_job_run_again_later_owes_its_priority_again(settings: Settings)
         # What arq's run_job passes for Retry(defer=0.2): defer + (now - claimed score).
         await w.finish_job(jid, False, None, None, False,
                            200 + timestamp_ms() - score, None)
-        assert hid_score(await arq.zscore(q, jid)) > timestamp_ms()  # deferred, not due
+        assert _score(await arq.zscore(q, jid)) > timestamp_ms()  # deferred, not due
         await asyncio.sleep(0.25)
-        assert await queue.claim(arq, q, [jid], 1, 30_000) == []  # promoted first
-        assert hid_score(await arq.zscore(q, jid)) < timestamp_ms() - 3_600_000
+        assert await queue.claim(arq, q, [], 1, 30_000) == []  # promoted
+        assert _score(await arq.zscore(q, jid)) < timestamp_ms() - 3_600_000
         await w.finish_job(jid, True, None, None, False, None, None)
         assert await arq.zscore(q, jid) is None
-        assert await arq.hget(queue.promote_key(q), jid) is None
+        assert await arq.hget(queue.offsets_key(q), jid) is None
         # A job arq gives up on (expired, out of tries) takes its offset along too.
         later = queue.Job(str(uuid.uuid4()), 1, Priority.HIGH, run_at=time.time() + 60)
         await queue.enqueue(arq, s, [later])
         lid = queue.job_id(later.task_id, 1)
-        assert await arq.hget(queue.promote_key(q), lid) is not None
+        assert await arq.hget(queue.offsets_key(q), lid) is not None
+        assert await arq.zscore(queue.promote_key(q), lid) is not None
         await w.finish_failed_job(lid, None)
-        assert await arq.hget(queue.promote_key(q), lid) is None
+        assert await arq.hget(queue.offsets_key(q), lid) is None
+        assert await arq.zscore(queue.promote_key(q), lid) is None
     finally:
         if w._finisher is not None:  # not w.close(): it would close our connection by the
             await w._finisher.close()  # deprecated name
         await arq.aclose()
 
 
-def hid_score(value: float | None) -> float:
+def _score(value: float | None) -> float:
     assert value is not None
     return value

@@ -15,8 +15,9 @@ Priorities ride on arq's score: a worker polls due jobs in score order, so a job
 now goes in with its due time minus an offset per priority (high sorts before every normal
 job queued in the last hour, normal before every low one). A deferred job (a retry's backoff,
 a delayed run) cannot carry its offset yet — it would look due early — so it goes in at its
-due time and is listed in a "promote" hash; the claim, finding it due, moves it back by its
-offset instead of taking it, and the next poll takes it in priority order.
+due time and is also listed, by that time, in a "promote" sorted set; every claim first moves
+the jobs that fell due there back by their offsets (kept in an "offsets" hash), whether or
+not the poll's read window reached them, so the next poll takes them in priority order.
 """
 
 import asyncio
@@ -63,9 +64,13 @@ PRIORITY_OFFSET_MS: Final[Mapping[Priority, int]] = {
 }
 
 
+def offsets_key(queue: str) -> str:
+    """Hash: job id -> its priority offset in ms, for the queued jobs that have one."""
+    return queue + ":offsets"
+
+
 def promote_key(queue: str) -> str:
-    """Hash of the priority offsets of queued jobs (job id -> ms; low has none): positive
-    while the job's score still lacks it (deferred), negative once applied."""
+    """Sorted set: the deferred jobs whose score still lacks their offset, by due time."""
     return queue + ":promote"
 
 
@@ -146,13 +151,16 @@ def job_timeout(settings: Settings) -> float:
 
 #: arq's enqueue (WATCH, EXISTS, MULTI, PSETEX, ZADD: three round trips) as one atomic
 #: script, so that many jobs go in one pipelined round trip. KEYS: job key, result key,
-#: queue, promote hash; ARGV: expiry ms, serialized job, score, job id, the job's offset in
-#: ms (positive: still to apply when due; negative: applied; 0: none).
+#: queue, offsets hash, promote set; ARGV: expiry ms, serialized job, score, job id, its
+#: offset ms, 1 if the offset is still to apply (the score is the due time).
 _ENQUEUE_LUA = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-if tonumber(ARGV[5]) ~= 0 then redis.call('HSET', KEYS[4], ARGV[4], ARGV[5]) end
+if tonumber(ARGV[5]) > 0 then
+    redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
+    if ARGV[6] == '1' then redis.call('ZADD', KEYS[5], ARGV[3], ARGV[4]) end
+end
 return 1
 """
 
@@ -167,7 +175,7 @@ async def enqueue(arq: ArqRedis, settings: Settings, jobs: Sequence[Job | tuple[
         return 0
     script = arq.register_script(_ENQUEUE_LUA)
     queue = queue_name(settings.namespace)
-    promote = promote_key(queue)
+    keys = [queue, offsets_key(queue), promote_key(queue)]
     now = timestamp_ms()
     defer_ms = int(defer_by * 1000) if defer_by else 0
     async with arq.pipeline(transaction=False) as pipe:
@@ -179,9 +187,9 @@ async def enqueue(arq: ArqRedis, settings: Settings, jobs: Sequence[Job | tuple[
             later = due > now
             body = serialize_job(RUN_TASK_FUNCTION, (job.task_id,), {}, None, now,
                                  serializer=serialize)
-            await script(keys=[job_key_prefix + jid, result_key_prefix + jid, queue, promote],
+            await script(keys=[job_key_prefix + jid, result_key_prefix + jid, *keys],
                          args=[due - now + expires_extra_ms, body,
-                               due if later else due - offset, jid, offset if later else -offset],
+                               due if later else due - offset, jid, offset, int(later)],
                          client=pipe)
         results = await pipe.execute()
     return sum(1 for r in results if r == 1)
@@ -205,14 +213,21 @@ async def held_for(arq: ArqRedis, settings: Settings, jid: str) -> float | None:
 
 #: arq's job claim (per job: WATCH, EXISTS, ZSCORE, MULTI/PSETEX/EXEC — four round trips,
 #: one job after another) as one atomic script for every job id a poll found: a job is
-#: taken when no worker holds it and it is due; at most ARGV[3] are taken. A due job still
-#: waiting for its priority offset gets it instead (the next poll sees it in its place).
-#: KEYS: queue, promote hash; ARGV: now ms, in-progress marker ttl ms, limit, then the job
+#: taken when no worker holds it and it is due; at most ARGV[3] are taken. First, deferred
+#: jobs that fell due get their priority offsets (see the module docstring). KEYS: queue,
+#: offsets hash, promote set; ARGV: now ms, in-progress marker ttl ms, limit, then the job
 #: ids. Returns id, score pairs.
 _CLAIM_LUA = """
 local out = {}
 local limit = tonumber(ARGV[3])
 local now = tonumber(ARGV[1])
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)) do
+    redis.call('ZREM', KEYS[3], id)
+    local offset = redis.call('HGET', KEYS[2], id)
+    if offset and redis.call('ZSCORE', KEYS[1], id) then
+        redis.call('ZINCRBY', KEYS[1], -tonumber(offset), id)
+    end
+end
 for i = 4, #ARGV do
     if #out >= 2 * limit then break end
     local id = ARGV[i]
@@ -220,15 +235,9 @@ for i = 4, #ARGV do
     if redis.call('EXISTS', marker) == 0 then
         local score = redis.call('ZSCORE', KEYS[1], id)
         if score and tonumber(score) <= now then
-            local offset = tonumber(redis.call('HGET', KEYS[2], id) or '0')
-            if offset > 0 then
-                redis.call('HSET', KEYS[2], id, -offset)
-                redis.call('ZINCRBY', KEYS[1], -offset, id)
-            else
-                redis.call('PSETEX', marker, ARGV[2], '1')
-                out[#out + 1] = id
-                out[#out + 1] = score
-            end
+            redis.call('PSETEX', marker, ARGV[2], '1')
+            out[#out + 1] = id
+            out[#out + 1] = score
         end
     end
 end
@@ -239,11 +248,12 @@ return out
 async def claim(redis: ArqRedis, queue: str, job_ids: Sequence[bytes | str], limit: int,
                 in_progress_ms: int) -> list[tuple[str, int]]:
     """Take up to ``limit`` of these jobs for this worker, as arq's ``start_jobs`` would,
-    in one round trip; returns (job id, score) of those taken."""
-    if not job_ids or limit <= 0:
+    in one round trip; returns (job id, score) of those taken. Runs with no ids too: the
+    promotion of deferred jobs must not wait for the poll to reach them."""
+    if limit <= 0:
         return []
     script = redis.register_script(_CLAIM_LUA)
-    raw = await script(keys=[queue, promote_key(queue)],
+    raw = await script(keys=[queue, offsets_key(queue), promote_key(queue)],
                        args=[timestamp_ms(), in_progress_ms, limit, *job_ids])
     pairs = [x.decode() if isinstance(x, bytes) else str(x) for x in raw]
     return [(pairs[i], int(float(pairs[i + 1]))) for i in range(0, len(pairs), 2)]
@@ -251,11 +261,12 @@ async def claim(redis: ArqRedis, queue: str, job_ids: Sequence[bytes | str], lim
 
 #: arq's re-deferral of a job (its ``Retry``: ZINCRBY to now + defer, as arq computes the
 #: increment from the claimed score), and the job's priority offset owed again once due.
-#: KEYS: queue, promote hash; ARGV: increment ms, job id.
+#: KEYS: queue, offsets hash, promote set; ARGV: increment ms, job id.
 _REDEFER_LUA = """
-redis.call('ZINCRBY', KEYS[1], ARGV[1], ARGV[2])
-local offset = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
-if offset < 0 then redis.call('HSET', KEYS[2], ARGV[2], -offset) end
+local due = redis.call('ZINCRBY', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then
+    redis.call('ZADD', KEYS[3], due, ARGV[2])
+end
 """
 
 
@@ -323,10 +334,11 @@ class BatchingWorker(Worker):
                 delete_keys += [retry_key_prefix + job_id, job_key_prefix + job_id]
                 tr.zrem(abort_jobs_ss, job_id)
                 tr.zrem(self.queue_name, job_id)
-                tr.hdel(promote_key(self.queue_name), job_id)
+                tr.hdel(offsets_key(self.queue_name), job_id)
+                tr.zrem(promote_key(self.queue_name), job_id)
             elif incr_score:
-                tr.eval(_REDEFER_LUA, 2, self.queue_name, promote_key(self.queue_name),
-                        str(incr_score), job_id)
+                tr.eval(_REDEFER_LUA, 3, self.queue_name, offsets_key(self.queue_name),
+                        promote_key(self.queue_name), str(incr_score), job_id)
             if delete_keys:
                 tr.delete(*delete_keys)
 
@@ -340,7 +352,8 @@ class BatchingWorker(Worker):
         job's priority offset forgotten with it."""
         await super().finish_failed_job(job_id, result_data)
         async with self.pool.pipeline(transaction=False) as pipe:
-            pipe.hdel(promote_key(self.queue_name), job_id)
+            pipe.hdel(offsets_key(self.queue_name), job_id)
+            pipe.zrem(promote_key(self.queue_name), job_id)
             await pipe.execute()
 
     async def close(self) -> None:
