@@ -99,13 +99,13 @@ class Runtime:
             return RunOutcome.MISSING
         if is_terminal(task.status):
             return RunOutcome.ALREADY_FINISHED
-        wait = _until_run_at(task)
-        if wait > 0:  # a clock ahead of ours, or a stray job: never start early
-            raise queue.RunAgainLater(defer=wait)
         if task.cancel_requested and task.status == Status.PENDING:
             await self._append(task.owner, task_id, EventType.CANCELLED,
                                error="cancelled by request")
             return RunOutcome.CANCELLED
+        wait = _until_run_at(task)
+        if wait > 0:  # a clock ahead of ours, or a stray job: never start early
+            raise queue.RunAgainLater(defer=wait)
         started = await self._append(task.owner, task_id, EventType.STARTED,
                                      attempt=task.attempts + 1, worker_id=self.worker_id,
                                      lease=self.settings.lease_seconds,
