@@ -169,3 +169,22 @@ async def test_the_sweeper_looks_at_due_pending_tasks_before_ones_delayed_far_ah
     stale = [tid for tid, _, _ in await store.stale_pending(pool, 3600, limit=200)
              if uuid.UUID(tid) in ids]
     assert stale == [str(i) for i in ids[3:] + ids[:3]]
+
+
+async def test_a_job_that_comes_early_is_put_back_until_run_at(
+        client: httpx.AsyncClient, settings: Settings) -> None:
+    """A stray job (a clock ahead, a rescue) for a delayed task: the runtime refuses to start
+    it early and re-defers it; the task still runs once, not before its run_at."""
+    task = await _post(client, delay=2)
+    arq = await queue.connect(settings)
+    try:
+        assert await queue.enqueue(arq, settings, [queue.Job(task["task_id"], 1)], rescue=1)
+    finally:
+        await arq.aclose()
+    await asyncio.sleep(1)
+    assert (await client.get(f"/tasks/{task['task_id']}")).json()["status"] == "pending"
+    done = await wait_terminal(client, task["task_id"])
+    assert done["status"] == "completed"
+    assert datetime.fromisoformat(done["started_at"]) >= datetime.fromisoformat(task["run_at"])
+    events = (await client.get(f"/tasks/{task['task_id']}/events")).json()["items"]
+    assert [e["type"] for e in events].count("started") == 1
