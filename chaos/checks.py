@@ -32,7 +32,21 @@ def check_all(snap: Snapshot, specs: list[TaskSpec], follows: list[Follow],
               lost: list[Loss]) -> list[Check]:
     return [accepted_terminal(snap, specs), one_terminal_event(snap), fencing(snap),
             gap_free(snap), outcomes(snap, specs), poison_pills(snap, lost),
-            clients_exactly_once(snap, follows), clients_only_durable(snap, follows)]
+            clients_exactly_once(snap, follows), clients_only_durable(snap, follows),
+            not_before_run_at(snap)]
+
+
+def not_before_run_at(snap: Snapshot) -> Check:
+    c = Check("no delayed task started before its run_at")
+    for tid, row in snap.tasks.items():
+        if row.run_at is None:
+            continue
+        c.checked += 1
+        for e in snap.events.get(tid, []):
+            if e.type == "started" and e.created < row.run_at:
+                c.violations.append(f"task {tid}: attempt {e.attempt} started "
+                                    f"{row.run_at - e.created:.3f}s before its run_at")
+    return c
 
 
 def accepted_terminal(snap: Snapshot, specs: list[TaskSpec]) -> Check:

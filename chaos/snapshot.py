@@ -28,6 +28,7 @@ class Row:
     last_seq: int
     key: str | None
     crashes: int
+    run_at: float | None  # epoch seconds: a delayed task must not start before
 
 
 @dataclass
@@ -40,10 +41,13 @@ class Snapshot:
 
 async def snapshot(pool: asyncpg.Pool) -> Snapshot:
     rows = await pool.fetch("""SELECT task_id, status, failure_reason, result, last_seq,
-                                      idempotency_key, crashes FROM tasks""")
+                                      idempotency_key, crashes,
+                                      extract(epoch FROM (options->>'run_at')::timestamptz)
+                                          ::float8 AS run_at
+                               FROM tasks""")
     tasks = {str(r["task_id"]): Row(str(r["task_id"]), r["status"], r["failure_reason"],
                                     r["result"], r["last_seq"], r["idempotency_key"],
-                                    r["crashes"]) for r in rows}
+                                    r["crashes"], r["run_at"]) for r in rows}
     events: dict[str, list[Ev]] = defaultdict(list)
     by_tseq: dict[int, Ev] = {}
     for r in await pool.fetch(

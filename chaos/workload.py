@@ -12,6 +12,10 @@ Kinds (share of the mix):
 
 Any kind may also end failed with reason ``worker_lost`` (lost with its worker ``max_crashes``
 times: the poison-pill rule), which is why that outcome is allowed everywhere.
+
+Across kinds, one task in ten is high priority and one in ten low, and one in eight is
+delayed by 0.5-5 s (a Redis restart then loses its deferred job: the sweeper must bring it
+back, and it must still not start before its ``run_at``).
 """
 
 import asyncio
@@ -51,7 +55,19 @@ class TaskSpec:
 def make_specs(n: int, rng: random.Random) -> list[TaskSpec]:
     names = [k for k, _ in KINDS]
     weights = [w for _, w in KINDS]
-    return [_spec(i, rng.choices(names, weights)[0], rng) for i in range(n)]
+    return [_scheduled(_spec(i, rng.choices(names, weights)[0], rng), rng) for i in range(n)]
+
+
+def _scheduled(spec: TaskSpec, rng: random.Random) -> TaskSpec:
+    """Some priorities and delays on top of the kind's body."""
+    draw = rng.random()
+    if draw < 0.1:
+        spec.body["priority"] = "high"
+    elif draw < 0.2:
+        spec.body["priority"] = "low"
+    if rng.random() < 0.125:
+        spec.body["delay"] = round(rng.uniform(0.5, 5.0), 2)
+    return spec
 
 
 def _spec(i: int, kind: str, rng: random.Random) -> TaskSpec:

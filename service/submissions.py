@@ -18,13 +18,13 @@ from pydantic import ValidationError
 from service.errors import Conflict, TooManyRequests, Unprocessable
 from service.limits import InflightGauge, SubmitRate, json_depth
 from service.worker_types import WorkerTypes
-from taskstream.core import store
+from taskstream.core import queue, store
 from taskstream.core.batcher import Batcher
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import Event
 from taskstream.core.pending import enqueue_pending
 from taskstream.core.settings import Settings
-from taskstream.core.tasktypes import Catalogue, UnknownTaskType
+from taskstream.core.tasktypes import Catalogue, UnknownTaskType, scheduled
 
 Result = tuple[store.Task, Event | None]
 
@@ -77,7 +77,7 @@ class Submissions(Batcher[store.NewTask, Result]):
             owner=owner, task_type=task_type, params=clean,
             max_attempts=options.get("max_attempts") or self._catalogue[task_type].max_attempts,
             idempotency_key=idempotency_key, request_hash=digest if idempotency_key else None,
-            options=options,
+            options=scheduled(options, self._catalogue[task_type]),
         ))
         if created is None:
             if task.request_hash != digest:
@@ -108,7 +108,8 @@ class Submissions(Batcher[store.NewTask, Result]):
         results = await store.create_tasks(self._pool, items)
         created = [ev for _, ev in results if ev is not None]
         await self._eventlog.publish(created)  # durable first, then on Redis
-        await enqueue_pending(self._arq, self._settings, created)
+        await enqueue_pending(self._arq, self._settings, [
+            queue.Job.of(ev.task_id, ev.seq, task.options) for task, ev in results if ev])
         return results
 
 

@@ -72,7 +72,7 @@ async def redrive(res: Resources, owner: str, task_id: str) -> store.Task:
     done = await append_pending(res.eventlog, res.arq, res.settings, NewEvent(
         task_id=task.task_id, owner=owner, type=EventType.REDRIVEN,
         message="re-driven by request", data={"previous_error": task.error},
-    ))
+    ), options=task.options)
     if done.outcome != Outcome.OK:
         raise Conflict("task changed meanwhile; look at it again")
     return await load_task(res, owner, task_id)

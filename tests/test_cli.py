@@ -108,6 +108,16 @@ async def test_submit_prints_the_id_or_the_task(cli_env: dict[str, str],
     assert bad.code == 2 and "key=value" in bad.err
 
 
+async def test_submit_with_priority_and_delay(cli_env: dict[str, str]) -> None:
+    r = await run(cli_env, "submit", "noop", "--priority", "high", "--delay", "30", "--json")
+    assert r.code == 0, r.err
+    (task,) = r.objects
+    assert task["priority"] == "high" and task["run_at"] and task["status"] == "pending"
+    both = await run(cli_env, "submit", "noop", "--delay", "1",
+                     "--run-at", "2030-01-01T00:00:00+00:00")
+    assert both.code == 2 and "not allowed with" in both.err
+
+
 async def test_submit_follow_plain_and_json(cli_env: dict[str, str]) -> None:
     r = await run(cli_env, "submit", "demo", "-p", "duration=0.3", "-p", "steps=3", "--follow")
     assert r.code == 0, r.err

@@ -18,4 +18,4 @@ def test_cancel_round_trips_and_garbage_is_ignored() -> None:
 async def test_only_events_that_make_a_task_pending_take_the_pending_path() -> None:
     event = NewEvent(task_id="t", owner="o", type=EventType.COMPLETED)
     with pytest.raises(ValueError, match="does not make a task pending"):
-        await append_pending(None, None, Settings(), event)  # type: ignore[arg-type]
+        await append_pending(None, None, Settings(), event, options=None)  # type: ignore[arg-type]

@@ -2,13 +2,17 @@
 claimed in one round trip per poll with arq's own checks (not held by another worker, due)."""
 
 import asyncio
+import time
 import uuid
 
+from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 
 from taskstream.core import queue
 from taskstream.core.constants import queue_name
 from taskstream.core.settings import Settings
+from taskstream.declaration import Priority
 
 
 async def test_claim_takes_due_unheld_jobs_once_up_to_the_limit(settings: Settings) -> None:
@@ -38,3 +42,97 @@ async def test_claim_takes_due_unheld_jobs_once_up_to_the_limit(settings: Settin
         assert await queue.claim(arq, q, ids, 0, 30_000) == []
     finally:
         await arq.aclose()
+
+
+async def _due_in_poll_order(arq: ArqRedis, s: Settings) -> list[str]:
+    """What arq's poll reads: due job ids in score order."""
+    raw = await arq.zrangebyscore(queue_name(s.namespace), min=float("-inf"),
+                                  max=timestamp_ms())
+    return [r.decode() for r in raw]
+
+
+async def test_due_jobs_poll_in_priority_order_then_enqueue_order(settings: Settings) -> None:
+    s = settings.model_copy(update={"namespace": f"q{uuid.uuid4().hex[:8]}"})
+    arq = await queue.connect(s)
+    try:
+        order = [Priority.LOW, Priority.NORMAL, Priority.NORMAL, Priority.HIGH, Priority.LOW]
+        jobs = []
+        for p in order:
+            jobs.append(queue.Job(str(uuid.uuid4()), 1, p))
+            assert await queue.enqueue(arq, s, jobs[-1:]) == 1
+            await asyncio.sleep(0.002)
+        ids = [queue.job_id(j.task_id, j.seq) for j in jobs]
+        assert await _due_in_poll_order(arq, s) == [ids[3], ids[1], ids[2], ids[0], ids[4]]
+    finally:
+        await arq.aclose()
+
+
+async def test_a_deferred_job_gets_its_priority_when_due_never_before(settings: Settings) -> None:
+    s = settings.model_copy(update={"namespace": f"q{uuid.uuid4().hex[:8]}"})
+    arq = await queue.connect(s)
+    try:
+        q = queue_name(s.namespace)
+        normal = [queue.Job(str(uuid.uuid4()), 1) for _ in range(300)]
+        high = queue.Job(str(uuid.uuid4()), 1, Priority.HIGH, run_at=time.time() + 0.3)
+        assert await queue.enqueue(arq, s, [high, *normal]) == 301
+        hid = queue.job_id(high.task_id, 1)
+        order = await _due_in_poll_order(arq, s)
+        assert len(order) == 300 and hid not in order  # not due: no offset yet
+        assert await queue.claim(arq, q, [], 5, 30_000) == []
+        assert hid not in await _due_in_poll_order(arq, s)
+        await asyncio.sleep(0.35)
+        # Due, but behind 300 normal jobs: past a poll's read window (100 by default).
+        assert (await _due_in_poll_order(arq, s))[-1] == hid
+        # Any claim first gives it its offset, whatever ids the poll read.
+        taken = await queue.claim(arq, q, order[:2], 2, 30_000)
+        assert [j for j, _ in taken] == order[:2]
+        assert (await _due_in_poll_order(arq, s))[0] == hid
+        assert [j for j, _ in await queue.claim(arq, q, [hid], 1, 30_000)] == [hid]
+    finally:
+        await arq.aclose()
+
+
+async def test_a_job_run_again_later_owes_its_priority_again(settings: Settings) -> None:
+    """arq's Retry re-scores a job at now + defer; our finisher re-arms its offset."""
+    s = settings.model_copy(update={"namespace": f"q{uuid.uuid4().hex[:8]}"})
+    arq = await queue.connect(s)
+
+    async def nothing(ctx: dict[str, object]) -> None: ...
+
+    w = queue.build_worker(s, nothing, on_startup=nothing, on_shutdown=nothing, burst=True)
+    try:
+        q = queue_name(s.namespace)
+        job = queue.Job(str(uuid.uuid4()), 1, Priority.HIGH)
+        jid = queue.job_id(job.task_id, 1)
+        await queue.enqueue(arq, s, [job])
+        ((_, score),) = await queue.claim(arq, q, [jid], 1, 30_000)
+        assert score < timestamp_ms() - queue.PRIORITY_OFFSET_MS[Priority.HIGH] + 1000
+        w._pool = arq
+        # What arq's run_job passes for Retry(defer=0.2): defer + (now - claimed score).
+        await w.finish_job(jid, False, None, None, False,
+                           200 + timestamp_ms() - score, None)
+        assert _score(await arq.zscore(q, jid)) > timestamp_ms()  # deferred, not due
+        await asyncio.sleep(0.25)
+        assert await queue.claim(arq, q, [], 1, 30_000) == []  # promoted
+        assert _score(await arq.zscore(q, jid)) < timestamp_ms() - 3_600_000
+        await w.finish_job(jid, True, None, None, False, None, None)
+        assert await arq.zscore(q, jid) is None
+        assert await arq.hget(queue.offsets_key(q), jid) is None
+        # A job arq gives up on (expired, out of tries) takes its offset along too.
+        later = queue.Job(str(uuid.uuid4()), 1, Priority.HIGH, run_at=time.time() + 60)
+        await queue.enqueue(arq, s, [later])
+        lid = queue.job_id(later.task_id, 1)
+        assert await arq.hget(queue.offsets_key(q), lid) is not None
+        assert await arq.zscore(queue.promote_key(q), lid) is not None
+        await w.finish_failed_job(lid, None)
+        assert await arq.hget(queue.offsets_key(q), lid) is None
+        assert await arq.zscore(queue.promote_key(q), lid) is None
+    finally:
+        if w._finisher is not None:  # not w.close(): it would close our connection by the
+            await w._finisher.close()  # deprecated name
+        await arq.aclose()
+
+
+def _score(value: float | None) -> float:
+    assert value is not None
+    return value

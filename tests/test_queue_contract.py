@@ -2,6 +2,7 @@
 it fails here, in one place, instead of as lost or doubled jobs in production."""
 
 import inspect
+import re
 import uuid
 from importlib.metadata import version
 
@@ -41,6 +42,7 @@ def test_overridden_worker_methods_keep_their_signatures() -> None:
         "finish_job": ["self", "job_id", "finish", "result_data", "result_timeout_s",
                        "keep_result_forever", "incr_score", "keep_in_progress"],
         "run_job": ["self", "job_id", "score"],
+        "finish_failed_job": ["self", "job_id", "result_data"],
         "_release_sem_dec_counter_on_complete": ["self"],
     }
     for name, params in expected.items():
@@ -96,3 +98,21 @@ async def test_a_job_we_enqueue_is_the_job_arq_would_read(settings: Settings) ->
 def test_the_package_exports_what_we_build_on() -> None:
     assert arq.Worker is Worker
     assert queue.RunAgainLater is arq.worker.Retry
+
+
+def test_priorities_ride_on_the_score_as_arq_reads_it() -> None:
+    """The priority offsets rely on arq 0.28 (1) polling due jobs lowest score first with
+    nothing else judged from the score (a score hours in the past is just "due", the job
+    expires by its key's TTL only), and (2) re-scoring a job it runs again later at now +
+    defer, whatever its claimed score (so the finisher can re-arm the offset)."""
+    poll = inspect.getsource(Worker._poll_iteration)
+    assert "zrangebyscore(" in poll and "min=float('-inf')" in poll and "max=now" in poll
+    run_job = inspect.getsource(Worker.run_job)
+    assert "incr_score = e.defer_score + (timestamp_ms() - score)" in run_job
+    uses = [line.strip() for line in run_job.splitlines()
+            if re.search(r"(?<![_.])score\b", line) and "def run_job" not in line]
+    # The claimed score goes only to the job's ctx, a log line ("delayed=" says hours for a
+    # high job: cosmetic) and the re-deferral's increment.
+    assert uses == ["'score': score,", "if (start_ms - score) > 1200:",
+                    "extra += f' delayed={(start_ms - score) / 1000:0.2f}s'",
+                    "incr_score = e.defer_score + (timestamp_ms() - score)"]

@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -21,7 +22,7 @@ from arq.connections import ArqRedis
 from pydantic import BaseModel, ValidationError
 
 from taskstream.context import AttemptSuperseded, SoftTimeLimitExceeded
-from taskstream.core import store
+from taskstream.core import queue, store
 from taskstream.core.batcher import Batcher
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import NewEvent
@@ -102,6 +103,9 @@ class Runtime:
             await self._append(task.owner, task_id, EventType.CANCELLED,
                                error="cancelled by request")
             return RunOutcome.CANCELLED
+        wait = _until_run_at(task)
+        if wait > 0:  # a clock ahead of ours, or a stray job: never start early
+            raise queue.RunAgainLater(defer=wait)
         started = await self._append(task.owner, task_id, EventType.STARTED,
                                      attempt=task.attempts + 1, worker_id=self.worker_id,
                                      lease=self.settings.lease_seconds,
@@ -201,7 +205,7 @@ class Runtime:
             message=f"retrying in {delay:.1f}s (failed attempt {spent} of {max_attempts})",
             data={"reason": reason, "attempt": ctx.attempt, "delay": round(delay, 3),
                   "error": error[:4000]},
-        ), defer_by=delay)
+        ), options=task.options, defer_by=delay)
         return RunOutcome.RETRYING
 
     async def _fail(self, ctx: WorkerContext, error: str, reason: FailureReason) -> RunOutcome:
@@ -241,6 +245,14 @@ async def _settle(job: asyncio.Task[Any]) -> None:
         await job
     except BaseException:  # noqa: S110 - the task's own end is irrelevant now
         pass
+
+
+def _until_run_at(task: store.Task) -> float:
+    """Seconds until the task may start (its ``run_at`` option); <= 0: now."""
+    run_at = task.options.get("run_at")
+    if not run_at or task.status != Status.PENDING:
+        return 0.0
+    return (datetime.fromisoformat(run_at) - datetime.now(UTC)).total_seconds()
 
 
 def _uuid(value: str) -> uuid.UUID | None:

@@ -77,12 +77,13 @@ async def sweep_once(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
             attempt=lost.attempts,
             data={"reason": FailureReason.WORKER_LOST, "attempt": lost.attempts},
             message=f"attempt {lost.attempts} lost with its worker; re-queued",
-        ))
+        ), options=lost.options)
         report.requeued += res.outcome == Outcome.OK
-    for task_id, seq in await store.stale_pending(pool, settings.pending_stale_seconds):
+    for task_id, seq, options in await store.stale_pending(pool, settings.pending_stale_seconds):
         jid = queue.job_id(task_id, seq)
+        job = queue.Job.of(task_id, seq, options)  # with its priority, deferred to its run_at
         if not await queue.job_known(arq, jid):
-            if await queue.enqueue(arq, settings, [(task_id, seq)]):
+            if await queue.enqueue(arq, settings, [job]):
                 report.reenqueued += 1
             continue
         # Queued (maybe deferred for a retry) is fine. But a worker that took the job and
@@ -95,7 +96,7 @@ async def sweep_once(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
                 break  # waiting in the queue, or taken just now: leave it be
             jid = queue.job_id(task_id, seq, rescue)
             if not await queue.job_known(arq, jid):
-                if await queue.enqueue(arq, settings, [(task_id, seq)], rescue=rescue):
+                if await queue.enqueue(arq, settings, [job], rescue=rescue):
                     report.reenqueued += 1
                 break
     report.failed += await fail_unknown_types(pool, eventlog, settings)

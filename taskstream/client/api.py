@@ -18,6 +18,7 @@ import os
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Self, TypeVar, overload
 
 import httpx
@@ -38,7 +39,7 @@ from taskstream.client.models import (
 from taskstream.client.retry import DEFAULT_POLICY, RetryPolicy
 from taskstream.client.streams import EventStream
 from taskstream.client.uploads import FileSource, MultipartFile, prepare
-from taskstream.declaration import Params, TaskDef
+from taskstream.declaration import Params, Priority, TaskDef
 
 P = TypeVar("P", bound=Params)
 
@@ -96,19 +97,25 @@ class AsyncClient:
     async def submit(self, type: TaskDef[P, Any], params: P, *,
                      idempotency_key: str | None = None, max_attempts: int | None = None,
                      time_limit: float | None = None,
-                     soft_time_limit: float | None = None) -> Task: ...
+                     soft_time_limit: float | None = None,
+                     priority: Priority | str | None = None, run_at: datetime | None = None,
+                     delay: float | None = None) -> Task: ...
 
     @overload
     async def submit(self, type: str, params: Mapping[str, Any] | None = None, *,
                      idempotency_key: str | None = None, max_attempts: int | None = None,
                      time_limit: float | None = None,
-                     soft_time_limit: float | None = None) -> Task: ...
+                     soft_time_limit: float | None = None,
+                     priority: Priority | str | None = None, run_at: datetime | None = None,
+                     delay: float | None = None) -> Task: ...
 
     async def submit(self, type: str | TaskDef[Any, Any],
                      params: Params | Mapping[str, Any] | None = None, *,
                      idempotency_key: str | None = None, max_attempts: int | None = None,
                      time_limit: float | None = None,
-                     soft_time_limit: float | None = None) -> Task:
+                     soft_time_limit: float | None = None,
+                     priority: Priority | str | None = None, run_at: datetime | None = None,
+                     delay: float | None = None) -> Task:
         """Start a task: ``submit(summarize, SummarizeParams(...))`` with a declared type
         and its parameter model (type-checked), or ``submit("summarize", {...})`` by name.
         The same ``idempotency_key`` with the same request returns the task it created the
@@ -117,13 +124,21 @@ class AsyncClient:
         ``max_attempts``, ``time_limit`` and ``soft_time_limit`` override the type's retry
         budget and its hard and soft time limits in seconds (the API's ``max_attempts``,
         ``timeout`` and ``soft_timeout``).
+
+        ``priority`` (high, normal, low) overrides the type's. ``run_at`` (an aware datetime)
+        or ``delay`` (seconds), not both: the task stays pending until then.
         """
+        if run_at is not None and delay is not None:
+            raise ValueError("give run_at or delay, not both")
         name = type if isinstance(type, str) else type.name
         values = params.model_dump(mode="json") if isinstance(params, Params) \
             else dict(params or {})
         body: dict[str, Any] = {"type": name, "params": values}
         for name, value in (("max_attempts", max_attempts), ("timeout", time_limit),
-                            ("soft_timeout", soft_time_limit)):
+                            ("soft_timeout", soft_time_limit),
+                            ("priority", Priority(priority).value if priority else None),
+                            ("run_at", run_at.isoformat() if run_at else None),
+                            ("delay", delay)):
             if value is not None:
                 body[name] = value
         key = idempotency_key or str(uuid.uuid4())

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console
@@ -108,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hard time limit: the task is stopped and fails")
     p.add_argument("--soft-time-limit", type=float, metavar="SECONDS",
                    help="soft time limit: the task's code is told to wrap up")
+    p.add_argument("--priority", choices=["high", "normal", "low"],
+                   help="override the type's priority")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--delay", type=float, metavar="SECONDS", help="start no sooner")
+    when.add_argument("--run-at", type=datetime.fromisoformat, metavar="ISO8601",
+                      help="start no sooner than this time (with its UTC offset)")
     p.add_argument("-f", "--follow", action="store_true", help="follow it to the end")
 
     p = add("upload", "upload files; each starts a document_process task", following)
@@ -200,7 +207,9 @@ async def run(args: argparse.Namespace, mode: render.Mode, console: Console,
                 return USAGE
             task = await ts.submit(args.type, params, idempotency_key=args.idempotency_key,
                                    max_attempts=args.max_attempts, time_limit=args.time_limit,
-                                   soft_time_limit=args.soft_time_limit)
+                                   soft_time_limit=args.soft_time_limit,
+                                   priority=args.priority, run_at=args.run_at,
+                                   delay=args.delay)
             if not args.follow:
                 render.accepted(task, mode, console, "submitted")
                 return OK

@@ -50,6 +50,8 @@ class Task(_Model):
     failures: int = 0
     failure_reason: str | None = None
     last_event_id: int = 0
+    priority: str = "normal"
+    run_at: datetime | None = None  # a delayed task does not start before this
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None

@@ -19,6 +19,7 @@ from sqlmodel import Field, SQLModel
 
 from taskstream.core.events import event_error, event_result
 from taskstream.core.states import EventType, Status
+from taskstream.declaration import Priority
 
 # Column types, spelled as the migrations spell them (SQLModel's defaults would say varchar
 # for str and float4 for float; test_models compares against the database).
@@ -113,12 +114,16 @@ class TaskRead(TaskBase):
 
     type: str  # the same as task_type, under the name the API's clients send
     last_event_id: int  # the newest event's seq: where a stream of this task resumes
+    priority: Priority  # from its options, where submission resolved it
+    run_at: datetime | None  # a delayed task does not start before this
     links: Links
 
     @classmethod
     def of(cls, row: Task) -> "TaskRead":
         return cls.model_validate(row, update={
             "type": row.task_type, "last_event_id": row.last_seq, "links": Links.of(row.task_id),
+            "priority": row.options.get("priority", Priority.NORMAL),
+            "run_at": row.options.get("run_at"),
         })
 
 

@@ -7,14 +7,24 @@ methods. Everything that depends on that — key prefixes, the job record, the i
 marker's lifetime, the overridden methods — is here, and ``tests/test_queue_contract.py``
 pins it, so an arq upgrade fails loudly in one place.
 
-The surface: ``connect``, ``job_id``, ``enqueue``, ``job_known``, ``held_for`` and
+The surface: ``connect``, ``job_id``, ``Job``, ``enqueue``, ``job_known``, ``held_for`` and
 ``build_worker`` (whose worker claims and finishes jobs in batches). Jobs carry only a task
 id and are msgpack, never pickle (arq's default would execute a crafted job).
+
+Priorities ride on arq's score: a worker polls due jobs in score order, so a job that is due
+now goes in with its due time minus an offset per priority (high sorts before every normal
+job queued in the last hour, normal before every low one). A deferred job (a retry's backoff,
+a delayed run) cannot carry its offset yet — it would look due early — so it goes in at its
+due time and is also listed, by that time, in a "promote" sorted set; every claim first moves
+the jobs that fell due there back by their offsets (kept in an "offsets" hash), whether or
+not the poll's read window reached them, so the next poll takes them in priority order.
 """
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 import msgpack
@@ -38,6 +48,7 @@ from taskstream.core.batcher import Batcher
 from taskstream.core.constants import RUN_TASK_FUNCTION, queue_name
 from taskstream.core.redisconn import tls_options
 from taskstream.core.settings import Settings
+from taskstream.declaration import Priority
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +57,40 @@ RunAgainLater: Final = Retry
 
 #: arq keeps a job's in-progress marker this long past its job timeout.
 IN_PROGRESS_MARGIN_S: Final = 10
+
+#: How far before its due time a job of each priority is scored (see the module docstring).
+PRIORITY_OFFSET_MS: Final[Mapping[Priority, int]] = {
+    Priority.HIGH: 2 * 3_600_000, Priority.NORMAL: 3_600_000, Priority.LOW: 0,
+}
+
+
+def offsets_key(queue: str) -> str:
+    """Hash: job id -> its priority offset in ms, for the queued jobs that have one."""
+    return queue + ":offsets"
+
+
+def promote_key(queue: str) -> str:
+    """Sorted set: the deferred jobs whose score still lacks their offset, by due time."""
+    return queue + ":promote"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What goes on the queue for a pending task: its job id's parts, its priority and the
+    time it may start at (epoch seconds; None: now)."""
+
+    task_id: str
+    seq: int
+    priority: Priority = Priority.NORMAL
+    run_at: float | None = None
+
+    @classmethod
+    def of(cls, task_id: str, seq: int, options: Mapping[str, Any] | None) -> "Job":
+        """From a task's stored options (``priority``, ``run_at`` as ISO text)."""
+        opts = options or {}
+        run_at = opts.get("run_at")
+        return cls(task_id, seq, Priority(opts.get("priority") or Priority.NORMAL),
+                   datetime.fromisoformat(run_at).timestamp() if run_at else None)
 
 
 # --- the job record ------------------------------------------------------------------------
@@ -106,32 +151,45 @@ def job_timeout(settings: Settings) -> float:
 
 #: arq's enqueue (WATCH, EXISTS, MULTI, PSETEX, ZADD: three round trips) as one atomic
 #: script, so that many jobs go in one pipelined round trip. KEYS: job key, result key,
-#: queue; ARGV: expiry ms, serialized job, score, job id.
+#: queue, offsets hash, promote set; ARGV: expiry ms, serialized job, score, job id, its
+#: offset ms, 1 if the offset is still to apply (the score is the due time).
 _ENQUEUE_LUA = """
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+if tonumber(ARGV[5]) > 0 then
+    redis.call('HSET', KEYS[4], ARGV[4], ARGV[5])
+    if ARGV[6] == '1' then redis.call('ZADD', KEYS[5], ARGV[3], ARGV[4]) end
+end
 return 1
 """
 
 
-async def enqueue(arq: ArqRedis, settings: Settings, jobs: Sequence[tuple[str, int]],
+async def enqueue(arq: ArqRedis, settings: Settings, jobs: Sequence[Job | tuple[str, int]],
                   *, defer_by: float | None = None, rescue: int = 0) -> int:
-    """Enqueue (task_id, seq) jobs exactly as arq's ``enqueue_job`` would (same job record,
-    expiry and score), all in one round trip; returns how many were new."""
+    """Enqueue jobs exactly as arq's ``enqueue_job`` would (same job record and expiry), all
+    in one round trip; returns how many were new. A job is due at the later of now +
+    ``defer_by`` and its ``run_at``; its score is that minus its priority's offset (or its
+    due time, with the offset left to the claim, when it is not due yet)."""
     if not jobs:
         return 0
     script = arq.register_script(_ENQUEUE_LUA)
     queue = queue_name(settings.namespace)
+    keys = [queue, offsets_key(queue), promote_key(queue)]
     now = timestamp_ms()
     defer_ms = int(defer_by * 1000) if defer_by else 0
     async with arq.pipeline(transaction=False) as pipe:
-        for task_id, seq in jobs:
-            jid = job_id(task_id, seq, rescue)
-            body = serialize_job(RUN_TASK_FUNCTION, (task_id,), {}, None, now,
+        for item in jobs:
+            job = item if isinstance(item, Job) else Job(*item)
+            jid = job_id(job.task_id, job.seq, rescue)
+            due = max(now + defer_ms, int(job.run_at * 1000) if job.run_at else 0)
+            offset = PRIORITY_OFFSET_MS[job.priority]
+            later = due > now
+            body = serialize_job(RUN_TASK_FUNCTION, (job.task_id,), {}, None, now,
                                  serializer=serialize)
-            await script(keys=[job_key_prefix + jid, result_key_prefix + jid, queue],
-                         args=[defer_ms + expires_extra_ms, body, now + defer_ms, jid],
+            await script(keys=[job_key_prefix + jid, result_key_prefix + jid, *keys],
+                         args=[due - now + expires_extra_ms, body,
+                               due if later else due - offset, jid, offset, int(later)],
                          client=pipe)
         results = await pipe.execute()
     return sum(1 for r in results if r == 1)
@@ -155,12 +213,21 @@ async def held_for(arq: ArqRedis, settings: Settings, jid: str) -> float | None:
 
 #: arq's job claim (per job: WATCH, EXISTS, ZSCORE, MULTI/PSETEX/EXEC — four round trips,
 #: one job after another) as one atomic script for every job id a poll found: a job is
-#: taken when no worker holds it and it is due; at most ARGV[3] are taken. KEYS: queue;
-#: ARGV: now ms, in-progress marker ttl ms, limit, then the job ids. Returns id, score pairs.
+#: taken when no worker holds it and it is due; at most ARGV[3] are taken. First, deferred
+#: jobs that fell due get their priority offsets (see the module docstring). KEYS: queue,
+#: offsets hash, promote set; ARGV: now ms, in-progress marker ttl ms, limit, then the job
+#: ids. Returns id, score pairs.
 _CLAIM_LUA = """
 local out = {}
 local limit = tonumber(ARGV[3])
 local now = tonumber(ARGV[1])
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)) do
+    redis.call('ZREM', KEYS[3], id)
+    local offset = redis.call('HGET', KEYS[2], id)
+    if offset and redis.call('ZSCORE', KEYS[1], id) then
+        redis.call('ZINCRBY', KEYS[1], -tonumber(offset), id)
+    end
+end
 for i = 4, #ARGV do
     if #out >= 2 * limit then break end
     local id = ARGV[i]
@@ -181,13 +248,26 @@ return out
 async def claim(redis: ArqRedis, queue: str, job_ids: Sequence[bytes | str], limit: int,
                 in_progress_ms: int) -> list[tuple[str, int]]:
     """Take up to ``limit`` of these jobs for this worker, as arq's ``start_jobs`` would,
-    in one round trip; returns (job id, score) of those taken."""
-    if not job_ids or limit <= 0:
+    in one round trip; returns (job id, score) of those taken. Runs with no ids too: the
+    promotion of deferred jobs must not wait for the poll to reach them."""
+    if limit <= 0:
         return []
     script = redis.register_script(_CLAIM_LUA)
-    raw = await script(keys=[queue], args=[timestamp_ms(), in_progress_ms, limit, *job_ids])
+    raw = await script(keys=[queue, offsets_key(queue), promote_key(queue)],
+                       args=[timestamp_ms(), in_progress_ms, limit, *job_ids])
     pairs = [x.decode() if isinstance(x, bytes) else str(x) for x in raw]
     return [(pairs[i], int(float(pairs[i + 1]))) for i in range(0, len(pairs), 2)]
+
+
+#: arq's re-deferral of a job (its ``Retry``: ZINCRBY to now + defer, as arq computes the
+#: increment from the claimed score), and the job's priority offset owed again once due.
+#: KEYS: queue, offsets hash, promote set; ARGV: increment ms, job id.
+_REDEFER_LUA = """
+local due = redis.call('ZINCRBY', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then
+    redis.call('ZADD', KEYS[3], due, ARGV[2])
+end
+"""
 
 
 class _Finisher(Batcher[Callable[[Pipeline], None], None]):
@@ -254,8 +334,11 @@ class BatchingWorker(Worker):
                 delete_keys += [retry_key_prefix + job_id, job_key_prefix + job_id]
                 tr.zrem(abort_jobs_ss, job_id)
                 tr.zrem(self.queue_name, job_id)
+                tr.hdel(offsets_key(self.queue_name), job_id)
+                tr.zrem(promote_key(self.queue_name), job_id)
             elif incr_score:
-                tr.zincrby(self.queue_name, incr_score, job_id)
+                tr.eval(_REDEFER_LUA, 3, self.queue_name, offsets_key(self.queue_name),
+                        promote_key(self.queue_name), str(incr_score), job_id)
             if delete_keys:
                 tr.delete(*delete_keys)
 
@@ -263,6 +346,15 @@ class BatchingWorker(Worker):
             self._finisher = _Finisher(self.pool)
             self._finisher.start()
         await self._finisher.finish(add)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        """arq's end of a job it could not run (expired, unreadable, out of tries), and the
+        job's priority offset forgotten with it."""
+        await super().finish_failed_job(job_id, result_data)
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.hdel(offsets_key(self.queue_name), job_id)
+            pipe.zrem(promote_key(self.queue_name), job_id)
+            await pipe.execute()
 
     async def close(self) -> None:
         await super().close()

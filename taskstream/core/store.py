@@ -98,6 +98,8 @@ class Task:
             "failures": self.failures,
             "failure_reason": self.failure_reason,
             "last_event_id": self.last_seq,
+            "priority": self.options.get("priority", "normal"),
+            "run_at": self.options.get("run_at"),
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
             "started_at": iso(self.started_at),
@@ -470,30 +472,33 @@ class Lost:
     attempts: int
     crashes: int
     cancel_requested: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 async def expired_leases(db: Executor, limit: int = 100) -> list[Lost]:
     """Running tasks whose worker stopped renewing its lease (killed, or paused)."""
     rows = await db.fetch(
-        """SELECT task_id, owner, attempts, crashes, cancel_requested FROM tasks
+        """SELECT task_id, owner, attempts, crashes, cancel_requested, options FROM tasks
            WHERE status = 'running' AND lease_expires_at < now()
            ORDER BY lease_expires_at LIMIT $1""",
         limit,
     )
     return [Lost(str(r["task_id"]), r["owner"], r["attempts"], r["crashes"],
-                 r["cancel_requested"]) for r in rows]
+                 r["cancel_requested"], r["options"]) for r in rows]
 
 
 async def stale_pending(db: Executor, older_than: float, limit: int = 500
-                        ) -> list[tuple[str, int]]:
-    """Pending tasks untouched for a while: (task_id, last_seq) — their job id's parts."""
+                        ) -> list[tuple[str, int, dict[str, Any]]]:
+    """Pending tasks untouched for a while: (task_id, last_seq, options) — their job id's
+    parts, and the priority and start time their job is queued with. Those due first: tasks
+    delayed far ahead (their jobs rightly waiting) must not fill the batch every pass."""
     rows = await db.fetch(
-        """SELECT task_id, last_seq FROM tasks
+        """SELECT task_id, last_seq, options FROM tasks
            WHERE status = 'pending' AND updated_at < now() - make_interval(secs => $1)
-           ORDER BY updated_at LIMIT $2""",
+           ORDER BY greatest(updated_at, (options->>'run_at')::timestamptz) LIMIT $2""",
         older_than, limit,
     )
-    return [(str(r["task_id"]), r["last_seq"]) for r in rows]
+    return [(str(r["task_id"]), r["last_seq"], r["options"]) for r in rows]
 
 
 # --- server secrets ------------------------------------------------------------------------
@@ -559,12 +564,15 @@ async def live_worker_types(db: Executor, within: float) -> tuple[int, dict[str,
 
 async def pending_of_unknown_types(db: Executor, known: Sequence[str], older_than: float,
                                    limit: int = 500) -> list[tuple[str, str, str]]:
-    """Pending tasks, created more than ``older_than`` seconds ago, whose type is not in
-    ``known``: (task_id, owner, task_type)."""
+    """Pending tasks, due (created, or their ``run_at`` passed) more than ``older_than``
+    seconds ago, whose type is not in ``known``: (task_id, owner, task_type). A delayed task
+    is not judged before it is due: workers for its type may come by then."""
     rows = await db.fetch(
         """SELECT task_id, owner, task_type FROM tasks
            WHERE status = 'pending' AND NOT (task_type = ANY($1::text[]))
              AND created_at < now() - make_interval(secs => $2)
+             AND coalesce((options->>'run_at')::timestamptz, created_at)
+                 < now() - make_interval(secs => $2)
            ORDER BY created_at LIMIT $3""",
         list(known), older_than, limit)
     return [(str(r["task_id"]), r["owner"], r["task_type"]) for r in rows]

@@ -6,12 +6,13 @@ their schemas at ``GET /task-types``; the workers run the declared coroutines. N
 imports a task module's heavy dependencies: those are imported inside the coroutines.
 """
 
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from taskstream.core.settings import Settings
-from taskstream.declaration import Params, TaskDef
+from taskstream.declaration import Params, Priority, TaskDef
 from taskstream.discovery import load_tasks
 
 
@@ -57,6 +58,10 @@ class Catalogue:
         return model
 
 
+#: The furthest a run can be put off (a delay longer than this is more likely a unit mistake).
+MAX_DELAY_S = 366 * 24 * 3600
+
+
 class TaskOptions(BaseModel):
     """Per-submission overrides of the type's policy."""
 
@@ -69,10 +74,41 @@ class TaskOptions(BaseModel):
     soft_timeout: float | None = Field(
         None, gt=0, le=7 * 24 * 3600,
         description="Soft time limit: the task's code gets SoftTimeLimitExceeded.")
+    priority: Priority | None = Field(
+        None, description="Override the type's priority: high starts before every normal or "
+        "low task waiting, low after them.")
+    run_at: AwareDatetime | None = Field(
+        None, description="Do not start before this time (ISO 8601 with a UTC offset); a past "
+        "time runs now. Not with delay.")
+    delay: float | None = Field(None, ge=0, le=MAX_DELAY_S,
+                                description="Do not start before this many seconds from now.")
+
+    @model_validator(mode="after")
+    def _one_start_time(self) -> Self:
+        if self.run_at is not None and self.delay is not None:
+            raise ValueError("give run_at or delay, not both")
+        if self.run_at is not None and \
+                self.run_at > datetime.now(UTC) + timedelta(seconds=MAX_DELAY_S):
+            raise ValueError("run_at is more than a year away")
+        return self
 
     def options(self) -> dict[str, Any]:
         """The overrides given, as stored with the task."""
-        return self.model_dump(include=set(TaskOptions.model_fields), exclude_none=True)
+        return self.model_dump(include=set(TaskOptions.model_fields), exclude_none=True,
+                               mode="json")
 
 
-__all__ = ["Catalogue", "TaskOptions", "UnknownTaskType", "ValidationError"]
+def scheduled(options: dict[str, Any], spec: TaskDef[Any, Any],
+              now: datetime | None = None) -> dict[str, Any]:
+    """The options as stored with a new task: its priority resolved (the submission's, else
+    the type's) and a delay turned into ``run_at``, so that every later enqueue (retry,
+    re-queue, the sweeper's) reads both from the task alone."""
+    out = dict(options)
+    out["priority"] = Priority(out.get("priority") or spec.priority).value
+    delay = out.pop("delay", None)
+    if delay:
+        out["run_at"] = ((now or datetime.now(UTC)) + timedelta(seconds=delay)).isoformat()
+    return out
+
+
+__all__ = ["Catalogue", "TaskOptions", "UnknownTaskType", "ValidationError", "scheduled"]
