@@ -652,15 +652,6 @@ async def create_schedule(db: Executor, s: NewSchedule) -> uuid.UUID:
     return schedule_id
 
 
-async def schedule_timing(db: Executor, schedule_id: uuid.UUID, owner: str
-                          ) -> tuple[str, str] | None:
-    """(cron, timezone) of the owner's schedule; None if it is not theirs or not there."""
-    row = await db.fetchrow(
-        "SELECT cron, timezone FROM schedules WHERE schedule_id = $1 AND owner = $2",
-        schedule_id, owner)
-    return None if row is None else (row["cron"], row["timezone"])
-
-
 async def set_schedule_paused(db: Executor, schedule_id: uuid.UUID, owner: str, paused: bool,
                               next_run_at: datetime | None = None) -> bool:
     """Pause, or resume from ``next_run_at`` (slots passed while paused are not owed)."""
