@@ -47,7 +47,8 @@ def test_timezone_and_validation() -> None:
     # 09:00 in Paris is 07:00 UTC in summer.
     assert schedules.next_after("0 9 * * *", "Europe/Paris", after) == after.replace(hour=7)
     for cron, tz in (("61 * * * *", "UTC"), ("* * *", "UTC"), ("* * 30 2 *", "UTC"),
-                     ("* * * * *", "Mars/Olympus"), ("* * * * *", "../../etc/passwd")):
+                     ("* * * * *", "Mars/Olympus"), ("* * * * *", "../../etc/passwd"),
+                     ("* * * * *", "America")):
         with pytest.raises(schedules.BadSchedule):
             schedules.check(cron, tz)
 

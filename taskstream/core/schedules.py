@@ -15,7 +15,8 @@ No I/O here: the store runs this inside the transaction that claimed the schedul
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from functools import cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import croniter
 
@@ -34,10 +35,19 @@ class BadSchedule(ValueError):
     """A cron expression or timezone that cannot work (the reason is the message)."""
 
 
+@cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
 def zone(timezone: str) -> ZoneInfo:
+    # Only the database's zone names: ZoneInfo would also open other files under its roots
+    # (a directory such as 'America', 'zone.tab').
     try:
+        if timezone not in _zone_names():
+            raise ZoneInfoNotFoundError(timezone)
         return ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise BadSchedule(f"unknown timezone {timezone!r} (an IANA name such as "
                           "'UTC' or 'Europe/Paris')") from None
 
