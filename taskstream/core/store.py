@@ -238,26 +238,11 @@ async def create_tasks(pool: asyncpg.Pool, items: Sequence[NewTask]
         return await _insert_tasks(pool, items)
 
 
-async def _insert_tasks(pool: Executor, items: Sequence[NewTask]
+async def _insert_tasks(pool: asyncpg.Pool, items: Sequence[NewTask]
                         ) -> list[tuple[Task, Event | None]]:
     # One statement, its own transaction (migration 040): tasks, 'created' events, tenant_seq.
     ids = [uuid.uuid4() for _ in items]
-    rows = await pool.fetch(
-        "SELECT * FROM ts_create_tasks($1::uuid[], $2::text[], $3::text[], $4::jsonb[],"
-        " $5::integer[], $6::text[], $7::text[], $8::jsonb[])",
-        ids, [i.owner for i in items], [i.task_type for i in items],
-        [i.params for i in items], [i.max_attempts for i in items],
-        [i.idempotency_key for i in items], [i.request_hash for i in items],
-        [i.options for i in items],
-    )
-    made: dict[uuid.UUID, tuple[Task, Event | None]] = {}
-    for r in rows:
-        task = Task.from_row(r)
-        made[r["task_id"]] = (task, Event(
-            task_id=task.task_id, seq=1, tenant_seq=r["tenant_seq"], type=EventType.CREATED.value,
-            status=task.status, progress=task.progress, message=None, data=None, attempt=0,
-            created_at=task.created_at, owner=task.owner,
-        ))
+    made = await _insert_new(pool, ids, items)
     out: list[tuple[Task, Event | None]] = []
     for tid, item in zip(ids, items, strict=True):
         if tid in made:
@@ -271,6 +256,28 @@ async def _insert_tasks(pool: Executor, items: Sequence[NewTask]
         assert existing is not None
         out.append((Task.from_row(existing), None))
     return out
+
+
+async def _insert_new(db: Executor, ids: Sequence[uuid.UUID], items: Sequence[NewTask]
+                      ) -> dict[uuid.UUID, tuple[Task, Event]]:
+    """ts_create_tasks: the tasks it created (an idempotent replay is left out), by id."""
+    rows = await db.fetch(
+        "SELECT * FROM ts_create_tasks($1::uuid[], $2::text[], $3::text[], $4::jsonb[],"
+        " $5::integer[], $6::text[], $7::text[], $8::jsonb[])",
+        ids, [i.owner for i in items], [i.task_type for i in items],
+        [i.params for i in items], [i.max_attempts for i in items],
+        [i.idempotency_key for i in items], [i.request_hash for i in items],
+        [i.options for i in items],
+    )
+    made: dict[uuid.UUID, tuple[Task, Event]] = {}
+    for r in rows:
+        task = Task.from_row(r)
+        made[r["task_id"]] = (task, Event(
+            task_id=task.task_id, seq=1, tenant_seq=r["tenant_seq"], type=EventType.CREATED.value,
+            status=task.status, progress=task.progress, message=None, data=None, attempt=0,
+            created_at=task.created_at, owner=task.owner,
+        ))
+    return made
 
 
 async def get_task(db: Executor, task_id: uuid.UUID, owner: str | None = None) -> Task | None:
@@ -613,12 +620,14 @@ async def fire_due_schedules(pool: asyncpg.Pool, planner: Planner, limit: int = 
                 misfire=r["misfire"], next_run_at=r["next_run_at"]), now)
             items += tasks
             advances.append((r["schedule_id"], next_run_at, len(tasks)))
-        made = await _insert_tasks(conn, items) if items else []
         await conn.executemany(
             """UPDATE schedules SET next_run_at = $2, fired = fired + $3, updated_at = now(),
                       last_fired_at = CASE WHEN $3 > 0 THEN now() ELSE last_fired_at END
                WHERE schedule_id = $1""", advances)
-    return len(rows), [ev for _, ev in made if ev is not None]
+        # Last, just before COMMIT: ts_create_tasks locks the tenant's counter row, which
+        # every event append of that tenant waits for (see 040_fast_paths.sql).
+        made = await _insert_new(conn, [uuid.uuid4() for _ in items], items) if items else {}
+    return len(rows), [ev for _, ev in made.values()]
 
 
 async def seconds_to_next_schedule(db: Executor) -> float | None:
