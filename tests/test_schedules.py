@@ -190,7 +190,12 @@ async def test_api_per_tenant(backing: tuple[str, str], tmp_path: Path) -> None:
                 assert r.status_code == 404, (method, path, r.text)
             assert (await alice.get("/schedules/not-a-uuid")).status_code == 404
             # It fires; paused, it fires nothing; resumed, it fires again.
-            await eventually(lambda: _enough(db, sid, 1), timeout=30)
+            try:
+                await eventually(lambda: _enough(db, sid, 1), timeout=30)
+            except AssertionError:
+                row = await db.fetchrow("SELECT *, now() FROM schedules")
+                raise AssertionError(f"{dict(row or {})}\n{cluster.workers[0].tail()}"
+                                     f"\nalive={cluster.workers[0].alive}") from None
             r = await alice.post(f"/schedules/{sid}/pause")
             assert r.status_code == 200 and r.json()["paused"]
             await asyncio.sleep(0.5)  # a claim in flight when the pause landed commits
