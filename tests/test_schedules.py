@@ -70,6 +70,15 @@ async def _slots(db: asyncpg.Pool, schedule_id: str) -> list[tuple[datetime, dat
     return sorted((_slot_of(r["idempotency_key"]), r["created_at"]) for r in rows)
 
 
+async def _workers_up(db: asyncpg.Pool, n: int) -> None:
+    """Until n workers have announced themselves (a loaded machine starts them slowly)."""
+    async def up() -> bool:
+        return bool(await db.fetchval(
+            "SELECT count(DISTINCT worker_id) >= $1 FROM worker_types", n))
+
+    await eventually(up, timeout=90)
+
+
 def _slot_of(key: str) -> datetime:
     return datetime.fromisoformat(key.split(":", 2)[2])
 
@@ -86,6 +95,7 @@ async def _create(c: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
 async def test_each_slot_fires_exactly_once_across_workers(cluster: Cluster) -> None:
     db = await create_pool(cluster.database_url, min_size=1, max_size=2)
     try:
+        await _workers_up(db, 3)
         async with httpx.AsyncClient(base_url=cluster.web.url, timeout=30) as c:
             sched = await _create(c)
             sid = sched["schedule_id"]
@@ -115,6 +125,7 @@ async def _enough(db: asyncpg.Pool, sid: str, n: int) -> bool:
 async def test_missed_slots_skip_or_catch_up_once(cluster: Cluster) -> None:
     db = await create_pool(cluster.database_url, min_size=1, max_size=2)
     try:
+        await _workers_up(db, 3)
         async with httpx.AsyncClient(base_url=cluster.web.url, timeout=30) as c:
             skip = (await _create(c, misfire="skip"))["schedule_id"]
             catch = (await _create(c, misfire="catch_up"))["schedule_id"]
@@ -165,6 +176,7 @@ async def test_api_per_tenant(backing: tuple[str, str], tmp_path: Path) -> None:
             return httpx.AsyncClient(base_url=cluster.web.url, timeout=30,
                                      headers={"Authorization": f"Bearer {tokens[who]}"})
 
+        await _workers_up(db, 1)
         async with as_("alice") as alice, as_("bob") as bob:
             # Bad input: 422 with a reason.
             for body, reason in (({"cron": "61 * * * *"}, "cron"),
@@ -177,7 +189,7 @@ async def test_api_per_tenant(backing: tuple[str, str], tmp_path: Path) -> None:
                                                          "cron": "*/5 * * * *", **body})
                 assert r.status_code == 422, (body, r.text)
                 assert reason in r.text
-            sched = await _create(alice, cron="*/2 * * * * *", timezone="Europe/Paris",
+            sched = await _create(alice, cron="* * * * * */2", timezone="Europe/Paris",
                                   misfire="catch_up")
             sid = sched["schedule_id"]
             assert sched["misfire"] == "catch_up" and not sched["paused"]
