@@ -605,12 +605,15 @@ async def fire_due_schedules(pool: asyncpg.Pool, planner: Planner, limit: int = 
     tasks and advance them, all in one transaction: a slot fires once across all workers.
     Returns (schedules claimed, the created events: flush/publish, then enqueue them)."""
     async with _tx(pool) as conn:
-        now: datetime = await conn.fetchval("SELECT now()")
+        # The database's clock, one for every worker.
         rows = await conn.fetch(
             """SELECT schedule_id, owner, task_type, params, cron, timezone, misfire,
-                      next_run_at
+                      next_run_at, now() AS now
                FROM schedules WHERE next_run_at <= now() AND NOT paused AND NOT disabled
                ORDER BY next_run_at LIMIT $1 FOR UPDATE SKIP LOCKED""", limit)
+        if not rows:
+            return 0, []
+        now: datetime = rows[0]["now"]
         items: list[NewTask] = []
         advances: list[tuple[uuid.UUID, datetime, int]] = []
         for r in rows:
