@@ -36,6 +36,8 @@ what the clients received:
    (a task stream ends with its terminal event, then 204), and no live stream stalled;
 8. no event reached a client that PostgreSQL lacks;
 9. no HTTP 5xx other than 503, every 503/429 with Retry-After, no web process died.
+10. a cron schedule firing every second through the window fired each slot exactly once
+    and skipped none (its outages are shorter than the misfire grace).
 
 It prints a summary (faults with their times, outcomes per kind, lease losses and how soon a
 SIGKILLed task ran again, every HTTP status seen, stream statistics, the checks with their

@@ -6,15 +6,19 @@ self-explanatory.
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from chaos.followers import Follow
 from chaos.leases import Loss
 from chaos.snapshot import Ev, Row, Snapshot
 from chaos.workload import TaskSpec
+from taskstream.core.schedules import next_after
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 #: Events after which their attempt is over: any later write of that attempt is a late one.
 ENDS_ATTEMPT = frozenset({"retrying", "requeued"})
+#: The idempotency keys of the tasks a cron schedule fires: schedule:<id>:<slot>.
+SCHEDULE_KEY = "schedule:"
 
 
 @dataclass
@@ -33,7 +37,7 @@ def check_all(snap: Snapshot, specs: list[TaskSpec], follows: list[Follow],
     return [accepted_terminal(snap, specs), one_terminal_event(snap), fencing(snap),
             gap_free(snap), outcomes(snap, specs), poison_pills(snap, lost),
             clients_exactly_once(snap, follows), clients_only_durable(snap, follows),
-            not_before_run_at(snap)]
+            not_before_run_at(snap), schedule_slots_once(snap)]
 
 
 def not_before_run_at(snap: Snapshot) -> Check:
@@ -56,7 +60,7 @@ def accepted_terminal(snap: Snapshot, specs: list[TaskSpec]) -> Check:
         by_key[r.key or ""].append(r)
     ours = {s.key for s in specs}
     for key, rows in by_key.items():
-        if key not in ours:
+        if key not in ours and not key.startswith(SCHEDULE_KEY):
             c.violations.append(f"task {rows[0].task_id} has an Idempotency-Key the run "
                                 f"never sent ({key!r})")
     for s in specs:
@@ -249,3 +253,36 @@ def _ranges(xs: list[int]) -> str:
     out.append(f"{start}-{prev}" if prev != start else str(start))
     text = ",".join(out)
     return text if len(text) < 200 else text[:200] + "..."
+
+
+def schedule_slots_once(snap: Snapshot) -> Check:
+    """A cron schedule's slots: each fired once, none skipped while it ran (the run's outages
+    are shorter than the misfire grace, so every slot is owed)."""
+    c = Check("every cron slot fired exactly once, none skipped")
+    slots: dict[str, list[datetime]] = defaultdict(list)
+    for r in snap.tasks.values():
+        if r.key and r.key.startswith(SCHEDULE_KEY):
+            sid, _, at = r.key[len(SCHEDULE_KEY):].partition(":")
+            slots[sid].append(datetime.fromisoformat(at))
+    for sid, sched in snap.schedules.items():
+        mine = sorted(slots.get(sid, []))
+        c.checked += len(mine)
+        if not mine:
+            c.violations.append(f"schedule {sid} never fired")
+            continue
+        if sched.fired != len(mine):
+            c.violations.append(f"schedule {sid} fired {sched.fired} times for {len(mine)} "
+                                "tasks: a slot was claimed twice")
+        doubles = sorted({s for s in mine if mine.count(s) > 1})
+        if doubles:
+            c.violations.append(f"schedule {sid}: slots with more than one task {doubles}")
+        owed: list[datetime] = []
+        slot = mine[0]
+        while slot <= mine[-1]:
+            owed.append(slot)
+            slot = next_after(sched.cron, sched.timezone, slot)
+        skipped = sorted(set(owed) - set(mine))
+        if skipped:
+            c.violations.append(f"schedule {sid}: {len(skipped)} slots skipped "
+                                f"{[s.isoformat() for s in skipped[:5]]}")
+    return c

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 
+from chaos import cron
 from chaos.api import Api
 from chaos.checks import Check, check_all
 from chaos.deployment import Deployment
@@ -140,12 +141,14 @@ async def _run(cfg: ChaosConfig, rng: random.Random, dep: Deployment, pool: asyn
     try:
         say(f"chaos: {cfg.tasks} tasks over {cfg.duration * cfg.submit_share:.0f}s, "
             f"faults for {cfg.duration:.0f}s (seed {cfg.seed})")
+        schedule_id = await cron.start(api)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(submit_all(api, specs, cfg.duration * cfg.submit_share,
                                       on_accept=accepted))
             tg.create_task(chaos.run(cfg.duration))
         fol.stop_picking.set()
         ids = [s.task_id for s in specs if s.task_id]
+        ids += await cron.stop(api, pool, schedule_id)
         say(f"chaos: window over at {time.time() - t0:.0f}s; waiting up to "
             f"{cfg.drain_timeout:.0f}s for {len(ids)} tasks to end")
         left = await _drain(pool, ids, cfg.drain_timeout)

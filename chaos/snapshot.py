@@ -31,12 +31,20 @@ class Row:
     run_at: float | None  # epoch seconds: a delayed task must not start before
 
 
+@dataclass(slots=True)
+class Sched:
+    cron: str
+    timezone: str
+    fired: int  # how many tasks the schedule says it created
+
+
 @dataclass
 class Snapshot:
     tasks: dict[str, Row]
     events: dict[str, list[Ev]]  # per task, by seq
     by_tenant_seq: dict[int, Ev]
     tenant_last_seq: int
+    schedules: dict[str, Sched]
 
 
 async def snapshot(pool: asyncpg.Pool) -> Snapshot:
@@ -61,4 +69,6 @@ async def snapshot(pool: asyncpg.Pool) -> Snapshot:
         events[ev.task_id].append(ev)
         by_tseq[ev.tenant_seq] = ev
     last = await pool.fetchval("SELECT coalesce(max(last_seq), 0) FROM tenants")
-    return Snapshot(tasks, dict(events), by_tseq, int(last))
+    fired = {str(r["schedule_id"]): Sched(r["cron"], r["timezone"], int(r["fired"]))
+             for r in await pool.fetch("SELECT schedule_id, cron, timezone, fired FROM schedules")}
+    return Snapshot(tasks, dict(events), by_tseq, int(last), fired)

@@ -25,7 +25,7 @@ from taskstream.core.eventlog import EventLog
 from taskstream.core.settings import Settings
 from taskstream.core.states import RunOutcome
 from taskstream.core.tasktypes import Catalogue
-from worker import sweeper
+from worker import scheduler, sweeper
 from worker.runtime import Runtime
 
 log = logging.getLogger("worker")
@@ -85,9 +85,11 @@ async def _start(ctx: dict[str, Any], stack: AsyncExitStack, settings: Settings,
     stack.push_async_callback(runtime.close)
     await store.announce_worker_types(pool, worker_id, catalogue.versions())
     stack.push_async_callback(store.forget_worker_types, pool, worker_id)
+    await scheduler.declare(pool, catalogue, settings)
     ctx["runtime"] = runtime
     for loop in (_listen_control(redis, settings, runtime),
-                 sweeper.run_forever(pool, redis, eventlog, runtime, settings)):
+                 sweeper.run_forever(pool, redis, eventlog, runtime, settings),
+                 scheduler.run_forever(pool, redis, eventlog, catalogue, settings)):
         stack.push_async_callback(_stop, asyncio.create_task(loop))
 
 

@@ -12,6 +12,9 @@ RUN_TASK_FUNCTION: Final = "run_task"
 
 #: The tenant used when authentication is switched off (local embedded run).
 ANONYMOUS_OWNER: Final = "public"
+#: The tenant that owns schedules declared with ``@task(cron=...)`` (and so their tasks):
+#: the anonymous one, so that a local run lists them with everything else.
+SCHEDULE_OWNER: Final = ANONYMOUS_OWNER
 
 
 def queue_name(namespace: str) -> str:

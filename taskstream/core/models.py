@@ -18,6 +18,7 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 from taskstream.core.events import event_error, event_result
+from taskstream.core.schedules import Misfire
 from taskstream.core.states import EventType, Status
 from taskstream.declaration import Priority
 
@@ -232,3 +233,34 @@ class WorkerType(SQLModel, table=True):
     task_type: str = Field(primary_key=True, sa_type=Text)
     schema_hash: str = Field(sa_type=Text)
     seen_at: datetime = Field(sa_type=TIMESTAMPTZ)
+
+
+# --- cron schedules --------------------------------------------------------------------------
+
+class ScheduleBase(SQLModel):
+    """What a schedule's row and its API shape share."""
+
+    schedule_id: uuid.UUID = Field(primary_key=True)
+    task_type: str = Field(sa_type=Text)
+    params: dict[str, Any] = Field(sa_type=JSONB)
+    cron: str = Field(sa_type=Text)
+    timezone: str = Field(sa_type=Text)
+    misfire: Misfire = Field(sa_type=Text)
+    declared: bool = Field(sa_type=Boolean)  # from a @task(cron=...) declaration
+    paused: bool = Field(sa_type=Boolean)
+    disabled: bool = Field(sa_type=Boolean)  # its declaration is gone from the code
+    next_run_at: datetime = Field(sa_type=TIMESTAMPTZ)
+    last_fired_at: datetime | None = Field(sa_type=TIMESTAMPTZ)
+    fired: int = Field(sa_type=BigInteger)  # tasks created so far
+    created_at: datetime = Field(sa_type=TIMESTAMPTZ)
+    updated_at: datetime = Field(sa_type=TIMESTAMPTZ)
+
+
+class Schedule(ScheduleBase, table=True):
+    __tablename__ = "schedules"
+
+    owner: str = Field(sa_type=Text, foreign_key="tenants.owner")
+
+
+class ScheduleRead(ScheduleBase):
+    """A schedule as ``/schedules`` returns it."""

@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     sweep_interval: float = 5.0
     #: A pending task this old whose job is not on the queue is re-enqueued by the sweeper.
     pending_stale_seconds: float = 10.0
+    #: Cron schedules: each worker checks for due ones at least this often, and a slot
+    #: older than the grace when found was missed (all workers down): its misfire policy
+    #: decides.
+    schedule_interval: float = 1.0
+    schedule_misfire_grace: float = 30.0
     #: Attempts lost with their worker before the task is failed as a poison pill.
     max_crashes: int = 3
     #: SIGTERM: running tasks get this long to finish before they are re-queued (Heroku: 30 s).

@@ -8,7 +8,7 @@ connection while it waits (an SSE stream in particular holds none).
 """
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -244,22 +244,7 @@ async def _insert_tasks(pool: asyncpg.Pool, items: Sequence[NewTask]
                         ) -> list[tuple[Task, Event | None]]:
     # One statement, its own transaction (migration 040): tasks, 'created' events, tenant_seq.
     ids = [uuid.uuid4() for _ in items]
-    rows = await pool.fetch(
-        "SELECT * FROM ts_create_tasks($1::uuid[], $2::text[], $3::text[], $4::jsonb[],"
-        " $5::integer[], $6::text[], $7::text[], $8::jsonb[])",
-        ids, [i.owner for i in items], [i.task_type for i in items],
-        [i.params for i in items], [i.max_attempts for i in items],
-        [i.idempotency_key for i in items], [i.request_hash for i in items],
-        [i.options for i in items],
-    )
-    made: dict[uuid.UUID, tuple[Task, Event | None]] = {}
-    for r in rows:
-        task = Task.from_row(r)
-        made[r["task_id"]] = (task, Event(
-            task_id=task.task_id, seq=1, tenant_seq=r["tenant_seq"], type=EventType.CREATED.value,
-            status=task.status, progress=task.progress, message=None, data=None, attempt=0,
-            created_at=task.created_at, owner=task.owner,
-        ))
+    made = await _insert_new(pool, ids, items)
     out: list[tuple[Task, Event | None]] = []
     for tid, item in zip(ids, items, strict=True):
         if tid in made:
@@ -273,6 +258,28 @@ async def _insert_tasks(pool: asyncpg.Pool, items: Sequence[NewTask]
         assert existing is not None
         out.append((Task.from_row(existing), None))
     return out
+
+
+async def _insert_new(db: Executor, ids: Sequence[uuid.UUID], items: Sequence[NewTask]
+                      ) -> dict[uuid.UUID, tuple[Task, Event]]:
+    """ts_create_tasks: the tasks it created (an idempotent replay is left out), by id."""
+    rows = await db.fetch(
+        "SELECT * FROM ts_create_tasks($1::uuid[], $2::text[], $3::text[], $4::jsonb[],"
+        " $5::integer[], $6::text[], $7::text[], $8::jsonb[])",
+        ids, [i.owner for i in items], [i.task_type for i in items],
+        [i.params for i in items], [i.max_attempts for i in items],
+        [i.idempotency_key for i in items], [i.request_hash for i in items],
+        [i.options for i in items],
+    )
+    made: dict[uuid.UUID, tuple[Task, Event]] = {}
+    for r in rows:
+        task = Task.from_row(r)
+        made[r["task_id"]] = (task, Event(
+            task_id=task.task_id, seq=1, tenant_seq=r["tenant_seq"], type=EventType.CREATED.value,
+            status=task.status, progress=task.progress, message=None, data=None, attempt=0,
+            created_at=task.created_at, owner=task.owner,
+        ))
+    return made
 
 
 async def get_task(db: Executor, task_id: uuid.UUID, owner: str | None = None) -> Task | None:
@@ -576,3 +583,144 @@ async def pending_of_unknown_types(db: Executor, known: Sequence[str], older_tha
            ORDER BY created_at LIMIT $3""",
         list(known), older_than, limit)
     return [(str(r["task_id"]), r["owner"], r["task_type"]) for r in rows]
+
+
+# --- cron schedules ----------------------------------------------------------------------------
+
+_SCHEDULE_COLS = """schedule_id, owner, task_type, params, cron, timezone, misfire, declared,
+    paused, disabled, next_run_at, last_fired_at, fired, created_at, updated_at"""
+
+
+@dataclass(slots=True)
+class DueSchedule:
+    schedule_id: str
+    owner: str
+    task_type: str
+    params: dict[str, Any]
+    cron: str
+    timezone: str
+    misfire: str
+    next_run_at: datetime
+
+
+#: Given a claimed schedule and the database's now: the tasks to create, and its next slot.
+Planner = Callable[[DueSchedule, datetime], tuple[list[NewTask], datetime]]
+
+
+async def fire_due_schedules(pool: asyncpg.Pool, planner: Planner, limit: int = 50
+                             ) -> tuple[int, list[tuple[Task, Event]]]:
+    """Claim due schedules (rows another worker holds are skipped), create their slots'
+    tasks and advance them, all in one transaction: a slot fires once across all workers.
+    Returns (schedules claimed, the created tasks with their events: flush/publish, then
+    enqueue them)."""
+    async with _tx(pool) as conn:
+        # The database's clock, one for every worker.
+        rows = await conn.fetch(
+            """SELECT schedule_id, owner, task_type, params, cron, timezone, misfire,
+                      next_run_at, now() AS now
+               FROM schedules WHERE next_run_at <= now() AND NOT paused AND NOT disabled
+               ORDER BY next_run_at LIMIT $1 FOR UPDATE SKIP LOCKED""", limit)
+        if not rows:
+            return 0, []
+        now: datetime = rows[0]["now"]
+        items: list[NewTask] = []
+        advances: list[tuple[uuid.UUID, datetime, int]] = []
+        for r in rows:
+            tasks, next_run_at = planner(DueSchedule(
+                schedule_id=str(r["schedule_id"]), owner=r["owner"], task_type=r["task_type"],
+                params=r["params"], cron=r["cron"], timezone=r["timezone"],
+                misfire=r["misfire"], next_run_at=r["next_run_at"]), now)
+            items += tasks
+            advances.append((r["schedule_id"], next_run_at, len(tasks)))
+        await conn.executemany(
+            """UPDATE schedules SET next_run_at = $2, fired = fired + $3, updated_at = now(),
+                      last_fired_at = CASE WHEN $3 > 0 THEN now() ELSE last_fired_at END
+               WHERE schedule_id = $1""", advances)
+        # Last, just before COMMIT: ts_create_tasks locks the tenant's counter row, which
+        # every event append of that tenant waits for (see 040_fast_paths.sql).
+        made = await _insert_new(conn, [uuid.uuid4() for _ in items], items) if items else {}
+    return len(rows), [(task, ev) for task, ev in made.values() if ev is not None]
+
+
+async def seconds_to_next_schedule(db: Executor) -> float | None:
+    """How long until the earliest active schedule is due (negative: overdue); None: none."""
+    value = await db.fetchval(
+        """SELECT extract(epoch FROM min(next_run_at) - now())::float8 FROM schedules
+           WHERE NOT paused AND NOT disabled""")
+    return None if value is None else float(value)
+
+
+@dataclass(slots=True)
+class NewSchedule:
+    owner: str
+    task_type: str
+    params: dict[str, Any]
+    cron: str
+    timezone: str
+    misfire: str
+    next_run_at: datetime
+
+
+async def create_schedule(db: Executor, s: NewSchedule) -> uuid.UUID:
+    schedule_id = uuid.uuid4()
+    await ensure_tenant(db, s.owner)
+    await db.execute(
+        """INSERT INTO schedules (schedule_id, owner, task_type, params, cron, timezone,
+                                  misfire, next_run_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+        schedule_id, s.owner, s.task_type, s.params, s.cron, s.timezone, s.misfire,
+        s.next_run_at)
+    return schedule_id
+
+
+async def set_schedule_paused(db: Executor, schedule_id: uuid.UUID, owner: str, paused: bool,
+                              next_run_at: datetime | None = None) -> bool:
+    """Pause, or resume from ``next_run_at`` (slots passed while paused are not owed)."""
+    status = await db.execute(
+        """UPDATE schedules SET paused = $3, updated_at = now(),
+                  next_run_at = coalesce($4, next_run_at)
+           WHERE schedule_id = $1 AND owner = $2""",
+        schedule_id, owner, paused, next_run_at)
+    return status != "UPDATE 0"
+
+
+async def delete_schedule(db: Executor, schedule_id: uuid.UUID, owner: str) -> bool:
+    status = await db.execute("DELETE FROM schedules WHERE schedule_id = $1 AND owner = $2",
+                              schedule_id, owner)
+    return status != "DELETE 0"
+
+
+async def declare_schedules(db: Executor, owner: str, declared: Sequence[NewSchedule]) -> None:
+    """Upsert the schedules that ``@task(cron=...)`` declares, one per task type: a changed
+    expression or timezone restarts from its next slot, an unchanged one keeps its place."""
+    if not declared:
+        return
+    await ensure_tenant(db, owner)
+    await db.executemany(
+        """INSERT INTO schedules AS s (schedule_id, owner, task_type, params, cron, timezone,
+                                       misfire, declared, next_run_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, true, $8)
+           ON CONFLICT (owner, task_type) WHERE declared DO UPDATE SET
+               params = excluded.params, misfire = excluded.misfire, disabled = false,
+               cron = excluded.cron, timezone = excluded.timezone, updated_at = now(),
+               next_run_at = CASE WHEN s.disabled OR s.cron <> excluded.cron
+                                       OR s.timezone <> excluded.timezone
+                                  THEN excluded.next_run_at ELSE s.next_run_at END""",
+        [(uuid.uuid4(), owner, d.task_type, d.params, d.cron, d.timezone, d.misfire,
+          d.next_run_at) for d in declared])
+
+
+async def declared_schedule_types(db: Executor, owner: str) -> list[str]:
+    rows = await db.fetch(
+        "SELECT task_type FROM schedules WHERE owner = $1 AND declared AND NOT disabled",
+        owner)
+    return [r["task_type"] for r in rows]
+
+
+async def disable_declared_schedules(db: Executor, owner: str, task_types: Sequence[str]
+                                     ) -> None:
+    """Declarations gone from the code: their schedules stop (kept, for their history)."""
+    await db.execute(
+        """UPDATE schedules SET disabled = true, updated_at = now()
+           WHERE owner = $1 AND declared AND task_type = ANY($2::text[])""",
+        owner, list(task_types))

@@ -22,7 +22,15 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from taskstream.core.db import TRANSIENT_DB_ERRORS
-from taskstream.core.models import ApiKey, EventRead, Task, TaskEvent, TaskRead
+from taskstream.core.models import (
+    ApiKey,
+    EventRead,
+    Schedule,
+    ScheduleRead,
+    Task,
+    TaskEvent,
+    TaskRead,
+)
 from taskstream.core.states import EventType, Status
 
 
@@ -187,3 +195,22 @@ async def revoke_api_key(engine: AsyncEngine, key_id: str) -> bool:
         )
         await s.commit()
         return done.rowcount == 1
+
+
+# --- cron schedules --------------------------------------------------------------------------
+
+async def list_schedules(engine: AsyncEngine, owner: str) -> list[ScheduleRead]:
+    """The owner's schedules, oldest first."""
+    async with _session(engine) as s:
+        rows = await s.exec(select(Schedule).where(Schedule.owner == owner)
+                            .order_by(col(Schedule.created_at), col(Schedule.schedule_id)))
+        return [ScheduleRead.model_validate(r) for r in rows]
+
+
+async def get_schedule(engine: AsyncEngine, schedule_id: uuid.UUID, owner: str
+                       ) -> ScheduleRead | None:
+    """The owner's schedule; another tenant's is simply not found."""
+    async with _session(engine) as s:
+        row = (await s.exec(select(Schedule).where(Schedule.schedule_id == schedule_id,
+                                                   Schedule.owner == owner))).first()
+        return ScheduleRead.model_validate(row) if row else None
