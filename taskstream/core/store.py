@@ -159,28 +159,55 @@ async def append_events(pool: asyncpg.Pool, events: Sequence[NewEvent]) -> list[
     out: list[Appended | None] = [None] * len(events)
     for r in rows:
         i = order[r["idx"] - 1]
-        ev = events[i]
-        status = r["status"]
-        if r["outcome"] != Outcome.OK:
-            out[i] = Appended(Outcome(r["outcome"]), None, status)
-            continue
-        out[i] = Appended(Outcome.OK, Event(
-            task_id=ev.task_id,
-            seq=r["seq"],
-            tenant_seq=r["tenant_seq"] or 0,
-            type=ev.type.value,
-            status=status,
-            progress=r["progress"],
-            message=ev.message if ev.message is not None else ev.error,
-            data=ev.result if ev.type == EventType.COMPLETED else ev.data,
-            attempt=r["attempt"],
-            created_at=r["created_at"],
-            owner=ev.owner,
-        ), status)
+        out[i] = _appended(events[i], r)
     done = [a for a in out if a is not None]
     if len(done) != len(events):
         raise RuntimeError(f"{len(events) - len(done)} events came back without an outcome")
     return done
+
+
+def _appended(ev: NewEvent, r: asyncpg.Record) -> Appended:
+    """One row of ts_append_events (or ts_start_limited) as the outcome of ``ev``."""
+    status = r["status"]
+    if r["outcome"] != Outcome.OK:
+        return Appended(Outcome(r["outcome"]), None, status)
+    return Appended(Outcome.OK, Event(
+        task_id=ev.task_id,
+        seq=r["seq"],
+        tenant_seq=r["tenant_seq"] or 0,
+        type=ev.type.value,
+        status=status,
+        progress=r["progress"],
+        message=ev.message if ev.message is not None else ev.error,
+        data=ev.result if ev.type == EventType.COMPLETED else ev.data,
+        attempt=r["attempt"],
+        created_at=r["created_at"],
+        owner=ev.owner,
+    ), status)
+
+
+@dataclass(slots=True)
+class Limited:
+    """Why a start was refused: ``reason`` ('limit' or 'key_limit'), how many run, and
+    since when the task waits (None: it was not waiting yet)."""
+
+    reason: str
+    running: int
+    waiting_since: datetime | None
+
+
+async def start_limited(db: Executor, started: NewEvent, limit: int | None,
+                        key: str | None, key_limit: int | None
+                        ) -> tuple[Appended, Limited | None]:
+    """Append a 'started' event unless a concurrency limit is full (migration 070), in one
+    transaction that commits asynchronously: flush before telling anyone, as for a batch."""
+    r = await db.fetchrow("SELECT * FROM ts_start_limited($1::jsonb, $2, $3, $4)",
+                          started.to_sql(), limit, key, key_limit)
+    assert r is not None
+    if r["outcome"] == Outcome.LIMITED:
+        return (Appended(Outcome.LIMITED, None, r["status"]),
+                Limited(r["reason"], int(r["running"]), r["waiting_since"]))
+    return _appended(started, r), None
 
 
 async def ensure_tenant(db: Executor, owner: str) -> None:
