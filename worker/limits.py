@@ -1,0 +1,67 @@
+"""Starting a task of a limited type: the 'started' event goes through ts_start_limited
+(migration 070), which counts the running tasks of the type (and key) under advisory locks
+and refuses when a limit is full.
+
+A refused task stays pending. The first refusal of a wait appends one 'waiting' event (its
+stream says why) and hands over to a job for that new pending state (the job id follows the
+task's last event, see ``queue.job_id``); later refusals append nothing: the job runs again
+after a delay that grows with the wait (0.2 s doubling to 2 s, with jitter).
+"""
+
+import logging
+import random
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import asyncpg
+from arq.connections import ArqRedis
+
+from taskstream.core import queue, store
+from taskstream.core.eventlog import EventLog
+from taskstream.core.events import NewEvent
+from taskstream.core.limits import CONCURRENCY_KEY, ConcurrencyKeyError, concurrency_key
+from taskstream.core.pending import append_pending
+from taskstream.core.settings import Settings
+from taskstream.core.states import EventType
+from taskstream.declaration import TaskDef
+
+log = logging.getLogger(__name__)
+
+FIRST_DELAY: Final = 0.2
+MAX_DELAY: Final = 2.0
+
+async def start(pool: asyncpg.Pool, eventlog: EventLog, arq: ArqRedis, settings: Settings,
+                task: store.Task, spec: TaskDef[Any, Any], started: NewEvent
+                ) -> store.Appended:
+    """Append ``started`` if a slot is free, then flush and publish it. Refused: outcome
+    LIMITED (the wait is recorded and the task's next job queued), or RunAgainLater."""
+    key = task.options.get(CONCURRENCY_KEY)
+    if key is None and spec.key is not None:
+        try:  # stored before its type had a key function
+            key = concurrency_key(spec, task.params, task.owner)
+        except ConcurrencyKeyError as exc:
+            log.warning("task %s: %s; counted without a key", task.task_id, exc)
+    res, limited = await store.start_limited(pool, started, spec.limit, key, spec.key_limit)
+    if limited is None:
+        if res.event is not None:
+            await eventlog.publish([res.event])  # persist, then publish
+        return res
+    if limited.waiting_since is not None:
+        waited = (datetime.now(UTC) - limited.waiting_since).total_seconds()
+        raise queue.RunAgainLater(defer=delay(waited))
+    cap = spec.limit if limited.reason == "limit" else spec.key_limit
+    what = f"{spec.name!r}" if limited.reason == "limit" else f"{spec.name!r} for key {key!r}"
+    data: dict[str, Any] = {"reason": limited.reason, "running": limited.running, "limit": cap}
+    if limited.reason == "key_limit":
+        data["key"] = key
+    await append_pending(eventlog, arq, settings, NewEvent(
+        task_id=task.task_id, owner=task.owner, type=EventType.WAITING,
+        message=f"waiting: {limited.running} of {cap} {what} running", data=data,
+    ), defer_by=delay(0.0))
+    return res
+
+def delay(waited: float) -> float:
+    """The next try of a waiting task: about as long as it has waited, 0.2 s to 2 s, with
+    jitter so that the waiting tasks of a type do not all try at once."""
+    base = min(MAX_DELAY, max(FIRST_DELAY, waited))
+    return base * (0.75 + random.random() / 2)  # noqa: S311 - jitter, not cryptography
