@@ -235,3 +235,62 @@ def _ranges(xs: list[int]) -> str:
     out.append(f"{start}-{prev}" if prev != start else str(start))
     text = ",".join(out)
     return text if len(text) < 200 else text[:200] + "..."
+
+
+def running_spans(evs: list[Ev]) -> list[tuple[float, float]]:
+    """When a task held a slot: from each 'started' to the next event that left 'running'
+    (a task still running holds it to the end of time). A start's time is when its slot
+    was taken (070_concurrency_limits.sql), an end's is before its commit: spans that
+    overlap here overlapped in PostgreSQL."""
+    spans: list[tuple[float, float]] = []
+    start: float | None = None
+    for e in evs:
+        if e.type == "started":
+            start = e.created
+        elif start is not None and e.status != "running":
+            spans.append((start, e.created))
+            start = None
+    if start is not None:
+        spans.append((start, float("inf")))
+    return spans
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> tuple[int, float]:
+    """The most spans open at one instant, and the first instant it happened (an end and a
+    start at the same instant do not overlap)."""
+    points = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    n = best = 0
+    when = 0.0
+    for t, d in points:
+        n += d
+        if n > best:
+            best, when = n, t
+    return best, when
+
+
+def limits_held(snap: Snapshot, limits: dict[str, int], key_limits: dict[str, int]
+                ) -> Check:
+    """No more than ``limits[type]`` tasks of a type ran at once, nor ``key_limits[type]``
+    of one concurrency key; and no slot leaked: every task of those types ended."""
+    c = Check("concurrency limits held and no slot leaked")
+    groups: dict[tuple[str, str | None], list[tuple[float, float]]] = defaultdict(list)
+    for tid, row in snap.tasks.items():
+        if row.task_type not in limits and row.task_type not in key_limits:
+            continue
+        c.checked += 1
+        if row.status not in TERMINAL:
+            c.violations.append(f"task {tid} ({row.task_type}) never ended: {row.status}")
+        spans = running_spans(snap.events.get(tid, []))
+        groups[(row.task_type, None)] += spans
+        if row.task_type in key_limits and row.concurrency_key is not None:
+            groups[(row.task_type, row.concurrency_key)] += spans
+    for (ttype, key), spans in groups.items():
+        cap = limits.get(ttype) if key is None else key_limits[ttype]
+        if cap is None:
+            continue
+        most, when = most_at_once(spans)
+        if most > cap:
+            which = ttype if key is None else f"{ttype} key {key!r}"
+            c.violations.append(f"{most} tasks of {which} ran at once at {when:.3f} "
+                                f"(limit {cap})")
+    return c

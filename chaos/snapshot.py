@@ -28,6 +28,8 @@ class Row:
     last_seq: int
     key: str | None
     crashes: int
+    task_type: str = ""
+    concurrency_key: str | None = None
 
 
 @dataclass
@@ -40,10 +42,11 @@ class Snapshot:
 
 async def snapshot(pool: asyncpg.Pool) -> Snapshot:
     rows = await pool.fetch("""SELECT task_id, status, failure_reason, result, last_seq,
-                                      idempotency_key, crashes FROM tasks""")
+                                      idempotency_key, crashes, task_type,
+                                      options->>'concurrency_key' AS ckey FROM tasks""")
     tasks = {str(r["task_id"]): Row(str(r["task_id"]), r["status"], r["failure_reason"],
                                     r["result"], r["last_seq"], r["idempotency_key"],
-                                    r["crashes"]) for r in rows}
+                                    r["crashes"], r["task_type"], r["ckey"]) for r in rows}
     events: dict[str, list[Ev]] = defaultdict(list)
     by_tseq: dict[int, Ev] = {}
     for r in await pool.fetch(
