@@ -26,7 +26,7 @@ from bench.common import (
     submit_many,
     wait_for,
 )
-from bench.entry import TICK
+from bench.ticks import TICK
 from bench.net import HttpConn, SSEPool
 from taskstream.devservices.processes import Proc, WebServer, free_port
 
