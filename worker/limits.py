@@ -17,6 +17,7 @@ import asyncpg
 from arq.connections import ArqRedis
 
 from taskstream.core import queue, store
+from taskstream.core.batcher import Batcher
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import NewEvent
 from taskstream.core.limits import CONCURRENCY_KEY, ConcurrencyKeyError, concurrency_key
@@ -30,10 +31,31 @@ log = logging.getLogger(__name__)
 FIRST_DELAY: Final = 0.2
 MAX_DELAY: Final = 2.0
 
-async def start(pool: asyncpg.Pool, eventlog: EventLog, arq: ArqRedis, settings: Settings,
+
+class Starter(Batcher[store.LimitedStart, "tuple[store.Appended, store.Limited | None]"]):
+    """The starts of limited tasks whose jobs a worker took together: one transaction, one
+    flush and one publish (persist, then publish) for the batch."""
+
+    def __init__(self, pool: asyncpg.Pool, eventlog: EventLog) -> None:
+        super().__init__("limited-starts", 500)
+        self._pool = pool
+        self._eventlog = eventlog
+
+    async def try_start(self, item: store.LimitedStart
+                        ) -> tuple[store.Appended, store.Limited | None]:
+        return await self._submit(item)
+
+    async def _commit(self, items: list[store.LimitedStart]
+                      ) -> list[tuple[store.Appended, store.Limited | None]]:
+        results = await store.start_limited(self._pool, items)
+        await self._eventlog.publish([a.event for a, _ in results if a.event is not None])
+        return results
+
+
+async def start(starter: Starter, eventlog: EventLog, arq: ArqRedis, settings: Settings,
                 task: store.Task, spec: TaskDef[Any, Any], started: NewEvent
                 ) -> store.Appended:
-    """Append ``started`` if a slot is free, then flush and publish it. Refused: outcome
+    """Append ``started`` if a slot is free (flushed and published). Refused: outcome
     LIMITED (the wait is recorded and the task's next job queued), or RunAgainLater."""
     key = task.options.get(CONCURRENCY_KEY)
     if key is None and spec.key is not None:
@@ -41,10 +63,9 @@ async def start(pool: asyncpg.Pool, eventlog: EventLog, arq: ArqRedis, settings:
             key = concurrency_key(spec, task.params, task.owner)
         except ConcurrencyKeyError as exc:
             log.warning("task %s: %s; counted without a key", task.task_id, exc)
-    res, limited = await store.start_limited(pool, started, spec.limit, key, spec.key_limit)
+    res, limited = await starter.try_start(
+        store.LimitedStart(started, spec.limit, key, spec.key_limit))
     if limited is None:
-        if res.event is not None:
-            await eventlog.publish([res.event])  # persist, then publish
         return res
     if limited.waiting_since is not None:
         waited = (datetime.now(UTC) - limited.waiting_since).total_seconds()

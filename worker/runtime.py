@@ -72,9 +72,12 @@ class Runtime:
         self._cancel_requested: set[str] = set()
         self.loader = TaskLoader(pool)
         self.loader.start()
+        self.starter = limits.Starter(pool, eventlog)
+        self.starter.start()
 
     async def close(self) -> None:
         await self.loader.close()
+        await self.starter.close()
 
     def request_cancel(self, task_id: str) -> bool:
         """Cancel a task running here (called on a control message). False if not here."""
@@ -110,8 +113,8 @@ class Runtime:
                          lease=self.settings.lease_seconds,
                          message=f"attempt {task.attempts + 1}")
         if spec is not None and is_limited(spec):
-            started = await limits.start(self.pool, self.eventlog, self.arq, self.settings,
-                                         task, spec, start)
+            started = await limits.start(self.starter, self.eventlog, self.arq,
+                                         self.settings, task, spec, start)
         else:
             started = await self.eventlog.append(start)
         if started.outcome == Outcome.LIMITED:

@@ -196,18 +196,36 @@ class Limited:
     waiting_since: datetime | None
 
 
-async def start_limited(db: Executor, started: NewEvent, limit: int | None,
-                        key: str | None, key_limit: int | None
-                        ) -> tuple[Appended, Limited | None]:
-    """Append a 'started' event unless a concurrency limit is full (migration 070), in one
-    transaction that commits asynchronously: flush before telling anyone, as for a batch."""
-    r = await db.fetchrow("SELECT * FROM ts_start_limited($1::jsonb, $2, $3, $4)",
-                          started.to_sql(), limit, key, key_limit)
-    assert r is not None
-    if r["outcome"] == Outcome.LIMITED:
-        return (Appended(Outcome.LIMITED, None, r["status"]),
-                Limited(r["reason"], int(r["running"]), r["waiting_since"]))
-    return _appended(started, r), None
+@dataclass(slots=True)
+class LimitedStart:
+    """A 'started' event to append only while its type and key are under their limits."""
+
+    started: NewEvent
+    limit: int | None
+    key: str | None
+    key_limit: int | None
+
+
+async def start_limited(db: Executor, starts: Sequence[LimitedStart]
+                        ) -> list[tuple[Appended, Limited | None]]:
+    """Append 'started' events unless a concurrency limit is full (migration 070), in one
+    round trip and one transaction that commits asynchronously: flush before telling anyone,
+    as for a batch of the event log."""
+    rows = await db.fetch("SELECT * FROM ts_start_limited($1::jsonb)", [
+        {"ev": s.started.to_sql(), "limit": s.limit, "key": s.key, "key_limit": s.key_limit}
+        for s in starts])
+    out: list[tuple[Appended, Limited | None] | None] = [None] * len(starts)
+    for r in rows:
+        i = r["idx"] - 1
+        if r["outcome"] == Outcome.LIMITED:
+            out[i] = (Appended(Outcome.LIMITED, None, r["status"]),
+                      Limited(r["reason"], int(r["running"]), r["waiting_since"]))
+        else:
+            out[i] = (_appended(starts[i].started, r), None)
+    done = [o for o in out if o is not None]
+    if len(done) != len(starts):
+        raise RuntimeError(f"{len(starts) - len(done)} starts came back without an outcome")
+    return done
 
 
 async def ensure_tenant(db: Executor, owner: str) -> None:

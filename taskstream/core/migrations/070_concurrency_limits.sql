@@ -139,72 +139,124 @@ BEGIN
 END;
 $$;
 
--- Append one 'started' event (as ts_append_events(evs, false) does) unless the type already
--- runs type_limit tasks or the key key_limit (either NULL: no such limit). Refused: one row
--- with outcome 'limited', reason 'limit' or 'key_limit', how many run, and when the task
--- began waiting (its last event's time if that is a 'waiting' event, else NULL).
-CREATE FUNCTION ts_start_limited(ev jsonb, type_limit integer, ckey text, key_limit integer)
+-- Starts of limited types, many in one transaction (the worker batches the starts of the
+-- jobs it takes together, as the event log batches other events). Each element of reqs is
+-- {ev: a 'started' event as for ts_append_events, limit, key, key_limit} (limit NULL: none;
+-- key_limit applies to the key's running tasks of the same type). The locks of every type
+-- and key in the batch are taken first, in one global order (by lock id), so two batches
+-- cannot deadlock; each request is then counted against the running tasks plus those this
+-- batch admitted before it, and the admitted ones are appended as ts_append_events(evs,
+-- false) does. One row per element: as ts_append_events, or outcome 'limited' with the
+-- reason ('limit' or 'key_limit'), how many run, and since when the task waits (its last
+-- event's time if that is a 'waiting' event, else NULL).
+CREATE FUNCTION ts_start_limited(reqs jsonb)
 RETURNS TABLE (idx integer, outcome text, seq bigint, tenant_seq bigint, status text,
                progress double precision, attempt integer, created_at timestamptz,
                reason text, running bigint, waiting_since timestamptz)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    tid uuid := (ev->>'task_id')::uuid;
-    typ text;
-    st text;
-    why text;
-    n bigint;
+    lock_id bigint;
+    q record;
     res record;
-    at timestamptz;
+    n bigint;
+    m bigint;
+    why text;
+    counted jsonb := '{}';  -- 't:<type>' / 'k:<type>:<key>' -> running, with this batch's
+    admitted jsonb := '[]';
+    admitted_idx integer[] := '{}';
 BEGIN
-    SELECT tk.task_type, tk.status INTO typ, st FROM tasks tk WHERE tk.task_id = tid;
-    IF st = 'pending' THEN
-        IF type_limit IS NOT NULL THEN
-            PERFORM pg_advisory_xact_lock(hashtextextended('ts-limit:' || typ, 0));
+    FOR lock_id IN
+        SELECT l.id FROM (
+            SELECT hashtextextended('ts-limit:' || tk.task_type, 0) AS id
+            FROM jsonb_array_elements(reqs) r
+            JOIN tasks tk ON tk.task_id = (r->'ev'->>'task_id')::uuid
+            WHERE tk.status = 'pending' AND r->>'limit' IS NOT NULL
+            UNION
+            SELECT hashtextextended('ts-limit:' || tk.task_type || ':' || (r->>'key'), 0)
+            FROM jsonb_array_elements(reqs) r
+            JOIN tasks tk ON tk.task_id = (r->'ev'->>'task_id')::uuid
+            WHERE tk.status = 'pending' AND r->>'key_limit' IS NOT NULL
+              AND r->>'key' IS NOT NULL) l
+        ORDER BY l.id
+    LOOP
+        PERFORM pg_advisory_xact_lock(lock_id);
+    END LOOP;
+    -- From here each statement sees every start committed before the locks were granted.
+    FOR q IN
+        SELECT r.o::integer AS i, r.x->'ev' AS ev, (r.x->>'limit')::integer AS lim,
+               r.x->>'key' AS ckey, (r.x->>'key_limit')::integer AS klim,
+               tk.task_id AS tid, tk.task_type AS typ, tk.status AS st, tk.last_seq AS last
+        FROM jsonb_array_elements(reqs) WITH ORDINALITY AS r(x, o)
+        LEFT JOIN tasks tk ON tk.task_id = (r.x->'ev'->>'task_id')::uuid
+        ORDER BY r.o
+    LOOP
+        why := NULL;
+        n := NULL;
+        m := NULL;
+        IF q.st = 'pending' AND q.lim IS NOT NULL THEN
+            n := (counted->>('t:' || q.typ))::bigint;
+            IF n IS NULL THEN
+                SELECT count(*) INTO n FROM tasks tk
+                    WHERE tk.status = 'running' AND tk.task_type = q.typ;
+            END IF;
+            IF n >= q.lim THEN why := 'limit'; END IF;
         END IF;
-        IF key_limit IS NOT NULL AND ckey IS NOT NULL THEN
-            PERFORM pg_advisory_xact_lock(
-                hashtextextended('ts-limit:' || typ || ':' || ckey, 0));
-        END IF;
-        -- Each statement sees every start committed before the locks were granted.
-        IF type_limit IS NOT NULL THEN
-            SELECT count(*) INTO n FROM tasks tk
-                WHERE tk.status = 'running' AND tk.task_type = typ;
-            IF n >= type_limit THEN why := 'limit'; END IF;
-        END IF;
-        IF why IS NULL AND key_limit IS NOT NULL AND ckey IS NOT NULL THEN
-            SELECT count(*) INTO n FROM tasks tk
-                WHERE tk.status = 'running' AND tk.task_type = typ
-                  AND tk.options->>'concurrency_key' = ckey;
-            IF n >= key_limit THEN why := 'key_limit'; END IF;
+        IF q.st = 'pending' AND q.klim IS NOT NULL AND q.ckey IS NOT NULL THEN
+            m := (counted->>('k:' || q.typ || ':' || q.ckey))::bigint;
+            IF m IS NULL THEN
+                SELECT count(*) INTO m FROM tasks tk
+                    WHERE tk.status = 'running' AND tk.task_type = q.typ
+                      AND tk.options->>'concurrency_key' = q.ckey;
+            END IF;
+            IF why IS NULL AND m >= q.klim THEN why := 'key_limit'; END IF;
         END IF;
         IF why IS NOT NULL THEN
-            RETURN QUERY
-                SELECT 1, 'limited', NULL::bigint, NULL::bigint, tk.status,
-                       NULL::double precision, NULL::integer, NULL::timestamptz, why, n,
-                       CASE WHEN te.type = 'waiting' THEN te.created_at END
-                FROM tasks tk LEFT JOIN task_events te
-                    ON te.task_id = tk.task_id AND te.seq = tk.last_seq
-                WHERE tk.task_id = tid;
-            RETURN;
+            idx := q.i;
+            outcome := 'limited';
+            seq := NULL; tenant_seq := NULL; progress := NULL; attempt := NULL;
+            created_at := NULL;
+            status := q.st;
+            reason := why;
+            running := CASE WHEN why = 'limit' THEN n ELSE m END;
+            SELECT CASE WHEN te.type = 'waiting' THEN te.created_at END INTO waiting_since
+                FROM task_events te WHERE te.task_id = q.tid AND te.seq = q.last;
+            RETURN NEXT;
+            CONTINUE;
         END IF;
-        IF ckey IS NOT NULL THEN
+        IF n IS NOT NULL THEN
+            counted := counted || jsonb_build_object('t:' || q.typ, n + 1);
+        END IF;
+        IF m IS NOT NULL THEN
+            counted := counted || jsonb_build_object('k:' || q.typ || ':' || q.ckey, m + 1);
             -- The key counted is the one stored on the row (a task stored without one).
-            UPDATE tasks tk SET options = tk.options || jsonb_build_object('concurrency_key', ckey)
-                WHERE tk.task_id = tid AND tk.options->>'concurrency_key' IS DISTINCT FROM ckey;
+            UPDATE tasks tk SET options = tk.options
+                                          || jsonb_build_object('concurrency_key', q.ckey)
+                WHERE tk.task_id = q.tid
+                  AND tk.options->>'concurrency_key' IS DISTINCT FROM q.ckey;
         END IF;
+        admitted := admitted || jsonb_build_array(q.ev);
+        admitted_idx := admitted_idx || q.i;
+    END LOOP;
+    IF jsonb_array_length(admitted) = 0 THEN
+        RETURN;
     END IF;
-    SELECT * INTO res FROM ts_append_events(jsonb_build_array(ev), false);
-    IF res.outcome = 'ok' AND typ IS NOT NULL THEN
-        -- The time the slot was taken (now() is the transaction's start, before the lock
-        -- waits): a start's time then follows the end of every task whose slot it took.
-        UPDATE task_events te SET created_at = clock_timestamp()
-            WHERE te.task_id = tid AND te.seq = res.seq
-            RETURNING te.created_at INTO at;
-    END IF;
-    RETURN QUERY SELECT res.idx, res.outcome, res.seq, res.tenant_seq, res.status,
-                        res.progress, res.attempt, coalesce(at, res.created_at), NULL::text,
-                        NULL::bigint, NULL::timestamptz;
+    FOR res IN SELECT a.*, (admitted->(a.idx - 1)->>'task_id')::uuid AS tid
+               FROM ts_append_events(admitted, false) a LOOP
+        idx := admitted_idx[res.idx];
+        outcome := res.outcome;
+        seq := res.seq; tenant_seq := res.tenant_seq; status := res.status;
+        progress := res.progress; attempt := res.attempt; created_at := res.created_at;
+        reason := NULL; running := NULL; waiting_since := NULL;
+        IF res.outcome = 'ok' THEN
+            -- The time the slot was taken (now() is the transaction's start, before the
+            -- lock waits): a start's time then follows the end of every task whose slot
+            -- it took.
+            UPDATE task_events te SET created_at = clock_timestamp()
+                WHERE te.task_id = res.tid AND te.seq = res.seq
+                RETURNING te.created_at INTO created_at;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
 END;
 $$;
