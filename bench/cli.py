@@ -25,7 +25,7 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from bench import celery_env, streams, tasks
+from bench import celery_env, limits, streams, tasks
 from bench.common import SIZES, Outcome, Row, Run
 from bench.env import RESULTS_DIR, make_env, raise_fd_limit
 from bench.net import set_token
@@ -38,6 +38,7 @@ SCENARIOS: dict[str, Callable[[Run], Awaitable[Outcome]]] = {
     "waiting": streams.waiting,
     "submission": tasks.submission,
     "scaleout": tasks.scaleout,
+    "limits": limits.limits,
 }
 
 

@@ -26,8 +26,8 @@ from bench.common import (
     submit_many,
     wait_for,
 )
-from bench.ticks import TICK
 from bench.net import HttpConn, SSEPool
+from bench.ticks import TICK
 from taskstream.devservices.processes import Proc, WebServer, free_port
 
 WORKER_ENV = {"TASKSTREAM_WORKER_MAX_JOBS": "12000"}  # every tick task runs at once
