@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from chaos.followers import Follow
 from chaos.leases import Loss
 from chaos.snapshot import Ev, Row, Snapshot
+from chaos.tasktypes import KEY_LIMIT, LIMIT, LIMITED
 from chaos.workload import TaskSpec
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
@@ -32,7 +33,8 @@ def check_all(snap: Snapshot, specs: list[TaskSpec], follows: list[Follow],
               lost: list[Loss]) -> list[Check]:
     return [accepted_terminal(snap, specs), one_terminal_event(snap), fencing(snap),
             gap_free(snap), outcomes(snap, specs), poison_pills(snap, lost),
-            clients_exactly_once(snap, follows), clients_only_durable(snap, follows)]
+            clients_exactly_once(snap, follows), clients_only_durable(snap, follows),
+            limits_held(snap, {LIMITED: LIMIT}, {LIMITED: KEY_LIMIT})]
 
 
 def accepted_terminal(snap: Snapshot, specs: list[TaskSpec]) -> Check:
@@ -94,8 +96,10 @@ def fencing(snap: Snapshot) -> Check:
                     c.violations.append(f"task {tid} seq {e.seq}: attempt {e.attempt} "
                                         f"started after attempt {newest}")
                 newest = max(newest, e.attempt)
-            elif e.attempt in ended and not (e.type == "cancelled" and prev_status == "pending"):
-                # (the API may cancel a pending task; its event carries the current attempt)
+            elif e.attempt in ended and not (e.type in ("cancelled", "waiting")
+                                             and prev_status == "pending"):
+                # (the API may cancel a pending task, and a task over a concurrency limit
+                # waits while pending: those events carry the current attempt, no attempt's)
                 end = ended[e.attempt]
                 c.violations.append(
                     f"task {tid} seq {e.seq}: '{e.type}' of attempt {e.attempt} accepted "
