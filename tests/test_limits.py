@@ -3,6 +3,7 @@ one of them SIGKILLed mid-run (its slot comes back with the recovery clock), and
 per-key limit (keys progress side by side, never two of one key). What ran when is read
 from the event history, the same check the chaos run makes."""
 
+import uuid
 from collections.abc import AsyncIterator
 from itertools import pairwise
 from pathlib import Path
@@ -14,7 +15,11 @@ import pytest
 
 from chaos.checks import limits_held, most_at_once, running_spans
 from chaos.snapshot import Ev, snapshot
+from taskstream.core import store
 from taskstream.core.db import create_pool
+from taskstream.core.events import NewEvent
+from taskstream.core.limits import CONCURRENCY_KEY
+from taskstream.core.states import EventType, Outcome
 from tests.cluster import Cluster, drop_cluster, start_cluster
 from tests.conftest import eventually
 
@@ -131,3 +136,34 @@ async def test_waiting_task_is_cancelled_and_its_wait_ends(
         events = (await c.get(f"/tasks/{tid}/events")).json()["items"]
         assert [e["type"] for e in events][-1] == "cancelled"
         assert "started" not in [e["type"] for e in events]
+
+
+async def test_one_batch_of_starts_counts_the_starts_it_admits(pool: asyncpg.Pool) -> None:
+    """Starts batched in one call: each is counted against the running tasks plus those the
+    batch admitted before it (per type and per key); a refusal says why and since when."""
+    ttype = f"batch_{uuid.uuid4().hex[:8]}"
+    made = await store.create_tasks(pool, [
+        store.NewTask("limits-test", ttype, {}, 1, options={CONCURRENCY_KEY: key})
+        for key in ("a", "a", "b", "b", "b")])
+    tasks = [t for t, _ in made]
+
+    def start(t: store.Task) -> store.LimitedStart:
+        ev = NewEvent(task_id=t.task_id, owner=t.owner, type=EventType.STARTED, attempt=1,
+                      worker_id="w:1", lease=30)
+        return store.LimitedStart(ev, 3, t.options[CONCURRENCY_KEY], 1)
+
+    got = await store.start_limited(pool, [start(t) for t in tasks])
+    assert [a.outcome for a, _ in got] == [Outcome.OK, Outcome.LIMITED, Outcome.OK,
+                                          Outcome.LIMITED, Outcome.LIMITED]
+    refusals = [lim for _, lim in got if lim is not None]
+    assert [(r.reason, r.running, r.waiting_since) for r in refusals] == [
+        ("key_limit", 1, None), ("key_limit", 1, None), ("key_limit", 1, None)]
+    assert all(a.event is not None and a.event.status == "running"
+               for a, _ in got if a.outcome == Outcome.OK)
+    # Two running now; a third key fits under the type's limit of 3, a fourth does not.
+    more = await store.create_tasks(pool, [
+        store.NewTask("limits-test", ttype, {}, 1, options={CONCURRENCY_KEY: key})
+        for key in ("c", "d")])
+    got = await store.start_limited(pool, [start(t) for t, _ in more])
+    assert [a.outcome for a, _ in got] == [Outcome.OK, Outcome.LIMITED]
+    assert got[1][1] is not None and (got[1][1].reason, got[1][1].running) == ("limit", 3)
