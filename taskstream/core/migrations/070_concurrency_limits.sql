@@ -3,9 +3,9 @@
 -- A slot is a task row in status 'running': nothing else is counted or kept, so a slot
 -- cannot leak. A killed worker's task keeps its slot until its lease expires and the sweeper
 -- re-queues it (the recovery clock). A start of a limited type goes through
--- ts_start_limited: transaction-scoped advisory locks (the type's, then the key's: one
--- fixed order, so two starts cannot deadlock) serialise the count and the 'started' append,
--- and are held until the row is 'running' and committed.
+-- ts_start_limited: transaction-scoped advisory locks on its type and key (taken in one
+-- global order, so two batches of starts cannot deadlock) serialise the count and the
+-- 'started' append, and are held until the row is 'running' and committed.
 
 CREATE INDEX tasks_running_type ON tasks (task_type) WHERE status = 'running';
 CREATE INDEX tasks_running_key ON tasks (task_type, (options->>'concurrency_key'))
