@@ -20,7 +20,12 @@ from taskstream.core import queue, store
 from taskstream.core.batcher import Batcher
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import NewEvent
-from taskstream.core.limits import CONCURRENCY_KEY, ConcurrencyKeyError, concurrency_key
+from taskstream.core.limits import (
+    CONCURRENCY_KEY,
+    ConcurrencyKeyError,
+    LimitReason,
+    concurrency_key,
+)
 from taskstream.core.pending import append_pending
 from taskstream.core.settings import Settings
 from taskstream.core.states import EventType
@@ -70,16 +75,18 @@ async def start(starter: Starter, eventlog: EventLog, arq: ArqRedis, settings: S
     if limited.waiting_since is not None:
         waited = (datetime.now(UTC) - limited.waiting_since).total_seconds()
         raise queue.RunAgainLater(defer=delay(waited))
-    cap = spec.limit if limited.reason == "limit" else spec.key_limit
-    what = f"{spec.name!r}" if limited.reason == "limit" else f"{spec.name!r} for key {key!r}"
+    by_type = limited.reason == LimitReason.LIMIT
+    cap = spec.limit if by_type else spec.key_limit
+    what = f"{spec.name!r}" if by_type else f"{spec.name!r} for key {key!r}"
     data: dict[str, Any] = {"reason": limited.reason, "running": limited.running, "limit": cap}
-    if limited.reason == "key_limit":
+    if not by_type:
         data["key"] = key
     await append_pending(eventlog, arq, settings, NewEvent(
         task_id=task.task_id, owner=task.owner, type=EventType.WAITING,
         message=f"waiting: {limited.running} of {cap} {what} running", data=data,
     ), defer_by=delay(0.0))
     return res
+
 
 def delay(waited: float) -> float:
     """The next try of a waiting task: about as long as it has waited, 0.2 s to 2 s, with

@@ -6,12 +6,20 @@ tenant are at hand, and the key function is user code best run once) and stores 
 task's options, where migration 070 counts it among the running tasks of its type.
 """
 
+from enum import StrEnum
 from typing import Any, Final
 
 from taskstream.declaration import TaskDef
 
 #: The task option holding its concurrency key (070_concurrency_limits.sql reads it too).
 CONCURRENCY_KEY: Final = "concurrency_key"
+
+
+class LimitReason(StrEnum):
+    """Why a start was refused (ts_start_limited's words; a 'waiting' event's reason)."""
+
+    LIMIT = "limit"  # the type runs as many as its limit
+    KEY_LIMIT = "key_limit"  # the task's key runs as many as its key_limit
 
 
 class ConcurrencyKeyError(ValueError):

@@ -17,6 +17,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from taskstream.core.events import Event, NewEvent
+from taskstream.core.limits import LimitReason
 from taskstream.core.states import EventType, Outcome
 
 Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
@@ -188,10 +189,10 @@ def _appended(ev: NewEvent, r: asyncpg.Record) -> Appended:
 
 @dataclass(slots=True)
 class Limited:
-    """Why a start was refused: ``reason`` ('limit' or 'key_limit'), how many run, and
-    since when the task waits (None: it was not waiting yet)."""
+    """Why a start was refused, how many run, and since when the task waits (None: it was
+    not waiting yet)."""
 
-    reason: str
+    reason: LimitReason
     running: int
     waiting_since: datetime | None
 
@@ -219,7 +220,8 @@ async def start_limited(db: Executor, starts: Sequence[LimitedStart]
         i = r["idx"] - 1
         if r["outcome"] == Outcome.LIMITED:
             out[i] = (Appended(Outcome.LIMITED, None, r["status"]),
-                      Limited(r["reason"], int(r["running"]), r["waiting_since"]))
+                      Limited(LimitReason(r["reason"]), int(r["running"]),
+                              r["waiting_since"]))
         else:
             out[i] = (_appended(starts[i].started, r), None)
     done = [o for o in out if o is not None]
