@@ -46,3 +46,26 @@ async def steps(ctx: TaskContext, params: StepsParams) -> dict[str, Any]:
         t = time.time()  # stamped as bench_tick's: push latency = receive time - this
         await ctx.progress(100 * i / params.steps, f"{t:.6f}", data={"t": t})
     return {"steps": params.steps}
+
+
+#: Two no-op types, the same but for a per-type limit that never binds (the ``limits``
+#: scenario: what the checked start costs against the batched one).
+NOOP_FREE = "bench_noop"
+NOOP_LIMITED = "bench_noop_limited"
+#: Far above what one worker runs at once (max_jobs 50): the limit is checked, never hit.
+UNBINDING_LIMIT = 1000
+
+
+class NoopParams(Params):
+    pass
+
+
+@task(NOOP_FREE, description="Bench: no work.")
+async def noop_free(ctx: TaskContext, params: NoopParams) -> dict[str, Any]:
+    return {}
+
+
+@task(NOOP_LIMITED, description="Bench: no work, under a limit that does not bind.",
+      limit=UNBINDING_LIMIT)
+async def noop_limited(ctx: TaskContext, params: NoopParams) -> dict[str, Any]:
+    return {}

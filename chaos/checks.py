@@ -11,6 +11,7 @@ from datetime import datetime
 from chaos.followers import Follow
 from chaos.leases import Loss
 from chaos.snapshot import Ev, Row, Snapshot
+from chaos.tasktypes import KEY_LIMIT, LIMIT, LIMITED
 from chaos.workload import TaskSpec
 from taskstream.core.schedules import next_after
 
@@ -37,7 +38,8 @@ def check_all(snap: Snapshot, specs: list[TaskSpec], follows: list[Follow],
     return [accepted_terminal(snap, specs), one_terminal_event(snap), fencing(snap),
             gap_free(snap), outcomes(snap, specs), poison_pills(snap, lost),
             clients_exactly_once(snap, follows), clients_only_durable(snap, follows),
-            not_before_run_at(snap), schedule_slots_once(snap)]
+            not_before_run_at(snap), schedule_slots_once(snap),
+            limits_held(snap, {LIMITED: LIMIT}, {LIMITED: KEY_LIMIT})]
 
 
 def not_before_run_at(snap: Snapshot) -> Check:
@@ -112,8 +114,10 @@ def fencing(snap: Snapshot) -> Check:
                     c.violations.append(f"task {tid} seq {e.seq}: attempt {e.attempt} "
                                         f"started after attempt {newest}")
                 newest = max(newest, e.attempt)
-            elif e.attempt in ended and not (e.type == "cancelled" and prev_status == "pending"):
-                # (the API may cancel a pending task; its event carries the current attempt)
+            elif e.attempt in ended and not (e.type in ("cancelled", "waiting")
+                                             and prev_status == "pending"):
+                # (the API may cancel a pending task, and a task over a concurrency limit
+                # waits while pending: those events carry the current attempt, no attempt's)
                 end = ended[e.attempt]
                 c.violations.append(
                     f"task {tid} seq {e.seq}: '{e.type}' of attempt {e.attempt} accepted "
@@ -285,4 +289,63 @@ def schedule_slots_once(snap: Snapshot) -> Check:
         if skipped:
             c.violations.append(f"schedule {sid}: {len(skipped)} slots skipped "
                                 f"{[s.isoformat() for s in skipped[:5]]}")
+    return c
+
+
+def running_spans(evs: list[Ev]) -> list[tuple[float, float]]:
+    """When a task held a slot: from each 'started' to the next event that left 'running'
+    (a task still running holds it to the end of time). A start's time is when its slot
+    was taken (070_concurrency_limits.sql), an end's is before its commit: spans that
+    overlap here overlapped in PostgreSQL."""
+    spans: list[tuple[float, float]] = []
+    start: float | None = None
+    for e in evs:
+        if e.type == "started":
+            start = e.created
+        elif start is not None and e.status != "running":
+            spans.append((start, e.created))
+            start = None
+    if start is not None:
+        spans.append((start, float("inf")))
+    return spans
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> tuple[int, float]:
+    """The most spans open at one instant, and the first instant it happened (an end and a
+    start at the same instant do not overlap)."""
+    points = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    n = best = 0
+    when = 0.0
+    for t, d in points:
+        n += d
+        if n > best:
+            best, when = n, t
+    return best, when
+
+
+def limits_held(snap: Snapshot, limits: dict[str, int], key_limits: dict[str, int]
+                ) -> Check:
+    """No more than ``limits[type]`` tasks of a type ran at once, nor ``key_limits[type]``
+    of one concurrency key; and no slot leaked: every task of those types ended."""
+    c = Check("concurrency limits held and no slot leaked")
+    groups: dict[tuple[str, str | None], list[tuple[float, float]]] = defaultdict(list)
+    for tid, row in snap.tasks.items():
+        if row.task_type not in limits and row.task_type not in key_limits:
+            continue
+        c.checked += 1
+        if row.status not in TERMINAL:
+            c.violations.append(f"task {tid} ({row.task_type}) never ended: {row.status}")
+        spans = running_spans(snap.events.get(tid, []))
+        groups[(row.task_type, None)] += spans
+        if row.task_type in key_limits and row.concurrency_key is not None:
+            groups[(row.task_type, row.concurrency_key)] += spans
+    for (ttype, key), spans in groups.items():
+        cap = limits.get(ttype) if key is None else key_limits[ttype]
+        if cap is None:
+            continue
+        most, when = most_at_once(spans)
+        if most > cap:
+            which = ttype if key is None else f"{ttype} key {key!r}"
+            c.violations.append(f"{most} tasks of {which} ran at once at {when:.3f} "
+                                f"(limit {cap})")
     return c

@@ -75,7 +75,8 @@ async def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] = print) -> Res
     rng = random.Random(cfg.seed)  # noqa: S311 - a reproducible schedule
     root = cfg.root or Path(tempfile.mkdtemp(prefix="taskstream-chaos-"))
     dep = Deployment(root, cfg.webs, cfg.workers,
-                     extra_env={"TASKSTREAM_STREAM_KEEPALIVE": "2"})
+                     extra_env={"TASKSTREAM_STREAM_KEEPALIVE": "2",
+                                "TASKSTREAM_TASKS": "chaos.tasktypes"})
     t0 = time.time()
     result: Result | None = None
     try:

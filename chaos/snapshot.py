@@ -29,6 +29,8 @@ class Row:
     key: str | None
     crashes: int
     run_at: float | None  # epoch seconds: a delayed task must not start before
+    task_type: str = ""
+    concurrency_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -51,11 +53,13 @@ async def snapshot(pool: asyncpg.Pool) -> Snapshot:
     rows = await pool.fetch("""SELECT task_id, status, failure_reason, result, last_seq,
                                       idempotency_key, crashes,
                                       extract(epoch FROM (options->>'run_at')::timestamptz)
-                                          ::float8 AS run_at
+                                          ::float8 AS run_at,
+                                      task_type, options->>'concurrency_key' AS ckey
                                FROM tasks""")
     tasks = {str(r["task_id"]): Row(str(r["task_id"]), r["status"], r["failure_reason"],
                                     r["result"], r["last_seq"], r["idempotency_key"],
-                                    r["crashes"], r["run_at"]) for r in rows}
+                                    r["crashes"], r["run_at"], r["task_type"], r["ckey"])
+             for r in rows}
     events: dict[str, list[Ev]] = defaultdict(list)
     by_tseq: dict[int, Ev] = {}
     for r in await pool.fetch(

@@ -9,6 +9,7 @@ Kinds (share of the mix):
     noop      20%  a burst of 0-40 progress events              -> completed
     timeout    3%  3 s of work under a 1 s hard limit          -> failed (timeout)
     cancel     5%  3-6 s of work, cancelled after 0.2-3 s       -> cancelled (or completed)
+    limited   10%  demo under a limit of 3, 2 per key (chaos.tasktypes) -> completed
 
 Any kind may also end failed with reason ``worker_lost`` (lost with its worker ``max_crashes``
 times: the poison-pill rule), which is why that outcome is allowed everywhere.
@@ -27,13 +28,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chaos.api import Api
+from chaos.tasktypes import LIMITED
 
 Outcome = tuple[str, str | None]  # (status, failure_reason)
 WORKER_LOST: Outcome = ("failed", "worker_lost")
 COMPLETED: Outcome = ("completed", None)
 
 KINDS: list[tuple[str, int]] = [("demo", 40), ("long", 12), ("retry", 15), ("dead", 5),
-                                ("noop", 20), ("timeout", 3), ("cancel", 5)]
+                                ("noop", 20), ("timeout", 3), ("cancel", 5), ("limited", 10)]
 
 
 @dataclass(slots=True)
@@ -103,8 +105,8 @@ def _spec(i: int, kind: str, rng: random.Random) -> TaskSpec:
         duration, steps = round(rng.uniform(3.0, 6.0), 2), 10
         cancel_after = round(rng.uniform(0.2, 3.0), 2)
         allowed = frozenset({("cancelled", "cancelled"), COMPLETED, WORKER_LOST})
-    body = {"type": "demo", "params": {"duration": duration, "steps": steps, **params},
-            **options}
+    body = {"type": LIMITED if kind == "limited" else "demo",
+            "params": {"duration": duration, "steps": steps, **params}, **options}
     return TaskSpec(i, kind, key, body, allowed, {"steps": steps, "duration": duration},
                     cancel_after)
 

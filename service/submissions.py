@@ -22,6 +22,7 @@ from taskstream.core import queue, store
 from taskstream.core.batcher import Batcher
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import Event
+from taskstream.core.limits import ConcurrencyKeyError, with_concurrency_key
 from taskstream.core.pending import enqueue_pending
 from taskstream.core.settings import Settings
 from taskstream.core.tasktypes import Catalogue, UnknownTaskType, scheduled
@@ -73,11 +74,16 @@ class Submissions(Batcher[store.NewTask, Result]):
             await self.admit(owner)
         options = options or {}
         digest = request_hash(task_type, {"p": fingerprint or clean, "o": options})
+        spec = self._catalogue[task_type]
+        try:  # stored with the task: the workers count running tasks by it
+            stored = with_concurrency_key(spec, clean, owner, options)
+        except ConcurrencyKeyError as exc:
+            raise Unprocessable(str(exc)) from None
         task, created = await self._submit(store.NewTask(
             owner=owner, task_type=task_type, params=clean,
-            max_attempts=options.get("max_attempts") or self._catalogue[task_type].max_attempts,
+            max_attempts=options.get("max_attempts") or spec.max_attempts,
             idempotency_key=idempotency_key, request_hash=digest if idempotency_key else None,
-            options=scheduled(options, self._catalogue[task_type]),
+            options=scheduled(stored, spec),
         ))
         if created is None:
             if task.request_hash != digest:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = {"throughput", "events", "latency", "capacity", "waiting", "submission", "scaleout"}
+SCENARIOS = {"throughput", "events", "latency", "capacity", "waiting", "submission", "scaleout",
+             "limits"}
 
 
 @pytest.mark.timeout(1200)

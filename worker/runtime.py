@@ -26,6 +26,7 @@ from taskstream.core import queue, store
 from taskstream.core.batcher import Batcher
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import NewEvent
+from taskstream.core.limits import is_limited
 from taskstream.core.pending import append_pending
 from taskstream.core.settings import Settings
 from taskstream.core.states import (
@@ -38,6 +39,7 @@ from taskstream.core.states import (
 )
 from taskstream.core.tasktypes import Catalogue
 from taskstream.declaration import PermanentError, TaskDef
+from worker import limits
 from worker.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -71,9 +73,12 @@ class Runtime:
         self._cancel_requested: set[str] = set()
         self.loader = TaskLoader(pool)
         self.loader.start()
+        self.starter = limits.Starter(pool, eventlog)
+        self.starter.start()
 
     async def close(self) -> None:
         await self.loader.close()
+        await self.starter.close()
 
     def request_cancel(self, task_id: str) -> bool:
         """Cancel a task running here (called on a control message). False if not here."""
@@ -106,15 +111,22 @@ class Runtime:
         wait = _until_run_at(task)
         if wait > 0:  # a clock ahead of ours, or a stray job: never start early
             raise queue.RunAgainLater(defer=wait)
-        started = await self._append(task.owner, task_id, EventType.STARTED,
-                                     attempt=task.attempts + 1, worker_id=self.worker_id,
-                                     lease=self.settings.lease_seconds,
-                                     message=f"attempt {task.attempts + 1}")
+        spec = self.catalogue.get(task.task_type)
+        start = NewEvent(task_id=task_id, owner=task.owner, type=EventType.STARTED,
+                         attempt=task.attempts + 1, worker_id=self.worker_id,
+                         lease=self.settings.lease_seconds,
+                         message=f"attempt {task.attempts + 1}")
+        if spec is not None and is_limited(spec):
+            started = await limits.start(self.starter, self.eventlog, self.arq,
+                                         self.settings, task, spec, start)
+        else:
+            started = await self.eventlog.append(start)
+        if started.outcome == Outcome.LIMITED:
+            return RunOutcome.WAITING  # a later job starts it
         if started.outcome != Outcome.OK or started.event is None:
             # Cancelled while queued, or another worker holds it: not ours to run.
             return RunOutcome.NOT_OURS
         attempt = started.event.attempt
-        spec = self.catalogue.get(task.task_type)
         opts = task.options
         soft = opts.get("soft_timeout") or (spec.soft_timeout if spec else None)
         ctx = WorkerContext(task_id=task_id, owner=task.owner, attempt=attempt,

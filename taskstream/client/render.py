@@ -125,7 +125,7 @@ class RichEvents:
         if event.message and not event.terminal:
             fields["description"] = escape(event.message)
         self.progress.update(bar, completed=event.progress, **fields)
-        if event.type in ("log", "retrying", "requeued", "cancel_requested"):
+        if event.type in ("log", "retrying", "requeued", "cancel_requested", "waiting"):
             self.progress.console.print(
                 f"[dim]{tid[:8]}[/] {event.type}: {escape(event.message or '')}")
         if event.terminal:

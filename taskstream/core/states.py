@@ -33,6 +33,7 @@ class EventType(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     REDRIVEN = "redriven"
+    WAITING = "waiting"  # over a concurrency limit: stays pending, runs when a slot frees
 
 
 #: For each event type: (statuses the task may be in, status it moves to; None = unchanged).
@@ -49,6 +50,7 @@ TRANSITIONS: Final[dict[EventType, tuple[frozenset[Status], Status | None]]] = {
     EventType.FAILED: (frozenset({Status.PENDING, Status.RUNNING}), Status.FAILED),
     EventType.CANCELLED: (frozenset({Status.PENDING, Status.RUNNING}), Status.CANCELLED),
     EventType.REDRIVEN: (frozenset({Status.FAILED, Status.CANCELLED}), Status.PENDING),
+    EventType.WAITING: (frozenset({Status.PENDING}), Status.PENDING),
 }
 
 
@@ -59,6 +61,7 @@ class Outcome(StrEnum):
     ILLEGAL = "illegal"  # the task is in a status this event may not come from
     FENCED = "fenced"  # written by an attempt that was superseded
     MISSING = "missing"  # no such task
+    LIMITED = "limited"  # a start refused: its type or key runs as many as its limit allows
 
 
 class RunOutcome(StrEnum):
@@ -68,6 +71,7 @@ class RunOutcome(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     RETRYING = "retrying"
+    WAITING = "waiting"  # over a concurrency limit; a later job starts it
     SUPERSEDED = "superseded"  # another attempt took over meanwhile
     NOT_OURS = "not_ours"  # cancelled while queued, or another worker holds it
     MISSING = "missing"  # the job names no task

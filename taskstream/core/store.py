@@ -17,6 +17,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from taskstream.core.events import Event, NewEvent
+from taskstream.core.limits import LimitReason
 from taskstream.core.states import EventType, Outcome
 
 Executor = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
@@ -161,27 +162,73 @@ async def append_events(pool: asyncpg.Pool, events: Sequence[NewEvent]) -> list[
     out: list[Appended | None] = [None] * len(events)
     for r in rows:
         i = order[r["idx"] - 1]
-        ev = events[i]
-        status = r["status"]
-        if r["outcome"] != Outcome.OK:
-            out[i] = Appended(Outcome(r["outcome"]), None, status)
-            continue
-        out[i] = Appended(Outcome.OK, Event(
-            task_id=ev.task_id,
-            seq=r["seq"],
-            tenant_seq=r["tenant_seq"] or 0,
-            type=ev.type.value,
-            status=status,
-            progress=r["progress"],
-            message=ev.message if ev.message is not None else ev.error,
-            data=ev.result if ev.type == EventType.COMPLETED else ev.data,
-            attempt=r["attempt"],
-            created_at=r["created_at"],
-            owner=ev.owner,
-        ), status)
+        out[i] = _appended(events[i], r)
     done = [a for a in out if a is not None]
     if len(done) != len(events):
         raise RuntimeError(f"{len(events) - len(done)} events came back without an outcome")
+    return done
+
+
+def _appended(ev: NewEvent, r: asyncpg.Record) -> Appended:
+    """One row of ts_append_events (or ts_start_limited) as the outcome of ``ev``."""
+    status = r["status"]
+    if r["outcome"] != Outcome.OK:
+        return Appended(Outcome(r["outcome"]), None, status)
+    return Appended(Outcome.OK, Event(
+        task_id=ev.task_id,
+        seq=r["seq"],
+        tenant_seq=r["tenant_seq"] or 0,
+        type=ev.type.value,
+        status=status,
+        progress=r["progress"],
+        message=ev.message if ev.message is not None else ev.error,
+        data=ev.result if ev.type == EventType.COMPLETED else ev.data,
+        attempt=r["attempt"],
+        created_at=r["created_at"],
+        owner=ev.owner,
+    ), status)
+
+
+@dataclass(slots=True)
+class Limited:
+    """Why a start was refused, how many run, and since when the task waits (None: it was
+    not waiting yet)."""
+
+    reason: LimitReason
+    running: int
+    waiting_since: datetime | None
+
+
+@dataclass(slots=True)
+class LimitedStart:
+    """A 'started' event to append only while its type and key are under their limits."""
+
+    started: NewEvent
+    limit: int | None
+    key: str | None
+    key_limit: int | None
+
+
+async def start_limited(db: Executor, starts: Sequence[LimitedStart]
+                        ) -> list[tuple[Appended, Limited | None]]:
+    """Append 'started' events unless a concurrency limit is full (migration 070), in one
+    round trip and one transaction that commits asynchronously: flush before telling anyone,
+    as for a batch of the event log."""
+    rows = await db.fetch("SELECT * FROM ts_start_limited($1::jsonb)", [
+        {"ev": s.started.to_sql(), "limit": s.limit, "key": s.key, "key_limit": s.key_limit}
+        for s in starts])
+    out: list[tuple[Appended, Limited | None] | None] = [None] * len(starts)
+    for r in rows:
+        i = r["idx"] - 1
+        if r["outcome"] == Outcome.LIMITED:
+            out[i] = (Appended(Outcome.LIMITED, None, r["status"]),
+                      Limited(LimitReason(r["reason"]), int(r["running"]),
+                              r["waiting_since"]))
+        else:
+            out[i] = (_appended(starts[i].started, r), None)
+    done = [o for o in out if o is not None]
+    if len(done) != len(starts):
+        raise RuntimeError(f"{len(starts) - len(done)} starts came back without an outcome")
     return done
 
 
