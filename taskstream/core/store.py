@@ -639,8 +639,7 @@ _SCHEDULE_COLS = """schedule_id, owner, task_type, params, cron, timezone, misfi
 
 
 @dataclass(slots=True)
-class DueSchedule:
-    schedule_id: str
+class NewSchedule:
     owner: str
     task_type: str
     params: dict[str, Any]
@@ -648,6 +647,13 @@ class DueSchedule:
     timezone: str
     misfire: str
     next_run_at: datetime
+
+
+@dataclass(slots=True)
+class DueSchedule(NewSchedule):
+    """A schedule claimed for firing: a new one's fields and its id."""
+
+    schedule_id: str
 
 
 #: Given a claimed schedule and the database's now: the tasks to create, and its next slot.
@@ -697,15 +703,6 @@ async def seconds_to_next_schedule(db: Executor) -> float | None:
     return None if value is None else float(value)
 
 
-@dataclass(slots=True)
-class NewSchedule:
-    owner: str
-    task_type: str
-    params: dict[str, Any]
-    cron: str
-    timezone: str
-    misfire: str
-    next_run_at: datetime
 
 
 async def create_schedule(db: Executor, s: NewSchedule) -> uuid.UUID:
