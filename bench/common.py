@@ -52,7 +52,7 @@ SIZES: dict[str, Sizes] = {
                    scaleout_tasks=1000, scaleout_streams=200, stream_rounds=2),
     "full": Sizes(rounds=5, throughput_tasks=3000, submit_concurrency=50, event_tasks=300,
                   events_per_task=100, latency_streams=(1, 1000, 5000), latency_seconds=10.0,
-                  capacity_streams=10_000, waiting_streams=1000, waiting_window=10.0,
+                  capacity_streams=20_000, waiting_streams=1000, waiting_window=10.0,
                   submission_requests=10_000, submission_concurrency=(8, 32, 64),
                   scaleout_tasks=3000, scaleout_streams=1000, stream_rounds=3),
 }

@@ -233,12 +233,15 @@ async def throughput(run: Run) -> Outcome:
                 await arq.close()
                 env.stop(workers)
             ts, ra, ce = (median(rates[k]) for k in ("taskstream", "raw arq", "celery"))
+            arq_target = 1.0 if w == 1 else 0.8
             out.rows += [
                 Row("1 throughput", f"no-op tasks/s, {w} worker(s)", ts, "tasks/s", "raw arq",
-                    ra, ratio(ts, ra), ">= 0.8x raw arq",
-                    (ratio(ts, ra) or 0) >= 0.8),
+                    ra, ratio(ts, ra), f">= {arq_target:g}x raw arq",
+                    (ratio(ts, ra) or 0) >= arq_target),
+                # Celery no-op, persisting nothing: for reference; the persisting peer is the
+                # tutorial's stack (scenario 'tutorial').
                 Row("1 throughput", f"no-op tasks/s, {w} worker(s)", ts, "tasks/s", "celery",
-                    ce, ratio(ts, ce), ">= 2x celery", (ratio(ts, ce) or 0) >= 2),
+                    ce, ratio(ts, ce)),
                 Row("1 throughput", f"CPU per task, all processes, {w} worker(s)",
                     median(cpus["taskstream"]), "us", "raw arq", median(cpus["raw arq"]),
                     ratio(median(cpus["taskstream"]), median(cpus["raw arq"]))),
@@ -324,7 +327,7 @@ async def events(run: Run) -> Outcome:
         ts, ob = median(rates["taskstream"]), median(rates["one-by-one"])
         out.rows += [
             Row("2 progress events", "events/s persisted + published", ts, "events/s",
-                target=">= 20,000", met=(ts or 0) >= 20_000),
+                target=">= 40,000", met=(ts or 0) >= 40_000),
             Row("2 progress events", "events/s persisted + published", ts, "events/s",
                 "one-by-one", ob, ratio(ts, ob), ">= 5x one-by-one", (ratio(ts, ob) or 0) >= 5),
             Row("2 progress events", "CPU per event (worker + PostgreSQL)", median(cpus),
@@ -383,10 +386,12 @@ async def submission(run: Run) -> Outcome:
             rate, tail = median(rps), median(p99)
             out.rows += [
                 Row("5 submission", f"POST /tasks req/s, {c} concurrent", rate, "req/s",
-                    target=">= 1,500", met=(rate or 0) >= 1500),
+                    target=">= 2,500" if c == 32 else "",
+                    met=(rate or 0) >= 2500 if c == 32 else None),
                 Row("5 submission", f"POST /tasks p50, {c} concurrent", median(p50), "ms"),
                 Row("5 submission", f"POST /tasks p99, {c} concurrent", tail, "ms",
-                    target="< 50 ms", met=tail is not None and tail < 50),
+                    target="< 25 ms" if c == 32 else "",
+                    met=(tail is not None and tail < 25) if c == 32 else None),
             ]
     finally:
         await pool.close()
