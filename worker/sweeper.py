@@ -106,8 +106,8 @@ async def sweep_once(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
 
 
 async def fail_unknown_types(pool: asyncpg.Pool, eventlog: EventLog, settings: Settings) -> int:
-    """Pending tasks of a type that no live worker loads (and that stayed so for
-    ``unknown_type_grace``) fail with ``unknown_task_type`` instead of waiting forever."""
+    """Pending tasks of a type that no live worker loads, submitted more than
+    ``unknown_type_grace`` ago, fail with ``unknown_task_type`` instead of waiting forever."""
     workers, live = await store.live_worker_types(pool, settings.lease_seconds)
     if not workers:
         return 0  # this worker has not announced itself yet: judge nothing
