@@ -69,7 +69,7 @@ class Submissions(Batcher[store.NewTask, Result]):
         ran ``admit`` (an upload does, before it stores a byte).
         """
         clean = self.validate(task_type, params)
-        await self._workers.check(task_type, self._catalogue[task_type].schema_hash())
+        await self._workers.check(task_type, self._catalogue.version(task_type))
         if not admitted:
             await self.admit(owner)
         options = options or {}

@@ -25,6 +25,8 @@ class Catalogue:
 
     def __init__(self, types: dict[str, TaskDef[Any, Any]]) -> None:
         self._types = dict(types)
+        # Hashing a JSON schema costs far more than a submission's own work: once, here.
+        self._versions = {name: spec.schema_hash() for name, spec in self._types.items()}
 
     @classmethod
     def load(cls, settings: Settings) -> "Catalogue":
@@ -50,7 +52,13 @@ class Catalogue:
 
     def versions(self) -> dict[str, str]:
         """Type name -> schema hash, as workers announce them."""
-        return {name: spec.schema_hash() for name, spec in self._types.items()}
+        return dict(self._versions)
+
+    def version(self, name: str) -> str:
+        """The schema hash of one type (raises UnknownTaskType)."""
+        if name not in self._versions:
+            raise UnknownTaskType(name)
+        return self._versions[name]
 
     def validate(self, name: str, params: dict[str, Any]) -> Params:
         """Raises UnknownTaskType or pydantic.ValidationError naming the problem."""
