@@ -21,7 +21,8 @@ import asyncpg
 import httpx
 import pytest
 
-from taskstream.devservices.processes import ROOT, free_port
+from taskstream.devservices.processes import ROOT, Proc, free_port
+from taskstream.devservices.scratch import create_database, drop_database
 from tests.conftest import eventually
 from tests.sse import messages, payload
 
@@ -85,17 +86,9 @@ def database(backing: tuple[str, str]) -> Iterator[str]:
     """An empty database (the release phase migrates it), as a Heroku ``postgres://`` URL."""
     admin = backing[0]
     name = f"ts_deploy_{uuid.uuid4().hex[:8]}"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    yield "postgres://" + admin.split("://", 1)[1].rpartition("/")[0] + "/" + name
-    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    url = asyncio.run(create_database(admin, name, migrated=False))
+    yield "postgres://" + url.split("://", 1)[1]
+    asyncio.run(drop_database(admin, name))
 
 
 def _env(venv: Path, database_url: str, redis_url: str, port: int) -> dict[str, str]:
@@ -108,10 +101,9 @@ def _env(venv: Path, database_url: str, redis_url: str, port: int) -> dict[str, 
     return env
 
 
-def _start(line: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as fh:  # `exec`: the platform's SIGTERM reaches the process itself
-        return subprocess.Popen(["bash", "-c", f"exec {line}"], cwd=ROOT, env=env, stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+def _start(line: str, env: dict[str, str], log: Path) -> Proc:
+    # `exec`: the platform's SIGTERM reaches the process itself
+    return Proc(["bash", "-c", f"exec {line}"], env, log).start()
 
 
 async def test_a_buildpack_deploy_runs_a_task_and_stops_cleanly(
@@ -137,7 +129,7 @@ async def test_a_buildpack_deploy_runs_a_task_and_stops_cleanly(
                 try:
                     return bool((await c.get("/health")).json()["hub_connected"])
                 except httpx.HTTPError:
-                    assert web.poll() is None, (tmp_path / "web.log").read_text()[-3000:]
+                    assert web.alive, web.tail()
                     return False
 
             await eventually(ready, timeout=60)
@@ -168,11 +160,12 @@ async def test_a_buildpack_deploy_runs_a_task_and_stops_cleanly(
                 assert payload(first)["task_id"] == tid
                 sent = time.monotonic()
                 web.send_signal(signal.SIGTERM)
-                await asyncio.to_thread(web.wait, PLATFORM_STOP_SECONDS)
+                assert web.p is not None
+                await asyncio.to_thread(web.p.wait, PLATFORM_STOP_SECONDS)
                 stopped_in = time.monotonic() - sent
         assert stopped_in < PLATFORM_STOP_SECONDS, stopped_in
         # uvicorn ends a graceful shutdown by re-raising the signal it got
-        assert web.returncode in (0, -signal.SIGTERM), (tmp_path / "web.log").read_text()[-3000:]
+        assert web.returncode in (0, -signal.SIGTERM), web.tail()
         assert "Application shutdown complete" in (tmp_path / "web.log").read_text()
 
         conn = await asyncpg.connect(database.replace("postgres://", "postgresql://", 1))
@@ -186,30 +179,5 @@ async def test_a_buildpack_deploy_runs_a_task_and_stops_cleanly(
         finally:
             await conn.close()
     finally:
-        for p in (web, worker):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-
-
-def test_app_json_describes_the_procfile_deploy() -> None:
-    """app.json (review apps, the deploy button) runs what the Procfile runs, with the
-    add-ons the service needs and the settings a deploy must choose."""
-    import json
-
-    app = json.loads((ROOT / "app.json").read_text())
-    procfile = _procfile()
-    assert set(app["formation"]) == set(procfile) - {"release"}  # release runs by itself
-    plans = [a["plan"].split(":")[0] for a in app["addons"]]
-    assert {"heroku-postgresql", "heroku-redis"} <= set(plans)
-    env = app["env"]
-    assert env["TASKSTREAM_AUTH"]["value"] == "true"
-    assert env["TASKSTREAM_SIGNING_KEY"]["generator"] == "secret"
-    from taskstream.core.settings import Settings
-
-    for name in env:  # every variable it sets is one the service reads
-        field = name.removeprefix("TASKSTREAM_").lower()
-        assert field in Settings.model_fields, name
+        web.stop(timeout=30)
+        worker.stop(timeout=30)

@@ -11,15 +11,17 @@ def with_db(url: str, db: str) -> str:
     return url.rpartition("/")[0] + "/" + db
 
 
-async def create_database(admin_url: str, name: str) -> str:
-    """Create database ``name`` on the server of ``admin_url``, migrate it; returns its URL."""
+async def create_database(admin_url: str, name: str, *, migrated: bool = True) -> str:
+    """Create database ``name`` on the server of ``admin_url`` and (unless ``migrated`` is
+    false: a deploy's release phase migrates it) migrate it; returns its URL."""
     conn = await asyncpg.connect(admin_url)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
     url = with_db(admin_url, name)
-    await migrate(url)
+    if migrated:
+        await migrate(url)
     return url
 
 
