@@ -16,6 +16,7 @@ Responses are ``{"error": code, "detail": reason}``; never a stack trace, SQL or
 """
 
 import logging
+import uuid
 
 import asyncpg
 from fastapi import FastAPI, Request
@@ -59,6 +60,15 @@ class Forbidden(ApiError):
 
 class NotFound(ApiError):
     status, code = STATUS[ErrorCode.NOT_FOUND], ErrorCode.NOT_FOUND
+
+
+def parse_id(value: str, what: str) -> uuid.UUID:
+    """An id from a path: a malformed one names nothing that exists (404, like another
+    tenant's), never a database error."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound(f"{what} {value!r} not found") from None
 
 
 class Conflict(ApiError):

@@ -5,7 +5,7 @@ import uuid
 from typing import Any
 
 from service.deps import Resources
-from service.errors import Conflict, NotFound
+from service.errors import Conflict, NotFound, parse_id
 from taskstream.core import control, store
 from taskstream.core.events import NewEvent
 from taskstream.core.pending import append_pending
@@ -23,11 +23,7 @@ def task_json(task: store.Task) -> dict[str, Any]:
 
 
 def parse_task_id(task_id: str) -> uuid.UUID:
-    """A malformed id is a task that is not found (404), like another tenant's."""
-    try:
-        return uuid.UUID(task_id)
-    except ValueError:
-        raise NotFound(f"task {task_id!r} not found") from None
+    return parse_id(task_id, "task")
 
 
 async def load_task(res: Resources, owner: str, task_id: str) -> store.Task:

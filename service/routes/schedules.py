@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.auth import Owner
 from service.deps import Res, Resources
-from service.errors import Conflict, NotFound, Unprocessable
+from service.errors import Conflict, NotFound, Unprocessable, parse_id
 from service.routes.tasks import ERRORS
 from taskstream.core import schedules, store, store_read
 from taskstream.core.models import ScheduleRead
@@ -38,10 +38,7 @@ class CreateSchedule(BaseModel):
 
 
 def _parse_id(schedule_id: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(schedule_id)
-    except ValueError:
-        raise NotFound(f"schedule {schedule_id!r} not found") from None
+    return parse_id(schedule_id, "schedule")
 
 
 async def _get(res: Resources, owner: str, schedule_id: str) -> ScheduleRead:
