@@ -181,3 +181,23 @@ async def test_a_buildpack_deploy_runs_a_task_and_stops_cleanly(
     finally:
         web.stop(timeout=30)
         worker.stop(timeout=30)
+
+
+def test_app_json_describes_the_procfile_deploy() -> None:
+    """app.json (review apps, the deploy button) runs what the Procfile runs, with the
+    add-ons the service needs and the settings a deploy must choose."""
+    import json
+
+    app = json.loads((ROOT / "app.json").read_text())
+    procfile = _procfile()
+    assert set(app["formation"]) == set(procfile) - {"release"}  # release runs by itself
+    plans = [a["plan"].split(":")[0] for a in app["addons"]]
+    assert {"heroku-postgresql", "heroku-redis"} <= set(plans)
+    env = app["env"]
+    assert env["TASKSTREAM_AUTH"]["value"] == "true"
+    assert env["TASKSTREAM_SIGNING_KEY"]["generator"] == "secret"
+    from taskstream.core.settings import Settings
+
+    for name in env:  # every variable it sets is one the service reads
+        field = name.removeprefix("TASKSTREAM_").lower()
+        assert field in Settings.model_fields, name
