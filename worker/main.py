@@ -25,7 +25,7 @@ from taskstream.core.eventlog import EventLog
 from taskstream.core.settings import Settings
 from taskstream.core.states import RunOutcome
 from taskstream.core.tasktypes import Catalogue
-from worker import scheduler, sweeper
+from worker import batches, scheduler, sweeper
 from worker.runtime import Runtime
 
 log = logging.getLogger("worker")
@@ -89,7 +89,8 @@ async def _start(ctx: dict[str, Any], stack: AsyncExitStack, settings: Settings,
     ctx["runtime"] = runtime
     for loop in (_listen_control(redis, settings, runtime),
                  sweeper.run_forever(pool, redis, eventlog, runtime, settings),
-                 scheduler.run_forever(pool, redis, eventlog, catalogue, settings)):
+                 scheduler.run_forever(pool, redis, eventlog, catalogue, settings),
+                 batches.run_forever(pool, eventlog, redis, settings)):
         stack.push_async_callback(_stop, asyncio.create_task(loop))
 
 

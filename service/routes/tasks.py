@@ -1,10 +1,12 @@
 """Task routes: submit, list, read, history, cancel, catalogue."""
 
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
 from service.auth import Admin, Owner
+from service.batches import cancel_batch, redrive_batch
 from service.deps import Res, Resources
 from service.errors import BadRequest, NotFound
 from service.schemas import (
@@ -17,8 +19,9 @@ from service.schemas import (
     TaskRead,
     TaskTypeOut,
 )
-from service.tasks import cancel, parse_task_id, redrive, task_json
+from service.tasks import cancel, load_task, parse_task_id, redrive, task_json
 from taskstream.core import store_read
+from taskstream.core.constants import BATCH_TASK_TYPE
 from taskstream.core.states import Status
 
 router = APIRouter()
@@ -116,6 +119,10 @@ async def cancel_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
     Idempotent: cancelling a cancelled task returns it unchanged; a task that already
     completed or failed is 409.
     """
+    task = await load_task(res, owner, task_id)
+    if task.task_type == BATCH_TASK_TYPE:  # the batch's parent: its children with it
+        await cancel_batch(res, owner, uuid.UUID(task.task_id))
+        return task_json(await load_task(res, owner, task_id))
     return task_json(await cancel(res, owner, task_id))
 
 
@@ -124,6 +131,10 @@ async def cancel_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
 async def retry_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
     """Re-drive a failed or cancelled task: same id, its history continues, a fresh attempt
     budget. A pending, running or completed task is 409."""
+    task = await load_task(res, owner, task_id)
+    if task.task_type == BATCH_TASK_TYPE:  # only its failed and cancelled children
+        await redrive_batch(res, owner, uuid.UUID(task.task_id))
+        return task_json(await load_task(res, owner, task_id))
     return task_json(await redrive(res, owner, task_id))
 
 

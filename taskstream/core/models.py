@@ -97,6 +97,7 @@ class Task(TaskBase, table=True):
     crashes: int = Field(sa_type=Integer)
     lease_expires_at: datetime | None = Field(sa_type=TIMESTAMPTZ)
     options: dict[str, Any] = Field(sa_type=JSONB)
+    parent_id: uuid.UUID | None = Field(default=None)  # a batch's child: its parent task
 
 
 class Links(SQLModel):
@@ -264,3 +265,49 @@ class Schedule(ScheduleBase, table=True):
 
 class ScheduleRead(ScheduleBase):
     """A schedule as ``/schedules`` returns it."""
+
+
+# --- batches (migration 100) -----------------------------------------------------------------
+
+class BatchRow(SQLModel, table=True):
+    """A batch: its parent task's id, policy and the driver's state."""
+
+    __tablename__ = "batches"
+
+    batch_id: uuid.UUID = Field(primary_key=True)
+    owner: str = Field(sa_type=Text)
+    total: int = Field(sa_type=Integer)
+    policy: str = Field(sa_type=Text)  # any | all | threshold
+    threshold: int | None = Field(sa_type=Integer)
+    cancel_requested: bool = Field(sa_type=Boolean)
+    breached: bool = Field(sa_type=Boolean)
+    done: bool = Field(sa_type=Boolean)
+    emitted: dict[str, Any] | None = Field(sa_type=JSONB, nullable=True)
+    created_at: datetime = Field(sa_type=TIMESTAMPTZ)
+
+
+class BatchCount(SQLModel, table=True):
+    """One shard of a batch's aggregate: the deltas one database backend wrote."""
+
+    __tablename__ = "batch_counts"
+
+    batch_id: uuid.UUID = Field(primary_key=True)
+    shard: int = Field(primary_key=True, sa_type=Integer)
+    pending: int = Field(sa_type=Integer)
+    running: int = Field(sa_type=Integer)
+    completed: int = Field(sa_type=Integer)
+    failed: int = Field(sa_type=Integer)
+    cancelled: int = Field(sa_type=Integer)
+    progress: float = Field(sa_type=Double)
+
+
+class BatchEnd(SQLModel, table=True):
+    """A child's terminal event, until the driver has put it on its parent's stream."""
+
+    __tablename__ = "batch_ends"
+
+    batch_id: uuid.UUID = Field(primary_key=True)
+    task_id: uuid.UUID = Field(primary_key=True)
+    seq: int = Field(primary_key=True, sa_type=BigInteger)
+    status: str = Field(sa_type=Text)
+    error: str | None = Field(sa_type=Text)

@@ -106,6 +106,13 @@ class Settings(BaseSettings):
     #: Seconds a verified API key is trusted before it is looked up again (revocation lag).
     key_cache_seconds: float = 5.0
 
+    # Batches (POST /batches, several files in POST /upload).
+    #: Children per batch; more is a 422.
+    batch_max_children: int = 1000
+    #: The batch driver's period: a parent's aggregate reaches its stream at most this
+    #: often (children that ended are coalesced into the next one, never dropped).
+    batch_tick: float = 0.25
+
     # Limits; each answered with 413 or 429 (+ Retry-After).
     max_json_bytes: int = 1 << 20
     json_max_depth: int = 32

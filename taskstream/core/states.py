@@ -34,6 +34,7 @@ class EventType(StrEnum):
     CANCELLED = "cancelled"
     REDRIVEN = "redriven"
     WAITING = "waiting"  # over a concurrency limit: stays pending, runs when a slot frees
+    AGGREGATE = "aggregate"  # a batch parent's counts, percent and children that ended
 
 
 #: For each event type: (statuses the task may be in, status it moves to; None = unchanged).
@@ -51,6 +52,7 @@ TRANSITIONS: Final[dict[EventType, tuple[frozenset[Status], Status | None]]] = {
     EventType.CANCELLED: (frozenset({Status.PENDING, Status.RUNNING}), Status.CANCELLED),
     EventType.REDRIVEN: (frozenset({Status.FAILED, Status.CANCELLED}), Status.PENDING),
     EventType.WAITING: (frozenset({Status.PENDING}), Status.PENDING),
+    EventType.AGGREGATE: (frozenset({Status.PENDING, Status.RUNNING}), None),
 }
 
 
@@ -88,6 +90,7 @@ class FailureReason(StrEnum):
     WORKER_LOST = "worker_lost"
     SHUTDOWN = "shutdown"  # its worker stopped; re-queued without spending an attempt
     UNKNOWN_TASK_TYPE = "unknown_task_type"  # no running worker loads its type
+    POLICY = "policy"  # a batch whose children broke its failure policy
 
 
 def allowed_from(event: EventType, *, by_attempt: bool = False) -> frozenset[Status]:

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from taskstream.core.constants import BATCH_TASK_TYPE
 from taskstream.core.events import Event, NewEvent
 from taskstream.core.limits import LimitReason
 from taskstream.core.states import EventType, Outcome
@@ -533,9 +534,9 @@ async def expired_leases(db: Executor, limit: int = 100) -> list[Lost]:
     """Running tasks whose worker stopped renewing its lease (killed, or paused)."""
     rows = await db.fetch(
         """SELECT task_id, owner, attempts, crashes, cancel_requested, options FROM tasks
-           WHERE status = 'running' AND lease_expires_at < now()
+           WHERE status = 'running' AND lease_expires_at < now() AND task_type <> $2
            ORDER BY lease_expires_at LIMIT $1""",
-        limit,
+        limit, BATCH_TASK_TYPE,
     )
     return [Lost(str(r["task_id"]), r["owner"], r["attempts"], r["crashes"],
                  r["cancel_requested"], r["options"]) for r in rows]
@@ -549,8 +550,9 @@ async def stale_pending(db: Executor, older_than: float, limit: int = 500
     rows = await db.fetch(
         """SELECT task_id, last_seq, options FROM tasks
            WHERE status = 'pending' AND updated_at < now() - make_interval(secs => $1)
+             AND task_type <> $3
            ORDER BY greatest(updated_at, (options->>'run_at')::timestamptz) LIMIT $2""",
-        older_than, limit,
+        older_than, limit, BATCH_TASK_TYPE,
     )
     return [(str(r["task_id"]), r["last_seq"], r["options"]) for r in rows]
 
@@ -624,11 +626,12 @@ async def pending_of_unknown_types(db: Executor, known: Sequence[str], older_tha
     rows = await db.fetch(
         """SELECT task_id, owner, task_type FROM tasks
            WHERE status = 'pending' AND NOT (task_type = ANY($1::text[]))
+             AND task_type <> $4
              AND created_at < now() - make_interval(secs => $2)
              AND coalesce((options->>'run_at')::timestamptz, created_at)
                  < now() - make_interval(secs => $2)
            ORDER BY created_at LIMIT $3""",
-        list(known), older_than, limit)
+        list(known), older_than, limit, BATCH_TASK_TYPE)
     return [(str(r["task_id"]), r["owner"], r["task_type"]) for r in rows]
 
 
