@@ -62,6 +62,24 @@ class UploadOut(BaseModel):
     links: Links
 
 
+class UploadChild(BaseModel):
+    task_id: str
+    status: str
+    upload_id: str
+    filename: str
+    size: int
+
+
+class BatchUploadOut(BaseModel):
+    """Several files: one batch (its parent's id is ``task_id``), a child per file."""
+
+    task_id: str
+    batch_id: str
+    status: str
+    links: Links
+    children: list[UploadChild]
+
+
 class ErrorOut(BaseModel):
     error: str
     detail: str

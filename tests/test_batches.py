@@ -182,3 +182,44 @@ async def test_thousand_children_one_transaction_and_exact_aggregate(
     assert sum(len(e["data"]["finished"]) for e in aggregate) == 1000
     # Coalesced: 1,000 children x 22 events became a few parent events per tick.
     assert len(events) < 200, (len(events), took)
+
+
+async def test_several_files_make_one_batch(client: httpx.AsyncClient,
+                                           pool: asyncpg.Pool) -> None:
+    from tests.pdfs import make_pdf
+    words = "batches of documents parse in parallel under one parent "
+    files = [("file", (f"doc{i}.pdf", make_pdf([words * (i + 3)]), "application/pdf"))
+             for i in range(3)]
+    files.append(("file", ("../../etc/notes.md", b"# notes\n" + words.encode() * 5,
+                           "text/markdown")))
+    r = await client.post("/upload", files=files)
+    assert r.status_code == 202, r.text
+    b = r.json()
+    assert [c["filename"] for c in b["children"]] == [
+        "doc0.pdf", "doc1.pdf", "doc2.pdf", "notes.md"]
+    done = await wait_batch(client, b["task_id"])
+    assert done["status"] == "completed", done
+    assert done["counts"]["completed"] == 4
+    # The tutorial's /batch-process takes `files`, and one file is a batch there too.
+    r = await client.post("/batch-process", files=[
+        ("files", ("a.md", b"alpha " * 50, "text/markdown"))])
+    assert r.status_code == 202, r.text
+    assert (await wait_batch(client, r.json()["task_id"]))["counts"]["completed"] == 1
+    # A single file on /upload keeps its own shape: a document_process task, no batch.
+    r = await client.post("/upload", files={"file": ("one.md", b"one " * 50, "text/markdown")})
+    assert r.status_code == 202 and "children" not in r.json() and "upload_id" in r.json()
+
+
+async def test_bad_files_create_nothing(client: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+    tasks_before = await pool.fetchval("SELECT count(*) FROM tasks")
+    uploads_before = await pool.fetchval("SELECT count(*) FROM uploads")
+    r = await client.post("/upload", files=[("file", ("a.md", b"fine " * 10, "text/markdown")),
+                                            ("file", ("empty.md", b"", "text/markdown"))])
+    assert r.status_code == 400 and "file 1 ('empty.md') is empty" in r.json()["detail"]
+    r = await client.post("/upload?policy=threshold", files=[
+        ("file", ("a.md", b"x " * 10, "text/markdown")),
+        ("file", ("b.md", b"y " * 10, "text/markdown"))])
+    assert r.status_code == 422, r.text
+    assert await pool.fetchval("SELECT count(*) FROM tasks") == tasks_before
+    # The refused policy came after the files were read; their rows are the only trace.
+    assert await pool.fetchval("SELECT count(*) FROM uploads") <= uploads_before + 2

@@ -443,6 +443,14 @@ async def get_upload(db: Executor, upload_id: uuid.UUID, owner: str | None = Non
                   r["sha256"])
 
 
+async def get_uploads(db: Executor, upload_ids: Sequence[uuid.UUID]) -> list[Upload]:
+    rows = await db.fetch(
+        """SELECT upload_id, owner, filename, content_type, size, sha256 FROM uploads
+           WHERE upload_id = ANY($1::uuid[])""", list(upload_ids))
+    return [Upload(str(r["upload_id"]), r["owner"], r["filename"], r["content_type"],
+                   r["size"], r["sha256"]) for r in rows]
+
+
 async def iter_upload(pool: asyncpg.Pool, upload_id: uuid.UUID) -> AsyncIterator[bytes]:
     """Chunks in order, one query each, so a large file never sits in memory whole."""
     idx = 0
