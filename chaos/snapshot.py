@@ -31,6 +31,7 @@ class Row:
     run_at: float | None  # epoch seconds: a delayed task must not start before
     task_type: str = ""
     concurrency_key: str | None = None
+    parent_id: str | None = None  # a batch's child
 
 
 @dataclass(slots=True)
@@ -54,11 +55,13 @@ async def snapshot(pool: asyncpg.Pool) -> Snapshot:
                                       idempotency_key, crashes,
                                       extract(epoch FROM (options->>'run_at')::timestamptz)
                                           ::float8 AS run_at,
-                                      task_type, options->>'concurrency_key' AS ckey
+                                      task_type, options->>'concurrency_key' AS ckey,
+                                      parent_id
                                FROM tasks""")
     tasks = {str(r["task_id"]): Row(str(r["task_id"]), r["status"], r["failure_reason"],
                                     r["result"], r["last_seq"], r["idempotency_key"],
-                                    r["crashes"], r["run_at"], r["task_type"], r["ckey"])
+                                    r["crashes"], r["run_at"], r["task_type"], r["ckey"],
+                                    str(r["parent_id"]) if r["parent_id"] else None)
              for r in rows}
     events: dict[str, list[Ev]] = defaultdict(list)
     by_tseq: dict[int, Ev] = {}
