@@ -119,7 +119,7 @@ async def test_many_jobs_in_one_script_call_are_the_same_records(settings: Setti
             assert many_score is not None and one_score is not None
             assert abs(many_score - one_score) < 1000, (i, many_score, one_score)
             assert deserialize_job(await redis.get(job_key_prefix + jid),
-                                   deserializer=queue.deserialize).args == (t,)
+                                   deserializer=queue.deserialize).args == [t]
         assert await redis.zcard(queue_name(s.namespace)) == 600
     finally:
         await redis.aclose()
