@@ -70,6 +70,10 @@ async def test_batch_of_mixed_types_completes_with_its_aggregate(
     assert sorted(finished) == sorted(b["children"])  # each child's end, once
     percents = [e["progress"] for e in events if e["type"] == "aggregate"]
     assert percents == sorted(percents) and percents[-1] == 100
+    snap = (await client.get(f"/tasks/{b['task_id']}")).json()  # the snapshot carries it
+    assert snap["batch"]["counts"] == done["counts"] and snap["progress"] == 100
+    kid_snap = (await client.get(f"/tasks/{b['children'][0]}")).json()
+    assert kid_snap["parent_id"] == b["task_id"] and kid_snap["batch"] is None
     # Children keep their own streams and history.
     kid = (await client.get(f"/tasks/{b['children'][0]}/events")).json()["items"]
     assert kid[0]["type"] == "created" and kid[-1]["type"] == "completed"

@@ -20,7 +20,7 @@ from service.schemas import (
     TaskTypeOut,
 )
 from service.tasks import cancel, load_task, parse_task_id, redrive, task_json
-from taskstream.core import store_read
+from taskstream.core import batches, store_batches, store_read
 from taskstream.core.constants import BATCH_TASK_TYPE
 from taskstream.core.states import Status
 
@@ -92,6 +92,10 @@ async def get_task(task_id: str, res: Res, owner: Owner) -> TaskRead:
     task = await store_read.get_task(res.engine, parse_task_id(task_id), owner)
     if task is None:
         raise NotFound(f"task {task_id!r} not found")
+    if task.task_type == BATCH_TASK_TYPE:  # the parent's snapshot carries the aggregate
+        b = await store_batches.get_batch(res.pool, task.task_id, owner)
+        if b is not None and b.aggregate is not None:
+            task.batch = batches.state(b, b.aggregate)
     return task
 
 

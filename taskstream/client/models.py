@@ -57,6 +57,8 @@ class Task(_Model):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     links: Links = Field(default_factory=Links)
+    batch: dict[str, Any] | None = None  # a batch's parent: its aggregate
+    parent_id: str | None = None  # a batch's child: its parent
 
     @property
     def terminal(self) -> bool:

@@ -119,6 +119,10 @@ class TaskRead(TaskBase):
     priority: Priority  # from its options, where submission resolved it
     run_at: datetime | None  # a delayed task does not start before this
     links: Links
+    #: A batch's parent only: its aggregate (counts per status, percent, policy); the
+    #: children's parent id, for a child.
+    batch: dict[str, Any] | None = None
+    parent_id: uuid.UUID | None = None
 
     @classmethod
     def of(cls, row: Task) -> "TaskRead":

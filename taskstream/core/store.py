@@ -102,6 +102,8 @@ class Task:
             "last_event_id": self.last_seq,
             "priority": self.options.get("priority", "normal"),
             "run_at": self.options.get("run_at"),
+            "batch": None,
+            "parent_id": None,
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
             "started_at": iso(self.started_at),
