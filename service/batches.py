@@ -44,7 +44,7 @@ async def submit_batch(res: Resources, owner: str, kids: list[Child], policy: st
                        threshold: int | None, idempotency_key: str | None
                        ) -> tuple[store.Task, list[store.Task], bool]:
     """(parent, children, newly created). Any bad child: a 4xx naming its index, nothing
-    created. An idempotent replay returns the earlier parent and no children."""
+    created. An idempotent replay returns the earlier parent and its children."""
     limit = res.settings.batch_max_children
     if not kids:
         raise Unprocessable("a batch needs at least one task")
@@ -86,7 +86,8 @@ async def submit_batch(res: Resources, owner: str, kids: list[Child], policy: st
             raise Conflict("Idempotency-Key was already used with a different request body"
                            ) from None
         await res.eventlog.publish([])  # what we read is on disk before we answer
-        return exists.task, [], False
+        return exists.task, await store_batches.children(
+            res.pool, uuid.UUID(exists.task.task_id)), False
     await res.eventlog.publish([ev for _, ev in made])  # durable first, then on Redis
     await enqueue_pending(res.arq, res.settings, [
         queue.Job.of(ev.task_id, ev.seq, t.options) for t, ev in made[1:]])

@@ -227,3 +227,18 @@ async def test_bad_files_create_nothing(client: httpx.AsyncClient, pool: asyncpg
     assert await pool.fetchval("SELECT count(*) FROM tasks") == tasks_before
     # The refused policy came after the files were read; their rows are the only trace.
     assert await pool.fetchval("SELECT count(*) FROM uploads") <= uploads_before + 2
+
+
+async def test_idempotent_replay_returns_the_same_batch(client: httpx.AsyncClient,
+                                                       pool: asyncpg.Pool) -> None:
+    body = {"tasks": [demo(), demo()], "policy": "all"}
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    first = await client.post("/batches", json=body, headers=key)
+    again = await client.post("/batches", json=body, headers=key)
+    assert first.status_code == 202 and again.status_code == 200, again.text
+    assert again.json()["task_id"] == first.json()["task_id"]
+    assert sorted(again.json()["children"]) == sorted(first.json()["children"])
+    other = await client.post("/batches", json={**body, "policy": "any"}, headers=key)
+    assert other.status_code == 409
+    assert await pool.fetchval("SELECT count(*) FROM tasks WHERE parent_id = $1",
+                               uuid.UUID(first.json()["task_id"])) == 2
