@@ -242,3 +242,28 @@ async def test_idempotent_replay_returns_the_same_batch(client: httpx.AsyncClien
     assert other.status_code == 409
     assert await pool.fetchval("SELECT count(*) FROM tasks WHERE parent_id = $1",
                                uuid.UUID(first.json()["task_id"])) == 2
+
+
+async def test_client_submits_and_follows_a_batch(web: Any, worker: Any) -> None:
+    from taskstream.client import AsyncClient, Client
+
+    async with AsyncClient(web.url) as ts:
+        batch = await ts.submit_batch([("demo", {"duration": 0.3, "steps": 3}),
+                                       {"type": "noop", "params": {"events": 3}},
+                                       ("demo", {"duration": 0.1, "steps": 1,
+                                                 "fail_at_step": 1})], policy="all")
+        assert len(batch.children) == 3
+        states = [s async for s in ts.follow_batch(batch.task_id)]
+        assert states[-1].terminal and states[-1].status == "completed"
+        assert states[-1].counts["completed"] == 2 and states[-1].counts["failed"] == 1
+        ended = {e.task_id: e.status for s in states for e in s.finished}
+        assert set(ended) == set(batch.children) and sorted(ended.values()) == [
+            "completed", "completed", "failed"]
+        assert (await ts.get_batch(batch.task_id)).percent == 100
+
+    def blocking() -> str:
+        with Client(web.url) as c:
+            b = c.submit_batch([("noop", {})])
+            return [s for s in c.follow_batch(b.task_id)][-1].status
+
+    assert await asyncio.to_thread(blocking) == "completed"
