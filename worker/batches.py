@@ -41,8 +41,12 @@ async def tick(pool: asyncpg.Pool, eventlog: EventLog, redis: Redis, settings: S
     """One pass over the open batches; returns how many it drove."""
     async with store._tx(pool) as conn:
         claimed = await store_batches.claim_open(conn, _CLAIM)
-        for b in claimed:
-            await _drive(conn, b, pool, eventlog, redis, settings)
+        # The batches' events go to the event log together (one group commit for all);
+        # their marks then go on this transaction's connection, one after another.
+        marks = await asyncio.gather(*(_drive(b, pool, eventlog, redis, settings)
+                                       for b in claimed))
+        for b, (emitted, done, breached) in zip(claimed, marks, strict=True):
+            await store_batches.mark(conn, b, emitted, done=done, breached=breached)
     return len(claimed)
 
 
@@ -53,13 +57,13 @@ async def _append(eventlog: EventLog, b: Batch, type: EventType, **kw: Any) -> O
     return done.outcome
 
 
-async def _drive(conn: asyncpg.Connection, b: Batch, pool: asyncpg.Pool, eventlog: EventLog,
-                 redis: Redis, settings: Settings) -> None:
+async def _drive(b: Batch, pool: asyncpg.Pool, eventlog: EventLog, redis: Redis,
+                 settings: Settings) -> tuple[dict[str, Any], bool, bool]:
+    """One batch's step; returns its mark: (aggregate emitted, done, policy breached)."""
     agg = b.aggregate
     assert agg is not None
     if is_terminal(b.parent_status):  # ended, but the mark was lost with its driver
-        await store_batches.mark(conn, b, b.emitted or {}, done=True, breached=b.breached)
-        return
+        return b.emitted or {}, True, b.breached
     if b.parent_status == Status.PENDING and agg.counts[Status.PENDING] < agg.total:
         await _append(eventlog, b, EventType.STARTED, message=batches.summary(agg))
     failed = batches.broken(b.policy, b.threshold, agg)
@@ -87,7 +91,7 @@ async def _drive(conn: asyncpg.Connection, b: Batch, pool: asyncpg.Pool, eventlo
             end = await _append(eventlog, b, EventType.COMPLETED, result=now,
                                 message=batches.summary(agg))
         done = end in (Outcome.OK, Outcome.ILLEGAL)
-    await store_batches.mark(conn, b, now, done=done, breached=breached)
+    return now, done, breached
 
 
 async def run_forever(pool: asyncpg.Pool, eventlog: EventLog, redis: Redis,
