@@ -224,9 +224,14 @@ async def test_bad_files_create_nothing(client: httpx.AsyncClient, pool: asyncpg
         ("file", ("a.md", b"x " * 10, "text/markdown")),
         ("file", ("b.md", b"y " * 10, "text/markdown"))])
     assert r.status_code == 422, r.text
+    r = await client.post("/upload?policy=threshold&threshold=3", files=[
+        ("file", ("a.md", b"x " * 10, "text/markdown")),
+        ("file", ("b.md", b"y " * 10, "text/markdown"))])
+    assert r.status_code == 422 and "between 1 and 2" in r.json()["detail"], r.text
     assert await pool.fetchval("SELECT count(*) FROM tasks") == tasks_before
-    # The refused policy came after the files were read; their rows are the only trace.
-    assert await pool.fetchval("SELECT count(*) FROM uploads") <= uploads_before + 2
+    # Refused before reading the files, except a threshold over the files' count: known
+    # only once they are read (their rows stay, with no task).
+    assert await pool.fetchval("SELECT count(*) FROM uploads") == uploads_before + 2
 
 
 async def test_idempotent_replay_returns_the_same_batch(client: httpx.AsyncClient,

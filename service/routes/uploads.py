@@ -89,6 +89,7 @@ async def _upload(request: Request, res: Resources, owner: str, response: Respon
                   idempotency_key: str | None, policy: str, threshold: int | None, *,
                   always_batch: bool) -> dict[str, Any]:
     await res.submissions.admit(owner)  # refuse before storing anything
+    check_policy(policy, threshold, res.settings.batch_max_children)  # likewise
     stored = await receive_uploads(request, res.pool, owner,
                                    max_bytes=res.settings.upload_max_bytes,
                                    chunk_bytes=res.settings.upload_chunk_bytes,
