@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, overload, runtime_checkable
 
 T = TypeVar("T")
 
@@ -70,8 +70,14 @@ class TaskContext(Protocol):
     async def flush(self) -> None:
         """Wait until every report so far is durable and published."""
 
-    async def step(self, name: str, fn: Callable[..., Awaitable[T]] | Callable[..., T],
-                   *args: Any, **kwargs: Any) -> T:
+    @overload
+    async def step(self, name: str, fn: Callable[..., Awaitable[T]], *args: Any,
+                   **kwargs: Any) -> T: ...
+
+    @overload
+    async def step(self, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
+    async def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` as the durable step ``name`` and return its result.
 
         The result must be JSON (or a pydantic model); it is recorded in PostgreSQL, and a

@@ -16,7 +16,7 @@ import json
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -24,7 +24,7 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel
 
-from taskstream.context import AttemptSuperseded, SoftTimeLimitExceeded, T, TextStream
+from taskstream.context import AttemptSuperseded, SoftTimeLimitExceeded, TextStream
 from taskstream.core import store, store_steps
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import NewEvent
@@ -90,12 +90,11 @@ class WorkerContext:
         """Partial results (say, the first summaries of a hundred) as they become ready."""
         await self._emit(EventType.PARTIAL, data=data, message=message)
 
-    async def step(self, name: str, fn: Callable[..., Awaitable[T]] | Callable[..., T],
-                   *args: Any, **kwargs: Any) -> T:
+    async def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A durable step (see ``taskstream.TaskContext.step``)."""
         idx, recorded = await self._claim_step(name)
         if recorded is not None:
-            return recorded.result  # type: ignore[no-any-return]
+            return recorded.result
         await self._emit(EventType.STEP_STARTED, data={"step": name, "index": idx})
         started = datetime.now(UTC)
         if inspect.iscoroutinefunction(fn):
@@ -107,7 +106,7 @@ class WorkerContext:
         result = _json_roundtrip(out, name)
         await self._record_step(idx, name, result, started)
         await self._emit(EventType.STEP_COMPLETED, data={"step": name, "index": idx})
-        return result  # type: ignore[no-any-return]
+        return result
 
     async def wait_for(self, name: str, *, timeout: float | None = None,  # noqa: ASYNC109
                        on_timeout: Literal["fail", "continue"] = "fail") -> Any:
