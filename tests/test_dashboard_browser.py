@@ -242,3 +242,45 @@ async def test_auth_on_asks_once_and_admins_pick_a_tenant(
     await shot(page, "admin-task-of-another-tenant")
     assert not any(keys["admin"] in u for u in urls)
     assert not page.js_errors, page.js_errors
+
+
+async def test_unknown_event_types_and_a_batch_render_generically(
+        browser: Any, web: WebServer, client: httpx.AsyncClient) -> None:
+    """Event types other work adds (steps, text streams, anything new) and a batch parent's
+    aggregate and children: shown from whatever the API returns, without knowing them."""
+    page = await new_page(browser)
+    parent = await submit(client, duration=0.2, steps=2)
+    child = await submit(client, duration=3, steps=6)
+    await wait_terminal(client, parent)
+
+    async def with_batch(route: Any) -> None:
+        resp = await route.fetch()
+        body = await resp.json()
+        body["batch"] = {"total": 1, "completed": 0, "failed": 0, "counts": {"running": 1}}
+        body["links"]["children"] = "/tasks?limit=1&type=demo"  # the newest: the child
+        await route.fulfill(response=resp, json=body)
+
+    await page.route(f"**/tasks/{parent}", with_batch)
+    await page.goto(f"{web.url}/#/task/{parent}")
+    await page.locator("#batch-aggregate").get_by_text("total").wait_for()
+    row = page.locator(f"#batch-children tr[data-task-id='{child}']")
+    await row.locator(".status.completed").wait_for(timeout=20_000)  # its bar is live
+    assert await row.locator("progress").evaluate("e => e.value") == 100
+
+    texts = await page.evaluate("""async () => {
+        const { timelineItem } = await import('/static/task.js');
+        const base = { task_id: 'x', status: 'running', progress: 10, message: null,
+                       attempt: 1, created_at: new Date().toISOString() };
+        return [
+          { ...base, seq: 1, type: 'step_started', data: { step: 'fetch', index: 0 } },
+          { ...base, seq: 2, type: 'step_completed', data: { step: 'fetch', index: 0 } },
+          { ...base, seq: 3, type: 'text',
+            data: { stream: 'answer', text: 'Hello <b>', length: 9 } },
+          { ...base, seq: 4, type: 'brand_new', message: 'something new', data: { k: 1 } },
+        ].map((ev) => timelineItem(ev).textContent);
+    }""")
+    assert "step fetch (#0) started" in texts[0] and "step fetch (#0) completed" in texts[1]
+    assert 'text stream "answer" (9 chars)' in texts[2] and "Hello <b>" in texts[2]
+    assert "brand_new" in texts[3] and "something new" in texts[3] and '"k": 1' in texts[3]
+    await shot(page, "task-batch")
+    assert not page.js_errors, page.js_errors

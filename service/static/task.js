@@ -42,7 +42,7 @@ function describe(ev) {
   }
 }
 
-function timelineItem(ev) {
+export function timelineItem(ev) {
   return el("li", { class: `t-${ev.type}`, dataset: { seq: ev.seq } },
     el("span", { class: "when", text: fmtTime(ev.created_at) }),
     el("span", { class: "etype", text: ev.type }),
@@ -178,8 +178,8 @@ async function renderBatch(t, box) {
     clear(box).append(el("h3", { text: "Batch" }), el("div", { id: "batch-aggregate" }),
       el("div", { class: "table-wrap" }, el("table", {},
         el("caption", { class: "hint", text: "Children (live)" }),
-        el("thead", {}, el("tr", {}, ...["task", "type", "status", "progress", "message", ""].map((h) =>
-          el("th", { scope: "col", text: h })))),
+        el("thead", {}, el("tr", {}, ...["task", "type", "status", "progress", "message", "created"].map((h) =>
+          el("th", { scope: "col", text: h, class: ["message", "created"].includes(h) ? "opt" : null })))),
         el("tbody", { id: "batch-children" }))));
     // children: in the aggregate, or behind a link the snapshot names
     let children = Array.isArray(agg.children) ? agg.children : null;
