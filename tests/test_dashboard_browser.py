@@ -277,10 +277,12 @@ async def test_unknown_event_types_and_a_batch_render_generically(
           { ...base, seq: 3, type: 'text',
             data: { stream: 'answer', text: 'Hello <b>', length: 9 } },
           { ...base, seq: 4, type: 'brand_new', message: 'something new', data: { k: 1 } },
+          { ...base, seq: 5, type: 'suspended', data: { signal: 'approval', deadline: null } },
         ].map((ev) => timelineItem(ev).textContent);
     }""")
     assert "step fetch (#0) started" in texts[0] and "step fetch (#0) completed" in texts[1]
     assert 'text stream "answer" (9 chars)' in texts[2] and "Hello <b>" in texts[2]
     assert "brand_new" in texts[3] and "something new" in texts[3] and '"k": 1' in texts[3]
+    assert 'waiting for signal "approval"' in texts[4]
     await shot(page, "task-batch")
     assert not page.js_errors, page.js_errors

@@ -9,7 +9,7 @@ import { clear, debounce, el, flash, fmtAge, fmtTime } from "./ui.js";
 const STATUSES = ["pending", "running", "completed", "failed", "cancelled"];
 // Events that move a task from one status to another: only these change the counts.
 const MOVES = new Set(["created", "started", "retrying", "requeued", "completed", "failed",
-                       "cancelled", "redriven"]);
+                       "cancelled", "redriven", "suspended", "resumed"]);
 const $ = (id) => document.getElementById(id);
 
 const recent = new Map();  // task_id -> row

@@ -33,6 +33,8 @@ function describe(ev) {
     case "step_started": return [`step ${d.step ?? "?"} (#${d.index ?? "?"}) started`];
     case "step_completed": return [`step ${d.step ?? "?"} (#${d.index ?? "?"}) completed`,
                                    d.result !== undefined ? json(d.result) : null];
+    case "suspended":
+      return [`waiting for signal "${d.signal ?? "?"}"` + (d.deadline ? ` until ${fmtTime(d.deadline)}` : "")];
     case "text": {
       const text = String(d.text ?? "");
       return [`text stream "${d.stream ?? ""}" (${d.length ?? text.length} chars)`,
