@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from taskstream.devservices.processes import WebServer, WorkerProc
+from tests.cluster import Cluster, drop_cluster, start_cluster
 from tests.conftest import eventually, wait_terminal
 from tests.test_browser import CHROMIUM
 from tests.test_security import keys, secure  # noqa: F401  (fixtures)
@@ -24,7 +25,12 @@ PHONE = {"width": 375, "height": 740}
 
 
 @pytest.fixture
-async def browser(web: WebServer, worker: WorkerProc) -> AsyncIterator[Any]:
+async def browser(chromium: Any, web: WebServer, worker: WorkerProc) -> Any:
+    return chromium
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Any]:
     from playwright.async_api import async_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -285,4 +291,47 @@ async def test_unknown_event_types_and_a_batch_render_generically(
     assert "brand_new" in texts[3] and "something new" in texts[3] and '"k": 1' in texts[3]
     assert 'waiting for signal "approval"' in texts[4]
     await shot(page, "task-batch")
+    assert not page.js_errors, page.js_errors
+
+
+@pytest.fixture
+async def steps_cluster(backing: tuple[str, str], tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = await start_cluster(backing[0], backing[1], tmp_path / "cluster", workers=1,
+                            TASKSTREAM_TASKS="tests.tasktypes_steps")
+    yield c
+    await drop_cluster(backing[0], c)
+
+
+async def test_steps_text_and_a_signal_sent_from_the_task_page(
+        chromium: Any, steps_cluster: Cluster, tmp_path: Path) -> None:
+    """Real step_started/step_completed, suspended/resumed and text events on the timeline;
+    the page delivers the signal a parked run waits for."""
+    url = steps_cluster.web.url
+    page = await new_page(chromium)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        r = await c.post("/tasks", json={"type": "approval", "params": {"dir": str(tmp_path)}})
+        tid = r.json()["task_id"]
+        await page.goto(f"{url}/#/task/{tid}")
+        form = page.locator("#task-signal")
+        await form.wait_for(timeout=20_000)  # shown once the run is suspended
+        assert await page.input_value("#signal-name") == "approval"
+        await page.fill("#signal-payload", '{"ok": true, "by": "ana"}')
+        await shot(page, "task-waiting-for-signal")
+        await page.click("#task-signal button[type=submit]")
+        await page.locator("#task-body .status.completed").first.wait_for(timeout=20_000)
+        assert await form.is_hidden()
+        types = await page.locator("#timeline .etype").all_inner_texts()
+        for t in ("step_started", "step_completed", "suspended", "resumed", "completed"):
+            assert t in types, types
+        assert '"by": "ana"' in await page.locator("#task-result").inner_text()
+        assert 'step draft (#0) completed' in await page.locator("#timeline").inner_text()
+
+        r = await c.post("/tasks", json={"type": "writer", "params": {"words": 3}})
+        tid = r.json()["task_id"]
+        await wait_terminal(c, tid)
+        await page.goto(f"{url}/#/task/{tid}")
+        item = page.locator("#timeline li.t-text")
+        await item.wait_for()
+        assert 'text stream "answer"' in await item.inner_text()
+        assert "word0 word1 word2" in await item.inner_text()
     assert not page.js_errors, page.js_errors

@@ -78,7 +78,8 @@ function attemptsOf(events) {
   for (const ev of events) {
     if (!ev.attempt) continue;
     if (ev.type === "started") out.set(ev.attempt, { attempt: ev.attempt, started: ev.created_at, end: "running" });
-    else if (out.has(ev.attempt) && ["retrying", "requeued", "failed", "completed", "cancelled"].includes(ev.type)) {
+    else if (out.has(ev.attempt) && ["retrying", "requeued", "failed", "completed", "cancelled", "suspended",
+                                     "resumed"].includes(ev.type)) {
       const a = out.get(ev.attempt);
       a.end = ev.type; a.error = ev.error || (ev.type === "completed" ? "" : ev.message); a.ended = ev.created_at;
     }
@@ -111,6 +112,26 @@ function render(t) {
                                    catch { copyBtn.textContent = "Select the command below"; }
                                    setTimeout(() => { copyBtn.textContent = "Copy as curl"; }, 2000);
                                  } });
+  // A run parked in ctx.wait_for: deliver its signal from here (POST /tasks/{id}/signals/{name}).
+  const sigName = el("input", { id: "signal-name", required: true, maxlength: "200" });
+  const sigBody = el("textarea", { id: "signal-payload", rows: "3", spellcheck: "false" });
+  sigBody.value = "{}";
+  const signalForm = el("form", { class: "card", id: "task-signal", hidden: true, "aria-label": "Send a signal",
+                                  onsubmit: async (e) => {
+    e.preventDefault();
+    let payload;
+    try { payload = sigBody.value.trim() ? JSON.parse(sigBody.value) : null; }
+    catch (err) { flash("signal: the payload is not JSON: " + err.message); return; }
+    try {
+      await api(`/tasks/${t.task_id}/signals/${encodeURIComponent(sigName.value)}`, { method: "POST", json: payload });
+      signalForm.hidden = true; flash("");
+    } catch (err) { flash("signal: " + err.message); }
+  } },
+    el("h3", { text: "Waiting for a signal" }),
+    el("div", { class: "inline-form" },
+      el("label", { for: "signal-name" }, "signal ", sigName),
+      el("label", { for: "signal-payload" }, "payload (JSON) ", sigBody),
+      el("button", { type: "submit", text: "Send signal" })));
   const errorBox = el("div", { id: "task-error" });
   const resultBox = el("div", { id: "task-result" });
   const attemptsBox = el("div", { id: "task-attempts" });
@@ -124,6 +145,7 @@ function render(t) {
       el("div", { class: "card" }, el("h3", { text: "Attempts" }), attemptsBox)),
     el("div", { class: "actions" }, cancelBtn, redriveBtn, copyBtn),
     curl,
+    signalForm,
     errorBox,
     batchBox,
     el("h3", { text: "Parameters" }), json(t.params),
@@ -163,11 +185,18 @@ function render(t) {
     if (events.length && ev.seq <= events[events.length - 1].seq) return;  // already shown
     events.push(ev);
     timeline.append(timelineItem(ev));
+    const parked = ev.type === "suspended";
+    if (parked && ev.data && ev.data.signal) sigName.value = ev.data.signal;
+    signalForm.hidden = !parked;
   };
   const follow = () => {
     if (current.follow) current.follow.close();
     const after = events.length ? events[events.length - 1].seq : 0;
-    current.follow = followTask(t.task_id, after, (ev) => { add(ev); update(ev); }, () => {});
+    current.follow = followTask(t.task_id, after, (ev) => {
+      add(ev); update(ev);
+      // the snapshot's counters (attempts, failures) are not on events: read it once at the end
+      if (TERMINAL.includes(ev.type)) api(`/tasks/${t.task_id}`).then(update).catch(() => {});
+    }, () => {});
   };
   current.add = add; current.update = update; current.startFollow = follow;
   return { update, add, follow };
