@@ -34,12 +34,15 @@ export function mount() {
     } catch (e) { flash("upload: " + e.message); }
   });
   const refresh = debounce(refreshStats, 1500);
+  // New tasks: one read of the newest page per burst, not one request per task.
+  const newest = debounce(async () => {
+    const page = await api("/tasks?limit=20");
+    for (const t of page.items.reverse()) if (!recent.has(t.task_id)) addRecent(t);
+  }, 300);
   onEvent((ev) => {
     const row = recent.get(ev.task_id);
     if (row) row.update(ev);
-    else if (ev.type === "created" || ev.type === "started") {
-      api(`/tasks/${ev.task_id}`).then(addRecent).catch(() => {});
-    }
+    else if (ev.type === "created" || ev.type === "started") newest();
     if (visible && MOVES.has(ev.type)) refresh();
   });
 }
