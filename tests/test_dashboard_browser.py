@@ -245,6 +245,8 @@ async def test_auth_on_asks_once_and_admins_pick_a_tenant(
     await page.locator(f"#explorer-rows tr[data-task-id='{tid}']").wait_for()
     await page.goto(f"{secure.url}/#/task/{tid}")
     await page.locator("#task-body .status.completed").first.wait_for()
+    await page.locator("#timeline li.t-completed").wait_for()  # its events, as that tenant
+    assert await page.locator("#task-cancel").is_hidden()
     await shot(page, "admin-task-of-another-tenant")
     assert not any(keys["admin"] in u for u in urls)
     assert not page.js_errors, page.js_errors

@@ -198,7 +198,7 @@ function render(t) {
       if (TERMINAL.includes(ev.type)) api(`/tasks/${t.task_id}`).then(update).catch(() => {});
     }, () => {});
   };
-  current.add = add; current.update = update; current.startFollow = follow;
+  update({});  // buttons and sections in the snapshot's state before the history arrives
   return { update, add, follow };
 }
 
