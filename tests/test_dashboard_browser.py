@@ -104,6 +104,8 @@ async def test_demo_bars_reach_100_in_explorer_and_task_page(browser: Any, web: 
     await page.wait_for_function("Number(document.getElementById('kpi-completed')"
                                  "?.textContent) >= 2")
     await page.locator("#chart svg rect").first.wait_for()
+    await page.locator("#workers tr").first.wait_for()  # auth off: the caller is admin
+    assert "live worker" in await page.locator("#workers-summary").inner_text()
     await shot(page, "overview")
     assert not page.js_errors, page.js_errors
 

@@ -96,6 +96,7 @@ async function refreshStats() {
     `This web process holds ${ov.streams.open} open stream${ov.streams.open === 1 ? "" : "s"} ` +
     `(${ov.streams.tenant_open} of this tenant). Each web process counts only its own.`;
   if (session.admin) {
+    $("workers-summary").textContent = `${ov.workers_live} live worker${ov.workers_live === 1 ? "" : "s"}`;
     const [workers, all] = await Promise.all([
       api("/workers").catch(() => null), api("/stats/overview?all_tenants=true").catch(() => null)]);
     renderWorkers(ov, workers);
@@ -195,7 +196,7 @@ function renderChart(ov) {
 
 function renderWorkers(ov, workers) {
   $("workers-summary").textContent = `${ov.workers_live} live worker${ov.workers_live === 1 ? "" : "s"}` +
-    (workers ? "" : " (the list is for admin keys).");
+    (workers || session.admin ? "" : " (the list is for admin keys).");
   $("workers-wrap").hidden = !workers;
   if (!workers) return;
   const fetched = Date.now();
