@@ -140,7 +140,7 @@ async def cancel_batch(res: Resources, owner: str, batch_id: uuid.UUID) -> None:
         return
     if b.parent_status in (Status.COMPLETED, Status.FAILED):
         raise Conflict(f"batch already {b.parent_status}; nothing to cancel")
-    async with store._tx(res.pool) as conn:
+    async with store.transaction(res.pool) as conn:
         locked = await store_batches.lock_batch(conn, batch_id)
         if locked is None or locked.done:
             raise Conflict("batch ended meanwhile; look at it again")
@@ -163,7 +163,7 @@ async def redrive_batch(res: Resources, owner: str, batch_id: uuid.UUID) -> int:
                        "retried")
     # The batch row stays locked (the driver skips it) until children and parent are
     # pending again: no tick may see the old ends and end the parent twice.
-    async with store._tx(res.pool) as conn:
+    async with store.transaction(res.pool) as conn:
         locked = await store_batches.lock_batch(conn, batch_id)
         if locked is None or locked.parent_status not in (Status.FAILED, Status.CANCELLED):
             raise Conflict("batch changed meanwhile; look at it again")

@@ -72,6 +72,9 @@ async def test_batch_of_mixed_types_completes_with_its_aggregate(
     assert percents == sorted(percents) and percents[-1] == 100
     snap = (await client.get(f"/tasks/{b['task_id']}")).json()  # the snapshot carries it
     assert snap["batch"]["counts"] == done["counts"] and snap["progress"] == 100
+    kids = (await client.get(snap["batch"]["children_url"])).json()["items"]
+    assert sorted(k["task_id"] for k in kids) == sorted(b["children"])
+    assert {k["status"] for k in kids} == {"completed"}
     kid_snap = (await client.get(f"/tasks/{b['children'][0]}")).json()
     assert kid_snap["parent_id"] == b["task_id"] and kid_snap["batch"] is None
     # Children keep their own streams and history.

@@ -39,7 +39,7 @@ _CLAIM = 200
 
 async def tick(pool: asyncpg.Pool, eventlog: EventLog, redis: Redis, settings: Settings) -> int:
     """One pass over the open batches; returns how many it drove."""
-    async with store._tx(pool) as conn:
+    async with store.transaction(pool) as conn:
         claimed = await store_batches.claim_open(conn, _CLAIM)
         # The batches' events go to the event log together (one group commit for all);
         # their marks then go on this transaction's connection, one after another.

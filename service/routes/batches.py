@@ -20,6 +20,7 @@ from service.batches import (
 from service.deps import Res
 from service.routes.tasks import ERRORS, IdempotencyKey
 from service.schemas import SubmitTask
+from service.tasks import task_json
 from taskstream.core import store_batches
 from taskstream.core.batches import Policy
 
@@ -57,6 +58,14 @@ async def get_batch(batch_id: str, res: Res, owner: Owner,
     b = await load_batch(res, owner, batch_id)
     kids = await store_batches.children(res.pool, uuid.UUID(b.batch_id)) if children else None
     return batch_json(b, kids)
+
+
+@router.get("/batches/{batch_id}/children", responses=ERRORS)
+async def batch_children(batch_id: str, res: Res, owner: Owner) -> dict[str, Any]:
+    """The batch's children as task snapshots (``items``), in creation order."""
+    b = await load_batch(res, owner, batch_id)
+    kids = await store_batches.children(res.pool, uuid.UUID(b.batch_id))
+    return {"items": [task_json(k) | {"parent_id": b.batch_id} for k in kids]}
 
 
 @router.post("/batches/{batch_id}/cancel", responses=ERRORS)

@@ -16,8 +16,8 @@ from taskstream.core.store import (
     Executor,
     NewTask,
     Task,
-    _tx,
     ensure_tenant,
+    transaction,
 )
 
 #: The statuses a parent's counts are kept for, in the order they are shown.
@@ -106,7 +106,7 @@ async def create_batch(pool: asyncpg.Pool, parent: NewTask, children: Sequence[N
     written)."""
     ids = [uuid.uuid4() for _ in range(len(children) + 1)]
     items = [parent, *children]
-    async with _tx(pool) as conn:
+    async with transaction(pool) as conn:
         await ensure_tenant(conn, parent.owner)
         rows = await conn.fetch(
             "SELECT * FROM ts_create_family($1::uuid[], $2::uuid[], $3::text[], $4::text[],"
