@@ -8,7 +8,7 @@ from typing import Any, cast
 from pydantic import Field
 
 from taskstream.context import TaskContext
-from taskstream.declaration import Params, task
+from taskstream.declaration import Params, PermanentError, task
 
 
 class DocumentParams(Params):
@@ -28,11 +28,12 @@ async def document_process(ctx: TaskContext, params: DocumentParams) -> dict[str
     # The parts that need the server (the upload and chunk tables) and pypdf are imported
     # here, so that declaring this type costs the web process nothing.
     from taskstream.builtin.chunking import chunk_pages
-    from taskstream.builtin.embedding import default_embedder
+    from taskstream.builtin.embedding import EmbeddingError, configured_embedder, space_of
     from taskstream.builtin.parsing import DocumentError, parse
-    from taskstream.core import store
+    from taskstream.core import store, store_search
 
-    pool = cast(Any, ctx).pool  # a worker's context: this built-in writes our own tables
+    worker = cast(Any, ctx)  # a worker's context: this built-in writes our own tables
+    pool = worker.pool
     upload = await store.get_upload(pool, params.upload_id, ctx.owner)
     if upload is None:
         raise DocumentError(f"upload {params.upload_id} not found")
@@ -49,17 +50,24 @@ async def document_process(ctx: TaskContext, params: DocumentParams) -> dict[str
         raise DocumentError("document contains no text to chunk")
     await ctx.progress(40, f"split into {len(chunks)} chunk(s)")
 
-    embedder = default_embedder()
+    embedder = configured_embedder(worker.settings)
     vectors: list[list[float]] = []
     for start in range(0, len(chunks), EMBED_BATCH):
         batch = [text for _, text in chunks[start : start + EMBED_BATCH]]
-        vectors.extend(await embedder.embed(batch))
+        try:
+            vectors.extend(await embedder.embed(batch))
+        except EmbeddingError as exc:
+            if exc.permanent:
+                raise PermanentError(str(exc)) from None
+            raise
         done = min(start + EMBED_BATCH, len(chunks))
         await ctx.progress(40 + 50 * done / len(chunks), f"embedded {done}/{len(chunks)}")
 
     rows = [(i, page, text, vec) for i, ((page, text), vec) in
             enumerate(zip(chunks, vectors, strict=True))]
-    await store.store_document_chunks(pool, ctx.task_id, rows)
+    space_id = await store_search.ensure_space(pool, space_of(embedder))
+    await store_search.store_document(pool, ctx.task_id, ctx.owner, upload.upload_id, space_id,
+                                      rows)
     await ctx.progress(99, "stored chunks and vectors")
     word_count = sum(len(p.text.split()) for p in pages)
     return {
@@ -70,4 +78,5 @@ async def document_process(ctx: TaskContext, params: DocumentParams) -> dict[str
         "chunks": len(chunks),
         "word_count": word_count,
         "embedding_dim": embedder.dim,
+        "embedding_model": f"{embedder.kind}:{embedder.model}",
     }
