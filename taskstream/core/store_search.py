@@ -19,6 +19,7 @@ import asyncpg
 from taskstream.builtin.embedding import Space
 from taskstream.core.store import Executor, _tx
 
+Pool = asyncpg.Pool  # for annotations elsewhere that must not import asyncpg themselves
 _SPACE_LOCK = 0x7A5C_0110  # serializes the creation of a space and its index
 
 
@@ -164,9 +165,12 @@ async def search(pool: asyncpg.Pool, space_id: int, dim: int, query: list[float]
           JOIN uploads u ON u.upload_id = c.upload_id
          ORDER BY h.distance, c.task_id, c.chunk_index"""  # noqa: S608
     args: list[Any] = [query, k] + ([owner] if owner is not None else [])
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(f"SET LOCAL hnsw.ef_search = {max(int(ef_search), k)}")
-        await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+    async with pool.acquire() as conn:
+        # Session settings, one round trip, set before every search on this connection: they
+        # only steer HNSW scans, which only this function runs (a transaction with SET LOCAL
+        # would cost two more round trips per query).
+        await conn.execute(f"SET hnsw.ef_search = {max(int(ef_search), int(k))}; "
+                           "SET hnsw.iterative_scan = relaxed_order")
         rows = await conn.fetch(sql, *args)
     return [Hit(str(r["upload_id"]), r["filename"], str(r["task_id"]), r["chunk_index"],
                 r["page"], 1.0 - float(r["distance"]), r["content"]) for r in rows]
