@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from taskstream.builtin.embedding import Space
-from taskstream.core.store import Executor, _tx
+from taskstream.core.store import Executor, transaction
 
 Pool = asyncpg.Pool  # for annotations elsewhere that must not import asyncpg themselves
 _SPACE_LOCK = 0x7A5C_0110  # serializes the creation of a space and its index
@@ -54,7 +54,7 @@ def _index_name(space_id: int) -> str:
 
 async def ensure_space(db: Executor, space: Space) -> int:
     """The id of ``space``, created with its HNSW index on first use."""
-    async with _tx(db) as conn:
+    async with transaction(db) as conn:
         row = await conn.fetchrow(
             "SELECT space_id FROM embedding_spaces WHERE kind = $1 AND model = $2 AND dim = $3",
             space.kind, space.model, space.dim)
@@ -105,7 +105,7 @@ async def store_document(
     """Replace a task's chunks and their vectors in ``space_id`` in one transaction (a retried
     attempt rewrites them, never duplicates). A tenant's first document picks its space."""
     tid, uid = uuid.UUID(task_id), uuid.UUID(upload_id)
-    async with _tx(db) as conn:
+    async with transaction(db) as conn:
         await conn.execute("DELETE FROM document_chunks WHERE task_id = $1", tid)
         await conn.executemany(
             """INSERT INTO document_chunks (task_id, chunk_index, page, content, owner, upload_id)
@@ -211,7 +211,7 @@ async def upsert_vectors(db: Executor, space_id: int,
                          rows: Sequence[tuple[ChunkText, list[float]]]) -> None:
     """Write vectors in ``space_id`` beside any other space's (a chunk deleted meanwhile is
     skipped: its vector would have nothing to point at)."""
-    async with _tx(db) as conn:
+    async with transaction(db) as conn:
         await conn.executemany(
             """INSERT INTO chunk_vectors (space_id, task_id, chunk_index, owner, embedding)
                SELECT $1, $2, $3, $4, $5::real[]::vector
@@ -226,7 +226,7 @@ async def switch_space(db: Executor, owner: str | None, space_id: int) -> dict[s
     """Point ``owner``'s search (None: every tenant with chunks) at ``space_id`` and drop
     their vectors of other spaces — one transaction, so a search sees the old space or the
     new one, never a mix or nothing."""
-    async with _tx(db) as conn:
+    async with transaction(db) as conn:
         owners = [r["owner"] for r in await conn.fetch(
             """SELECT DISTINCT owner FROM document_chunks WHERE ($1::text IS NULL OR owner = $1)
                UNION SELECT owner FROM tenant_spaces WHERE ($1::text IS NULL OR owner = $1)""",
