@@ -7,8 +7,9 @@
    batches of 32, as document_process sends them).
 3. A store of ``search_chunks`` chunks (100,000 in --quick) for the bench tenant: texts drawn
    from ten topic vocabularies, ``search_texts`` of them embedded for real by wordllama; each
-   stored chunk's vector is a real one mixed with another (0.8/0.2) plus a little noise, so
-   the 100,000 vectors are distinct and spread like the model's. Loaded with COPY, then the
+   stored chunk's vector is its text's real vector (at least half) mixed with two others in
+   random proportions plus a little noise, so the 100,000 vectors are distinct and spread
+   like the model's. Loaded with COPY, then the
    space's HNSW index is built (its build time is reported).
 4. ``GET /search?q=…&k=10`` over HTTP (keep-alive, one client: the latency of one query,
    embedding it included) for ``search_queries`` queries: p50/p99; and recall@10 of the HNSW
@@ -132,9 +133,15 @@ async def _load(run: Run, out: Outcome, n: int, distinct: int) -> Any:
 
     vecs = np.asarray(base, dtype=np.float32)
     nrng = np.random.default_rng(3)
+    # Each stored vector: its text's vector plus two others, in random proportions (the
+    # text's at least half), so 100,000 distinct vectors spread like the model's, not
+    # clusters of near-copies of the embedded texts.
     a = np.arange(n) % distinct
-    b = nrng.integers(0, distinct, n)
-    mixed = 0.8 * vecs[a] + 0.2 * vecs[b] + nrng.normal(0, 0.01, (n, vecs.shape[1]))
+    b, c = nrng.integers(0, distinct, n), nrng.integers(0, distinct, n)
+    w = nrng.dirichlet((4.0, 1.0, 1.0), n).astype(np.float32)
+    w[:, 0] = np.maximum(w[:, 0], 0.5)
+    mixed = (w[:, :1] * vecs[a] + w[:, 1:2] * vecs[b] + w[:, 2:] * vecs[c]
+             + nrng.normal(0, 0.01, (n, vecs.shape[1])))
     mixed /= np.linalg.norm(mixed, axis=1, keepdims=True)
     mixed = mixed.astype(np.float32)
 
@@ -260,7 +267,7 @@ async def search(run: Run) -> Outcome:
         Row("8 search", "recall@10, HNSW (ef_search 64) vs exact scan", recall, ""),
     ]
     out.notes.append(
-        f"{n} chunks: {sz.search_texts:,} texts embedded by wordllama, each stored vector a "
-        "real one mixed 0.8/0.2 with another plus noise; queries over HTTP embed the query "
+        f"{n} chunks: {sz.search_texts:,} texts embedded by wordllama, each stored vector its "
+        "text's (>= half) mixed with two others plus noise; queries over HTTP embed the query "
         "in the web process (wordllama) and walk the space's HNSW index")
     return out
