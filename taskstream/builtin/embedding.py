@@ -274,3 +274,21 @@ def configured_space(settings: Settings) -> Space:
 def configured_embedder(settings: Settings) -> Embedder:
     """The embedder ``TASKSTREAM_EMBEDDER`` names: new vectors are written in its space."""
     return embedder_for(configured_space(settings), settings)
+
+
+def warm_in_background(settings: Settings) -> threading.Thread:
+    """Load the configured model in a daemon thread (a worker at start-up), so the first
+    document neither waits for it nor stalls the event loop's other tasks while it loads."""
+    log = logging.getLogger(__name__)
+
+    def run() -> None:
+        try:
+            warm = getattr(configured_embedder(settings), "warm", None)
+            if warm is not None:
+                warm()
+        except Exception as exc:  # the first task that embeds reports it properly
+            log.warning("could not load the %s embedder: %s", settings.embedder, exc)
+
+    thread = threading.Thread(target=run, name="embedder-warm-up", daemon=True)
+    thread.start()
+    return thread
