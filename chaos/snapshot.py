@@ -52,6 +52,8 @@ class Snapshot:
     steps: dict[tuple[str, str], int] = field(default_factory=dict)
     #: (task, step) -> the attempts that began executing it (chaos_step_runs)
     step_runs: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    #: document_process task -> (chunks, distinct chunk indexes, vectors, vector spaces)
+    documents: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
 
 
 async def snapshot(pool: asyncpg.Pool) -> Snapshot:
@@ -89,4 +91,12 @@ async def snapshot(pool: asyncpg.Pool) -> Snapshot:
         for r in await pool.fetch(
                 "SELECT task_id, step, attempt FROM chaos_step_runs ORDER BY at"):
             step_runs[(str(r["task_id"]), r["step"])].append(int(r["attempt"]))
-    return Snapshot(tasks, dict(events), by_tseq, int(last), fired, steps, dict(step_runs))
+    documents = {str(r["task_id"]): (r["chunks"], r["distinct"], r["vectors"], r["spaces"])
+                 for r in await pool.fetch(
+        """SELECT c.task_id, count(*) AS chunks, count(DISTINCT c.chunk_index) AS distinct,
+                  (SELECT count(*) FROM chunk_vectors v WHERE v.task_id = c.task_id) AS vectors,
+                  (SELECT count(DISTINCT space_id) FROM chunk_vectors v
+                    WHERE v.task_id = c.task_id) AS spaces
+             FROM document_chunks c GROUP BY c.task_id""")}
+    return Snapshot(tasks, dict(events), by_tseq, int(last), fired, steps, dict(step_runs),
+                    documents)

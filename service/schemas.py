@@ -97,6 +97,22 @@ class TicketOut(BaseModel):
     stream_url: str
 
 
+class SearchHitOut(BaseModel):
+    upload_id: str
+    filename: str
+    task_id: str = Field(description="The document_process task that stored the chunk.")
+    chunk_index: int
+    page: int | None
+    score: float = Field(description="Cosine similarity to the query, 1 = same direction.")
+    text: str
+
+
+class SearchOut(BaseModel):
+    query: str
+    k: int
+    hits: list[SearchHitOut]
+
+
 # --- the dashboard's reads (GET /stats/overview, GET /workers) --------------------------------
 
 class StatusCount(BaseModel):

@@ -80,6 +80,10 @@ async def _start(ctx: dict[str, Any], stack: AsyncExitStack, settings: Settings,
     eventlog.start()
     stack.push_async_callback(eventlog.close)
     catalogue = Catalogue.load(settings)
+    if "document_process" in catalogue or "reindex" in catalogue:
+        from taskstream.builtin.embedding import warm_in_background
+
+        warm_in_background(settings)  # the model loads while the worker starts taking jobs
     runtime = Runtime(settings=settings, pool=pool, eventlog=eventlog, arq=redis,
                       worker_id=worker_id, catalogue=catalogue)
     stack.push_async_callback(runtime.close)

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
-from service.auth import Owner
+from service.auth import Caller, Owner
 from service.batches import (
     Child,
     batch_json,
@@ -20,6 +20,7 @@ from service.batches import (
 from service.deps import Res
 from service.routes.tasks import ERRORS, IdempotencyKey
 from service.schemas import SubmitTask
+from service.search import check_submitter
 from service.tasks import task_json
 from taskstream.core import store_batches
 from taskstream.core.batches import Policy
@@ -37,11 +38,14 @@ class SubmitBatch(BaseModel):
 
 
 @router.post("/batches", status_code=202, responses=ERRORS)
-async def create_batch(body: SubmitBatch, res: Res, owner: Owner, response: Response,
-                       idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
+async def create_batch(body: SubmitBatch, res: Res, owner: Owner, principal: Caller,
+                       response: Response, idempotency_key: IdempotencyKey = None
+                       ) -> dict[str, Any]:
     """Submit tasks of any types as one batch: one parent task whose stream carries the
     aggregate (counts per status, percent, each child's end). All or nothing: a bad child
     is a 4xx naming its index and nothing is created."""
+    for t in body.tasks:  # what only an admin may submit, as on POST /tasks
+        check_submitter(principal, t.type, t.params)
     kids = [Child(t.type, t.params, t.options()) for t in body.tasks]
     parent, children, created = await submit_batch(res, owner, kids, body.policy,
                                                    body.threshold, idempotency_key)

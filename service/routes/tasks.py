@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
-from service.auth import Admin, Owner
+from service.auth import Admin, Caller, Owner
 from service.batches import cancel_batch, redrive_batch
 from service.deps import Res, Resources
 from service.errors import BadRequest, NotFound
@@ -20,6 +20,7 @@ from service.schemas import (
     TaskRead,
     TaskTypeOut,
 )
+from service.search import check_submitter
 from service.tasks import cancel, load_task, parse_task_id, redrive, task_json
 from taskstream.core import batches, store_batches, store_read
 from taskstream.core.constants import BATCH_TASK_TYPE
@@ -41,9 +42,11 @@ IdempotencyKey = Annotated[
 @router.post("/tasks", status_code=202, response_model=TaskRead, tags=["tasks"],
              responses={**ERRORS, 200: {"model": TaskRead,
                                         "description": "Idempotent replay: the same task."}})
-async def create_task(body: SubmitTask, res: Res, owner: Owner, response: Response,
-                      idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
+async def create_task(body: SubmitTask, res: Res, owner: Owner, principal: Caller,
+                      response: Response, idempotency_key: IdempotencyKey = None
+                      ) -> dict[str, Any]:
     """Submit a task of a registered type; returns at once with its id and links."""
+    check_submitter(principal, body.type, body.params)
     task, created = await res.submissions.submit(owner, body.type, body.params,
                                                  idempotency_key, options=body.options())
     response.headers["Location"] = f"/tasks/{task.task_id}"

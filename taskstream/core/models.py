@@ -12,9 +12,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, DateTime, Double, Integer, LargeBinary, Text
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, REAL
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, UserDefinedType
 from sqlmodel import Field, SQLModel
 
 from taskstream.core.events import event_error, event_result
@@ -203,7 +203,53 @@ class DocumentChunk(SQLModel, table=True):
     chunk_index: int = Field(primary_key=True, sa_type=Integer)
     page: int | None = Field(sa_type=Integer)
     content: str = Field(sa_type=Text)
-    embedding: list[float] = Field(sa_type=ARRAY(REAL))
+    owner: str = Field(sa_type=Text)
+    upload_id: uuid.UUID = Field(foreign_key="uploads.upload_id")
+
+
+class Vector(UserDefinedType[list[float]]):
+    """pgvector's ``vector`` without a fixed dimension (each space has its own; see
+    migration 110). Written and read through core/store_search.py's SQL only."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "VECTOR"
+
+
+class EmbeddingSpace(SQLModel, table=True):
+    """A vector space: one embedder kind, model and dimension (README: Search)."""
+
+    __tablename__ = "embedding_spaces"
+
+    space_id: int = Field(primary_key=True, sa_type=Integer)
+    kind: str = Field(sa_type=Text)
+    model: str = Field(sa_type=Text)
+    dim: int = Field(sa_type=Integer)
+    created_at: datetime = Field(sa_type=TIMESTAMPTZ)
+
+
+class ChunkVector(SQLModel, table=True):
+    """A chunk's vector in one space; a chunk has one per space it was embedded in."""
+
+    __tablename__ = "chunk_vectors"
+
+    space_id: int = Field(primary_key=True, sa_type=Integer,
+                          foreign_key="embedding_spaces.space_id")
+    task_id: uuid.UUID = Field(primary_key=True)
+    chunk_index: int = Field(primary_key=True, sa_type=Integer)
+    owner: str = Field(sa_type=Text)
+    embedding: list[float] = Field(sa_type=Vector)
+
+
+class TenantSpace(SQLModel, table=True):
+    """The space a tenant's search reads; a reindex moves it."""
+
+    __tablename__ = "tenant_spaces"
+
+    owner: str = Field(primary_key=True, sa_type=Text, foreign_key="tenants.owner")
+    space_id: int = Field(sa_type=Integer, foreign_key="embedding_spaces.space_id")
+    switched_at: datetime = Field(sa_type=TIMESTAMPTZ)
 
 
 # --- durable steps and waits (ctx.step, ctx.wait_for) -----------------------------------------

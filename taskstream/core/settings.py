@@ -96,6 +96,26 @@ class Settings(BaseSettings):
     upload_chunk_bytes: int = 1 << 20
     upload_max_bytes: int = 100 << 20
 
+    # Embeddings and search (README: Search). One embedder per process, chosen here; the
+    # vectors it writes live in its own "space" (model + dimension) in PostgreSQL.
+    #: ``wordllama`` (default: a 256-d model inside its wheel, offline, numpy only),
+    #: ``minilm`` (all-MiniLM-L6-v2, 384-d; the ``minilm`` extra: sentence-transformers +
+    #: torch) or ``openai`` (an OpenAI-compatible ``/embeddings`` endpoint, below).
+    embedder: Literal["wordllama", "minilm", "openai"] = "wordllama"
+    #: The OpenAI-compatible endpoint: base URL (``…/v1``), model, key, the model's dimension.
+    embedding_url: str = "https://api.openai.com/v1"
+    embedding_model: str = "text-embedding-3-small"
+    embedding_api_key: str = ""
+    embedding_dim: Annotated[int, Field(ge=1, le=2000)] = 1536
+    embedding_timeout: float = 60.0
+    #: Chunks embedded per ``reindex`` step (each step is recorded, so a crash resumes there).
+    reindex_batch: Annotated[int, Field(ge=1, le=10_000)] = 256
+    #: GET /search bounds: the most hits a query may ask for, the longest query.
+    search_max_k: int = 50
+    search_max_query_chars: int = 2_000
+    #: pgvector's HNSW candidate list per query (``hnsw.ef_search``): recall vs latency.
+    search_ef: Annotated[int, Field(ge=1, le=1000)] = 64
+
     # Security. Auth is on unless switched off explicitly (the local embedded run does).
     auth: bool = True
     stream_ticket_ttl: float = 900.0

@@ -468,22 +468,6 @@ async def iter_upload(pool: asyncpg.Pool, upload_id: uuid.UUID) -> AsyncIterator
         idx += 1
 
 
-# --- document chunks -----------------------------------------------------------------------
-
-async def store_document_chunks(
-    db: Executor, task_id: str, chunks: Sequence[tuple[int, int | None, str, list[float]]]
-) -> None:
-    """Replace a task's chunks (a retried attempt rewrites them, never duplicates)."""
-    tid = uuid.UUID(task_id)
-    async with transaction(db) as conn:
-        await conn.execute("DELETE FROM document_chunks WHERE task_id = $1", tid)
-        await conn.executemany(
-            """INSERT INTO document_chunks (task_id, chunk_index, page, content, embedding)
-               VALUES ($1, $2, $3, $4, $5)""",
-            [(tid, i, page, text, vec) for i, page, text, vec in chunks],
-        )
-
-
 class transaction:
     """``async with transaction(pool_or_conn) as conn``: a transaction on a pooled or given
     connection."""
