@@ -9,7 +9,8 @@
   ``worker_lost``; a pending task whose job is missing from the queue (a web process died
   between insert and enqueue, or Redis lost its data) is enqueued again under its
   deterministic job id, so two sweepers cannot enqueue it twice — unless it is suspended in
-  ``ctx.wait_for`` on purpose; a suspended run whose wait timed out is queued again.
+  ``ctx.wait_for`` on purpose; a suspended run whose wait timed out, or whose signal came
+  but whose sender died before re-queueing it, is queued again.
 """
 
 import asyncio
@@ -102,10 +103,12 @@ async def sweep_once(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
                     report.reenqueued += 1
                 break
     report.failed += await fail_unknown_types(pool, eventlog, settings)
-    for waiting, name, _owner in await store_steps.due_waits(pool):
-        # A suspended run's wait timed out: run it again; its wait_for times out there.
+    for waiting, name, timed_out in await store_steps.due_waits(
+            pool, signal_grace=settings.pending_stale_seconds):
+        # A suspended run whose wait timed out (its wait_for times out when it runs again),
+        # or whose signal's sender died before re-queueing it.
         report.resumed += await waits.resume(pool, eventlog, arq, settings, waiting, name,
-                                             timed_out=True)
+                                             timed_out=timed_out)
     if report.requeued or report.failed or report.reenqueued:
         log.warning("sweep: %s", report)
     return report
