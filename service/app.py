@@ -22,7 +22,7 @@ from service.limits import BodyLimit, InflightGauge, StreamSlots, SubmitRate
 from service.routes import router
 from service.submissions import Submissions
 from service.worker_types import WorkerTypes
-from taskstream.core import queue, redisconn, store
+from taskstream.core import logs, metrics, queue, redisconn, store
 from taskstream.core.auth import KeyCache
 from taskstream.core.constants import control_channel
 from taskstream.core.db import TRANSIENT_DB_ERRORS, create_engine, create_pool
@@ -113,10 +113,14 @@ async def _open(stack: AsyncExitStack, settings: Settings) -> Resources:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    if settings.log_format == "json":
+        logs.configure("json")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            metrics.reap_dead()  # live gauges of web processes that were SIGKILLed
+            stack.callback(metrics.process_exit)
             app.state.resources = res = await _open(stack, settings)
             _end_streams_on_signal(res.hub)
             # Everything built so far lives as long as the process: out of the collector's

@@ -17,7 +17,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
-from taskstream.core import control, queue, store
+from taskstream.core import control, logs, metrics, queue, store
 from taskstream.core.backoff import Backoff
 from taskstream.core.constants import control_channel
 from taskstream.core.db import TRANSIENT_DB_ERRORS, create_pool
@@ -25,7 +25,7 @@ from taskstream.core.eventlog import EventLog
 from taskstream.core.settings import Settings
 from taskstream.core.states import RunOutcome
 from taskstream.core.tasktypes import Catalogue
-from worker import scheduler, sweeper
+from worker import retention, scheduler, sweeper, webhooks
 from worker.runtime import Runtime
 
 log = logging.getLogger("worker")
@@ -89,7 +89,9 @@ async def _start(ctx: dict[str, Any], stack: AsyncExitStack, settings: Settings,
     ctx["runtime"] = runtime
     for loop in (_listen_control(redis, settings, runtime),
                  sweeper.run_forever(pool, redis, eventlog, runtime, settings),
-                 scheduler.run_forever(pool, redis, eventlog, catalogue, settings)):
+                 scheduler.run_forever(pool, redis, eventlog, catalogue, settings),
+                 webhooks.run_forever(pool, settings),
+                 retention.run_forever(pool, settings)):
         stack.push_async_callback(_stop, asyncio.create_task(loop))
 
 
@@ -126,10 +128,13 @@ def use_uvloop() -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    logs.configure(settings.log_format)
     use_uvloop()
-    build_worker(Settings()).run()
+    try:
+        build_worker(settings).run()
+    finally:
+        metrics.process_exit()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 from fastapi import APIRouter
 
-from service.routes import schedules, streams, tasks, uploads
+from service.routes import ops, schedules, streams, tasks, uploads, webhooks
 
 router = APIRouter()
 router.include_router(tasks.router)
 router.include_router(streams.router)
 router.include_router(uploads.router)
 router.include_router(schedules.router)
+router.include_router(ops.router)
+router.include_router(webhooks.router)
