@@ -163,16 +163,21 @@ _CUTOFF = "now() - coalesce(tn.retention_days, nullif($1::float8, 0)) * interval
 
 
 async def prune_tasks(db: Executor, default_days: float, batch: int) -> int:
-    """Delete up to ``batch`` finished tasks past their retention (their events, steps and
-    chunks go by cascade) in one short transaction; locked rows are skipped."""
-    done = await db.execute(
-        f"""DELETE FROM tasks WHERE task_id IN (
-                SELECT t.task_id FROM tasks t JOIN tenants tn ON tn.owner = t.owner
-                 WHERE t.finished_at IS NOT NULL AND t.status NOT IN {_UNFINISHED}
-                   AND t.finished_at < {_CUTOFF}
-                 ORDER BY t.finished_at LIMIT $2 FOR UPDATE OF t SKIP LOCKED)""",
+    """Delete up to ``batch`` finished tasks past their retention, with their events (no
+    foreign key there since migration 040; chunks go by cascade), in one short statement;
+    locked rows are skipped."""
+    n = await db.fetchval(
+        f"""WITH gone AS (
+                DELETE FROM tasks WHERE task_id IN (
+                    SELECT t.task_id FROM tasks t JOIN tenants tn ON tn.owner = t.owner
+                     WHERE t.finished_at IS NOT NULL AND t.status NOT IN {_UNFINISHED}
+                       AND t.finished_at < {_CUTOFF}
+                     ORDER BY t.finished_at LIMIT $2 FOR UPDATE OF t SKIP LOCKED)
+                RETURNING task_id),
+            events AS (DELETE FROM task_events e USING gone WHERE e.task_id = gone.task_id)
+            SELECT count(*) FROM gone""",
         default_days, batch)
-    return int(done.split()[-1])
+    return int(n)
 
 
 async def prune_uploads(db: Executor, default_days: float, batch: int) -> int:
@@ -214,6 +219,7 @@ async def delete_finished_task(pool: asyncpg.Pool, owner: str, task_id: uuid.UUI
         if row["status"] in ("pending", "running"):
             return str(row["status"])
         await conn.execute("DELETE FROM tasks WHERE task_id = $1", task_id)
+        await conn.execute("DELETE FROM task_events WHERE task_id = $1", task_id)
         upload = (row["params"] or {}).get("upload_id")
         if isinstance(upload, str):
             try:
