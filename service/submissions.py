@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from service.errors import Conflict, TooManyRequests, Unprocessable
 from service.limits import InflightGauge, SubmitRate, json_depth
 from service.worker_types import WorkerTypes
-from taskstream.core import metrics, queue, store
+from taskstream.core import metrics, queue, store, tracing
 from taskstream.core.batcher import Batcher
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import Event
@@ -79,6 +79,9 @@ class Submissions(Batcher[store.NewTask, Result]):
             stored = with_concurrency_key(spec, clean, owner, options)
         except ConcurrencyKeyError as exc:
             raise Unprocessable(str(exc)) from None
+        traceparent = tracing.current_traceparent()  # the worker's spans join this trace
+        if traceparent is not None:
+            stored = {**stored, tracing.TRACEPARENT: traceparent}
         task, created = await self._submit(store.NewTask(
             owner=owner, task_type=task_type, params=clean,
             max_attempts=options.get("max_attempts") or spec.max_attempts,

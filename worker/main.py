@@ -17,7 +17,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
-from taskstream.core import control, logs, metrics, queue, store
+from taskstream.core import control, logs, metrics, queue, store, tracing
 from taskstream.core.backoff import Backoff
 from taskstream.core.constants import control_channel
 from taskstream.core.db import TRANSIENT_DB_ERRORS, create_pool
@@ -130,10 +130,12 @@ def use_uvloop() -> None:
 def main() -> None:
     settings = Settings()
     logs.configure(settings.log_format)
+    tracing.setup(settings.tracing, "taskstream-worker")
     use_uvloop()
     try:
         build_worker(settings).run()
     finally:
+        tracing.shutdown()
         metrics.process_exit()
 
 

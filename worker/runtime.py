@@ -23,7 +23,7 @@ from arq.connections import ArqRedis
 from pydantic import BaseModel, ValidationError
 
 from taskstream.context import AttemptSuperseded, SoftTimeLimitExceeded
-from taskstream.core import metrics, queue, store
+from taskstream.core import metrics, queue, store, tracing
 from taskstream.core.batcher import Batcher
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import NewEvent
@@ -134,6 +134,16 @@ class Runtime:
             return RunOutcome.NOT_OURS
         attempt = started.event.attempt
         seen.started(task, started.event.created_at)
+        with tracing.task_run(task.options, task_id, task.task_type, attempt,
+                              task.updated_at) as span:
+            outcome = await self._attempt(task_id, task, spec, attempt)
+            if span is not None:
+                span.set_attribute("taskstream.outcome", outcome.value)
+            return outcome
+
+    async def _attempt(self, task_id: str, task: store.Task, spec: "TaskDef[Any, Any] | None",
+                       attempt: int) -> RunOutcome:
+        """One attempt of a started task, to its outcome."""
         opts = task.options
         soft = opts.get("soft_timeout") or (spec.soft_timeout if spec else None)
         ctx = WorkerContext(task_id=task_id, owner=task.owner, attempt=attempt,
