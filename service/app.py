@@ -72,9 +72,11 @@ async def _open(stack: AsyncExitStack, settings: Settings) -> Resources:
     """The process's pools and background writers, each registered on ``stack`` as soon as
     it exists, so they close in reverse order — also when start-up fails half-way."""
     pool = await create_pool(settings.database_url, min_size=settings.db_pool_min,
-                             max_size=settings.db_pool_max)
+                             max_size=settings.db_pool_max,
+                             statement_cache_size=settings.db_statement_cache_size)
     stack.push_async_callback(pool.close)
-    engine = create_engine(settings.database_url, pool_size=settings.db_engine_pool_size)
+    engine = create_engine(settings.database_url, pool_size=settings.db_engine_pool_size,
+                           statement_cache_size=settings.db_statement_cache_size)
     stack.push_async_callback(engine.dispose)
     arq = await queue.connect(settings)
     stack.push_async_callback(arq.aclose)

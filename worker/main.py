@@ -74,7 +74,8 @@ async def _start(ctx: dict[str, Any], stack: AsyncExitStack, settings: Settings,
     """Everything a job needs, each piece registered on ``stack`` as soon as it exists."""
     redis: ArqRedis = ctx["redis"]  # arq's own connection
     pool = await create_pool(settings.database_url, min_size=settings.db_pool_min,
-                             max_size=settings.db_pool_max)
+                             max_size=settings.db_pool_max,
+                             statement_cache_size=settings.db_statement_cache_size)
     stack.push_async_callback(pool.close)
     eventlog = EventLog(pool, redis, settings.namespace, max_batch=settings.eventlog_max_batch)
     eventlog.start()
