@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
+from chaos.receiver import Receiver
 from taskstream.core import webhooks as wh
 from tests.cluster import Cluster, drop_cluster, start_cluster
 from tests.conftest import eventually, wait_terminal
-from tests.receiver import Receiver
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,5 +1,6 @@
-"""A real local HTTP receiver for webhook tests and the chaos run: answers each POST with a
-chosen status (or not at all within the sender's timeout), and records what came."""
+"""A real local HTTP receiver for the webhook tests and the chaos run: answers each POST with
+a chosen status (or not at all within the sender's timeout; or a 500 for every n-th request,
+``fail_every``), and records what came."""
 
 import asyncio
 import contextlib
@@ -17,6 +18,7 @@ class Received:
 class Receiver:
     status: int = 200
     delay: float = 0.0  # seconds before answering (beyond the sender's timeout: a timeout)
+    fail_every: int = 0  # > 0: every n-th request is answered 500 (then retried)
     received: list[Received] = field(default_factory=list)
     port: int = 0
     _server: asyncio.base_events.Server | None = None
@@ -51,7 +53,10 @@ class Receiver:
                 self.received.append(Received(path, headers, body))
                 if self.delay:
                     await asyncio.sleep(self.delay)
-                writer.write(f"HTTP/1.1 {self.status} X\r\ncontent-length: 0\r\n\r\n".encode())
+                status = self.status
+                if self.fail_every and len(self.received) % self.fail_every == 0:
+                    status = 500
+                writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n".encode())
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
