@@ -1,6 +1,6 @@
 """OpenTelemetry (the ``otel`` extra): one trace from ``POST /tasks`` in the web process
-through the queue wait to the run in the worker, exported by the SDK's console exporter
-(one JSON object per span, to a file both processes append to)."""
+through the queue wait to the run and its durable steps in the worker, exported by the SDK's
+console exporter (one JSON object per span, to a file both processes append to)."""
 
 import json
 from pathlib import Path
@@ -28,17 +28,18 @@ async def test_one_trace_spans_submission_queue_wait_and_run(backing: tuple[str,
     spans_file = tmp_path / "spans.jsonl"
     cluster = await start_cluster(pg, rd, tmp_path / "c", workers=1,
                                   TASKSTREAM_TRACING="console",
-                                  TASKSTREAM_TRACING_FILE=str(spans_file))
+                                  TASKSTREAM_TRACING_FILE=str(spans_file),
+                                  TASKSTREAM_TASKS="tests.tasktypes_steps")
     try:
         async with httpx.AsyncClient(base_url=cluster.web.url, timeout=30) as c:
-            r = await c.post("/tasks", json={"type": "demo",
-                                             "params": {"duration": 0.2, "steps": 2}})
+            r = await c.post("/tasks", json={"type": "stepper",
+                                             "params": {"dir": str(tmp_path)}})
             tid = r.json()["task_id"]
             await wait_terminal(c, tid)
 
             def run_span() -> list[dict[str, Any]] | None:
                 spans = _spans(spans_file)
-                return spans if any(s["name"] == "run demo" for s in spans) else None
+                return spans if any(s["name"] == "run stepper" for s in spans) else None
 
             async def found() -> list[dict[str, Any]] | None:
                 return run_span()
@@ -48,7 +49,7 @@ async def test_one_trace_spans_submission_queue_wait_and_run(backing: tuple[str,
         await drop_cluster(pg, cluster)
 
     by_id = {s["context"]["span_id"]: s for s in spans}
-    run = next(s for s in spans if s["name"] == "run demo")
+    run = next(s for s in spans if s["name"] == "run stepper")
     wait = next(s for s in spans if s["name"] == "queue wait")
     post = next(s for s in spans if s["name"] == "POST /tasks"
                 and s["resource"]["attributes"]["service.name"] == "taskstream-web")
@@ -60,3 +61,10 @@ async def test_one_trace_spans_submission_queue_wait_and_run(backing: tuple[str,
     # Both worker spans hang off the request's span, which the worker never saw.
     assert run["parent_id"] == wait["parent_id"] == post["context"]["span_id"]
     assert post["context"]["span_id"] in by_id
+    # The steps (one runs in a thread) are children of the run.
+    steps = sorted((s for s in spans if s["name"].startswith("step ")),
+                   key=lambda s: s["attributes"]["taskstream.step_index"])
+    assert [s["name"] for s in steps] == ["step one", "step two", "step three", "step four"]
+    for s in steps:
+        assert s["parent_id"] == run["context"]["span_id"]
+        assert s["context"]["trace_id"] == trace_id

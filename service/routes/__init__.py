@@ -1,11 +1,12 @@
 from fastapi import APIRouter
 
-from service.routes import ops, schedules, streams, tasks, uploads, webhooks
+from service.routes import ops, schedules, signals, streams, tasks, uploads, webhooks
 
 router = APIRouter()
 router.include_router(tasks.router)
 router.include_router(streams.router)
 router.include_router(uploads.router)
 router.include_router(schedules.router)
+router.include_router(signals.router)
 router.include_router(ops.router)
 router.include_router(webhooks.router)
