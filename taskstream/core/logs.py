@@ -1,6 +1,7 @@
 """Log set-up for both processes: human-readable lines, or one JSON object per line
 (``TASKSTREAM_LOG_FORMAT=json``) for a log pipeline: time, level, logger, message, the
-process, the exception if any, and the trace and span ids when a span is current."""
+process, the exception if any (and trace/span ids where OpenTelemetry's logging
+instrumentation put them on the record)."""
 
 import logging
 import os
