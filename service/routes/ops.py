@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from service.auth import Admin
 from service.deps import Res
 from service.errors import NotFound, Unprocessable
+from service.routes.tasks import ERRORS
 from taskstream.core import metrics, store_ops
 
 router = APIRouter(tags=["operations"])
@@ -19,7 +20,7 @@ router = APIRouter(tags=["operations"])
 READY_TIMEOUT = 2.0
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, include_in_schema=False)
 async def prometheus_metrics(res: Res, _: Admin) -> Response:
     """Prometheus exposition of every process on this host (multiprocess mode) or of this
     process. An admin key when authentication is on (Prometheus' ``authorization``)."""
@@ -33,12 +34,18 @@ class RetentionIn(BaseModel):
     days: float | None = Field(gt=0, le=36500, description="null: the deployment's default")
 
 
-@router.put("/tenants/{tenant}/retention", status_code=204)
+@router.put("/tenants/{tenant}/retention", status_code=204, responses=ERRORS)
 async def tenant_retention(tenant: str, body: RetentionIn, res: Res, _: Admin) -> None:
     """Admin: this tenant's finished tasks, events and uploads are pruned after ``days``."""
     if not tenant or len(tenant) > 200:
         raise Unprocessable("tenant: 1 to 200 characters")
     await store_ops.set_tenant_retention(res.pool, tenant, body.days)
+
+
+class Readiness(BaseModel):
+    status: str
+    failed: list[str]
+    checks: dict[str, str]
 
 
 @router.get("/healthz")
@@ -48,7 +55,8 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "a dependency failed; see 'failed'"}})
+@router.get("/readyz", responses={503: {"description": "a dependency failed; see 'failed'"}},
+            response_model=Readiness)
 async def readyz(res: Res) -> JSONResponse:
     """Readiness: PostgreSQL answers, Redis answers, the hub is subscribed. 503 names the
     ones that failed."""

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from service.auth import Owner
 from service.deps import Res
 from service.errors import NotFound, TooManyRequests, Unprocessable, parse_id
+from service.routes.tasks import ERRORS
 from taskstream.core import store_ops
 from taskstream.core import webhooks as wh
 from taskstream.core.states import EventType
@@ -25,7 +26,7 @@ class WebhookIn(BaseModel):
                     "cancelled). progress, log and partial are never delivered.")
 
 
-@router.post("/webhooks", status_code=201)
+@router.post("/webhooks", status_code=201, responses=ERRORS)
 async def create_webhook(body: WebhookIn, res: Res, owner: Owner) -> dict[str, Any]:
     """Register a URL. The answer carries the signing ``secret`` — shown this once."""
     types = sorted({str(t) for t in body.event_types} if body.event_types
@@ -46,20 +47,20 @@ async def create_webhook(body: WebhookIn, res: Res, owner: Owner) -> dict[str, A
     return {**hook.to_json(), "secret": secret}
 
 
-@router.get("/webhooks")
+@router.get("/webhooks", responses=ERRORS)
 async def list_webhooks(res: Res, owner: Owner) -> list[dict[str, Any]]:
     """The caller's webhooks (without their secrets)."""
     return [h.to_json() for h in await store_ops.list_webhooks(res.pool, owner)]
 
 
-@router.delete("/webhooks/{webhook_id}", status_code=204)
+@router.delete("/webhooks/{webhook_id}", status_code=204, responses=ERRORS)
 async def delete_webhook(webhook_id: str, res: Res, owner: Owner) -> None:
     """Remove a webhook; its pending deliveries go with it."""
     if not await store_ops.delete_webhook(res.pool, owner, parse_id(webhook_id, "webhook")):
         raise NotFound(f"webhook {webhook_id!r} not found")
 
 
-@router.get("/webhooks/{webhook_id}/deliveries")
+@router.get("/webhooks/{webhook_id}/deliveries", responses=ERRORS)
 async def webhook_deliveries(
     webhook_id: str, res: Res, owner: Owner,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,

@@ -40,6 +40,10 @@ DEFAULT_EVENT_TYPES: tuple[str, ...] = tuple(sorted(str(s) for s in TERMINAL))
 NOT_DELIVERABLE = frozenset({EventType.PROGRESS, EventType.LOG, EventType.PARTIAL})
 
 
+#: Seconds a webhook host may take to resolve.
+RESOLVE_TIMEOUT = 5.0
+
+
 class UnsafeURL(ValueError):
     """A URL a webhook may not call."""
 
@@ -107,10 +111,13 @@ async def check_url(url: str, allow: frozenset[str]) -> None:
     if host in allow:
         return
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise UnsafeURL(f"host {host!r} does not resolve ({exc.strerror or exc})") from None
+        infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(
+            host, port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM),
+            RESOLVE_TIMEOUT)
+    except TimeoutError:
+        raise UnsafeURL(f"host {host!r} did not resolve within {RESOLVE_TIMEOUT:g}s") from None
+    except (OSError, UnicodeError) as exc:
+        raise UnsafeURL(f"host {host!r} does not resolve ({exc})") from None
     for info in infos:
         if _inside(str(info[4][0])):
             raise UnsafeURL(f"host {host!r} resolves to an internal address; an operator "
