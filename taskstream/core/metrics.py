@@ -19,6 +19,11 @@ import os
 import re
 from pathlib import Path
 
+# prometheus-client writes its files there from the first metric defined below on: a
+# directory named but not yet made would fail the process at import.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
