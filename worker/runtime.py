@@ -287,7 +287,7 @@ class Observed:
         metrics.task_event(metrics.STARTED, task.task_type)
         # Queue wait: from when the task last became pending (submission, retry, re-queue)
         # to its start, both on the database's clock.
-        metrics.QUEUE_WAIT.labels(task.task_type).observe(
+        metrics.per_type(task.task_type)[1].observe(
             max(0.0, (at - task.updated_at).total_seconds()))
 
     def finish(self, outcome: RunOutcome | None) -> None:
@@ -297,7 +297,7 @@ class Observed:
         if event is not None:
             metrics.task_event(event, self.task_type)
         if self.t0 is not None:
-            metrics.RUN_SECONDS.labels(self.task_type).observe(time.monotonic() - self.t0)
+            metrics.per_type(self.task_type)[0].observe(time.monotonic() - self.t0)
 
 
 _OUTCOME_EVENTS = {RunOutcome.COMPLETED: metrics.COMPLETED, RunOutcome.FAILED: metrics.FAILED,

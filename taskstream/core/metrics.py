@@ -62,8 +62,26 @@ WEBHOOK_DELIVERIES = Counter("taskstream_webhook_attempts",
 PRUNED = Counter("taskstream_retention_pruned", "Rows removed by retention", ["what"])
 
 
+_task_children: dict[tuple[str, str], Counter] = {}
+_run_children: dict[str, tuple[Histogram, Histogram]] = {}
+
+
 def task_event(event: str, task_type: str) -> None:
-    TASKS.labels(event, task_type).inc()
+    """One lifecycle transition; the labelled child is looked up once per (event, type)
+    (``labels()`` validates and locks on every call)."""
+    child = _task_children.get((event, task_type))
+    if child is None:
+        child = _task_children[(event, task_type)] = TASKS.labels(event, task_type)
+    child.inc()
+
+
+def per_type(task_type: str) -> tuple[Histogram, Histogram]:
+    """(run time, queue wait) histograms of a task type, looked up once."""
+    pair = _run_children.get(task_type)
+    if pair is None:
+        pair = _run_children[task_type] = (RUN_SECONDS.labels(task_type),
+                                           QUEUE_WAIT.labels(task_type))
+    return pair
 
 
 def multiprocess_dir() -> str | None:
