@@ -1,6 +1,6 @@
 from fastapi import APIRouter
 
-from service.routes import ops, schedules, signals, streams, tasks, uploads, webhooks
+from service.routes import dashboard, ops, schedules, signals, streams, tasks, uploads, webhooks
 
 router = APIRouter()
 router.include_router(tasks.router)
@@ -8,5 +8,6 @@ router.include_router(streams.router)
 router.include_router(uploads.router)
 router.include_router(schedules.router)
 router.include_router(signals.router)
+router.include_router(dashboard.router)
 router.include_router(ops.router)
 router.include_router(webhooks.router)
