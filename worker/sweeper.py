@@ -65,7 +65,9 @@ async def sweep_once(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
                 task_id=lost.task_id, owner=lost.owner, type=EventType.CANCELLED,
                 attempt=lost.attempts, error="cancelled by request (its worker was lost)",
             ))
-            report.failed += res.outcome == Outcome.OK
+            if res.outcome == Outcome.OK:
+                report.failed += 1
+                metrics.task_event(metrics.CANCELLED, lost.task_type)
             continue
         if lost.crashes + 1 >= settings.max_crashes:
             res = await eventlog.append(NewEvent(
