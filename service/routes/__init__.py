@@ -3,12 +3,14 @@ from fastapi import APIRouter
 from service.routes import (
     batches,
     dashboard,
+    ops,
     schedules,
     search,
     signals,
     streams,
     tasks,
     uploads,
+    webhooks,
 )
 
 router = APIRouter()
@@ -20,3 +22,5 @@ router.include_router(batches.router)
 router.include_router(search.router)
 router.include_router(signals.router)
 router.include_router(dashboard.router)
+router.include_router(ops.router)
+router.include_router(webhooks.router)
