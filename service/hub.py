@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from service.sse import HubEvent
 from taskstream.core.backoff import Backoff
 from taskstream.core.events import Event
+from taskstream.core.live import TokenFrame, is_token_message
 from taskstream.core.states import EventType
 
 log = logging.getLogger(__name__)
@@ -46,17 +47,25 @@ class Subscription:
         self.limit = limit
         self.overflowed = False
         # (event, coalesced): coalesced=True means earlier progress was skipped on purpose.
-        self._items: deque[tuple[Event, bool] | str] = deque()
+        self._items: deque[tuple[Event, bool] | TokenFrame | str] = deque()
         self._wake = asyncio.Event()
+        self.tokens_dropped = 0
 
-    def push(self, item: Event | str) -> None:
+    def push(self, item: Event | TokenFrame | str) -> None:
         if self.overflowed:
             return
-        if isinstance(item, str):
+        if isinstance(item, TokenFrame):
+            # A full buffer drops token frames: the stream's reader fills the gap from the
+            # live lane's text so far at the next frame (or the durable text event has it).
+            if len(self._items) >= self.limit:
+                self.tokens_dropped += 1
+                return
+            self._items.append(item)
+        elif isinstance(item, str):
             self._items.append(item)
         elif len(self._items) >= self.limit:
             last = self._items[-1]
-            if (item.type == EventType.PROGRESS and not isinstance(last, str)
+            if (item.type == EventType.PROGRESS and isinstance(last, tuple)
                     and last[0].type == EventType.PROGRESS and last[0].task_id == item.task_id):
                 self._items[-1] = (item, True)
             else:
@@ -65,7 +74,8 @@ class Subscription:
             self._items.append((item, False))
         self._wake.set()
 
-    async def get(self, idle: float | None = None) -> tuple[Event, bool] | str | None:
+    async def get(self, idle: float | None = None
+                  ) -> tuple[Event, bool] | TokenFrame | str | None:
         """The next item, or None after ``idle`` seconds of nothing (no extra task: the
         timeout is a timer on the waiting task itself)."""
         while not self._items:
@@ -269,7 +279,8 @@ class Hub:
             return
         self.messages += 1
         try:
-            event = HubEvent.decode(data)
+            event: Event | TokenFrame = (TokenFrame.decode(data[1:])
+                                            if is_token_message(data) else HubEvent.decode(data))
         except (ValueError, KeyError, TypeError):
             log.warning("undecodable message on %s dropped", channel)
             return

@@ -13,6 +13,7 @@ in ``finally`` (or ``except CancelledError: ...; raise``). The soft time limit r
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -24,6 +25,17 @@ class SoftTimeLimitExceeded(Exception):
 class AttemptSuperseded(Exception):
     """This attempt's reports are refused: the task was cancelled or re-run elsewhere. Let
     it propagate; the task's outcome is decided by whoever superseded this attempt."""
+
+
+class TextOut(Protocol):
+    """A text stream being written (``ctx.text_stream``)."""
+
+    async def write(self, delta: str) -> None:
+        """Append model output; it reaches followers as token frames within ~50 ms."""
+
+    @property
+    def text(self) -> str:
+        """The text so far."""
 
 
 @runtime_checkable
@@ -47,3 +59,8 @@ class TaskContext(Protocol):
 
     async def flush(self) -> None:
         """Wait until every report so far is durable and published."""
+
+    def text_stream(self, name: str) -> AbstractAsyncContextManager[TextOut]:
+        """``async with ctx.text_stream("answer") as out: await out.write(delta)``: live
+        token frames while it runs; on a clean exit one durable ``text`` event
+        ``{"stream", "text", "length"}``."""

@@ -11,17 +11,21 @@ cancelled or re-run elsewhere) surfaces as ``AttemptSuperseded`` at the next rep
 """
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+from redis.asyncio import Redis
 
 from taskstream.context import AttemptSuperseded, SoftTimeLimitExceeded
 from taskstream.core import store
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import NewEvent
+from taskstream.core.live import LiveWriter
 from taskstream.core.settings import Settings
 from taskstream.core.states import EventType, Outcome
 
@@ -31,13 +35,14 @@ class WorkerContext:
 
     def __init__(self, *, task_id: str, owner: str, attempt: int, worker_id: str,
                  eventlog: EventLog, pool: asyncpg.Pool, settings: Settings,
-                 soft_timeout: float | None = None) -> None:
+                 soft_timeout: float | None = None, redis: Redis | None = None) -> None:
         self.task_id = task_id
         self.owner = owner
         self.attempt = attempt
         self.worker_id = worker_id
         self.pool = pool
         self.settings = settings
+        self.redis = redis  # the live lane's connection (None: text streams are durable only)
         self._eventlog = eventlog
         self._progress = 0.0
         self._window = max(1, settings.progress_window)
@@ -64,6 +69,36 @@ class WorkerContext:
     async def partial(self, data: Any, message: str | None = None) -> None:
         """Partial results (say, the first summaries of a hundred) as they become ready."""
         await self._emit(EventType.PARTIAL, data=data, message=message)
+
+    @contextlib.asynccontextmanager
+    async def text_stream(self, name: str) -> AsyncIterator["TextStream"]:
+        """Model output as it comes: ``await out.write(delta)`` sends it to the live lane
+        (token frames, no database write); a clean exit records the whole text once, as a
+        durable ``text`` event ``{"stream", "text", "length"}``."""
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise ValueError("a text stream's name is a non-empty string of at most 200 "
+                             "characters")
+        writer = None
+        if self.redis is not None:
+            writer = LiveWriter(self.redis, self.settings.namespace, task_id=self.task_id,
+                                owner=self.owner, attempt=self.attempt, stream=name,
+                                interval=self.settings.live_frame_interval,
+                                ttl=self.settings.live_ttl)
+        out = TextStream(name, writer)
+        try:
+            yield out
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        if writer is not None:
+            await writer.close()
+        text = out.text
+        await self._emit(EventType.TEXT, data={"stream": name, "text": text,
+                                               "length": len(text)})
+        if writer is not None:
+            await self.flush()  # durable first: then readers may skip the lane's copy
+            await writer.mark_done()
 
     async def _emit(self, etype: EventType, *, progress: float | None = None,
                     message: str | None = None, data: Any = None) -> None:
@@ -98,6 +133,33 @@ class WorkerContext:
                 self._pending.clear()
                 raise AttemptSuperseded(
                     f"task {self.task_id} attempt {self.attempt}: {res.outcome}")
+
+
+class TextStream:
+    """What ``ctx.text_stream(name)`` yields: ``write`` deltas, read ``text``."""
+
+    def __init__(self, name: str, writer: LiveWriter | None) -> None:
+        self.name = name
+        self._writer = writer
+        self._parts: list[str] = []
+        self._text: str | None = ""
+
+    async def write(self, delta: str) -> None:
+        if not isinstance(delta, str):
+            raise TypeError(f"write() takes str, not {type(delta).__name__}")
+        if not delta:
+            return
+        self._parts.append(delta)
+        self._text = None
+        if self._writer is not None:
+            self._writer.write(delta)
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = "".join(self._parts)
+            self._parts = [self._text]
+        return self._text
 
 
 def _retrieve(fut: "asyncio.Future[Any]") -> None:

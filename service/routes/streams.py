@@ -19,9 +19,9 @@ from service.hub import HubUnavailable
 from service.routes.tasks import ERRORS
 from service.schemas import TicketOut, TicketRequest
 from service.sse import StarletteEventStream
-from service.streams import Fetch, StreamSpec, follow
+from service.streams import Fetch, Snapshot, StreamSpec, follow
 from service.tasks import load_task
-from taskstream.core import auth, store
+from taskstream.core import auth, live, store
 from taskstream.core.constants import task_channel, tenant_channel
 from taskstream.core.db import TRANSIENT_DB_ERRORS
 from taskstream.core.events import Event, IdField
@@ -30,6 +30,13 @@ from taskstream.core.states import is_terminal
 router = APIRouter(tags=["streams"])
 
 LastEventIdHeader = Annotated[str | None, Header(alias="Last-Event-ID")]
+TokensQuery = Annotated[
+    str | None,
+    Query(description='Token cursor: the model text you already hold, as JSON '
+                      '`{"<stream>": [attempt, offset]}`; the stream sends each text from there '
+                      'on. Without it a live text is sent from offset 0 (the text so far).',
+          max_length=4000),
+]
 LastEventIdQuery = Annotated[
     str | None,
     Query(description="For clients that cannot set headers (a native EventSource's first "
@@ -55,7 +62,8 @@ def cursor_from(header: str | None, query: str | None) -> int:
 
 def open_stream(res: Resources, tenant: str, *, channel: str, cursor: int, id_field: IdField,
                 fetch: Fetch, ends_on_terminal: bool,
-                announce_cursor: bool = False) -> Response:
+                announce_cursor: bool = False, tracker: live.TextTracker | None = None,
+                snapshot: Snapshot | None = None) -> Response:
     """The SSE response for one stream; 503 or 429 before it starts if it cannot be held."""
     if not res.hub.connected:
         raise Unavailable("live updates are briefly unavailable; retry")
@@ -64,6 +72,7 @@ def open_stream(res: Resources, tenant: str, *, channel: str, cursor: int, id_fi
         channel=channel, cursor=cursor, id_field=id_field, fetch=fetch,
         ends_on_terminal=ends_on_terminal, page=res.settings.stream_replay_page,
         lifetime=res.settings.stream_max_lifetime, keepalive=res.settings.stream_keepalive,
+        tracker=tracker, snapshot=snapshot,
     )
 
     async def frames() -> AsyncIterator[bytes]:
@@ -74,7 +83,7 @@ def open_stream(res: Resources, tenant: str, *, channel: str, cursor: int, id_fi
                 yield sse.message(cursor)
             try:
                 async for ev in follow(res.hub, spec):
-                    yield sse.KEEPALIVE if ev is None else sse.frame(ev, id_field)
+                    yield sse.any_frame(ev, id_field)
             except HubUnavailable:
                 return  # Redis went away as we subscribed: end; the client resumes
             except TRANSIENT_DB_ERRORS:
@@ -88,11 +97,13 @@ def open_stream(res: Resources, tenant: str, *, channel: str, cursor: int, id_fi
 async def task_stream(task_id: str, res: Res, creds: Credentials,
                       last_event_id_header: LastEventIdHeader = None,
                       last_event_id: LastEventIdQuery = None,
-                      ticket: TicketQuery = None) -> Response:
-    """Live events of one task; ends after its terminal event."""
+                      ticket: TicketQuery = None, tokens: TokensQuery = None) -> Response:
+    """Live events of one task; ends after its terminal event. Model output comes as named
+    ``token`` events (``{task_id, stream, attempt, offset, delta}``, no id) between them."""
     owner = (await stream_caller(res, creds, ticket, task_id)).tenant
     cursor = cursor_from(last_event_id_header, last_event_id)
     task = await load_task(res, owner, task_id)
+    tracker, snapshot = token_lane(res, task.task_id, task.attempts, tokens)
     if cursor > task.last_seq:
         raise BadRequest(f"Last-Event-ID {cursor} is ahead of this task's last event")
     if is_terminal(task.status) and cursor >= task.last_seq:
@@ -103,7 +114,27 @@ async def task_stream(task_id: str, res: Res, creds: Credentials,
         return await store.events_after(pool, task.task_id, after, limit)
 
     return open_stream(res, owner, channel=task_channel(res.settings.namespace, task.task_id),
-                       cursor=cursor, id_field=IdField.SEQ, fetch=fetch, ends_on_terminal=True)
+                       cursor=cursor, id_field=IdField.SEQ, fetch=fetch, ends_on_terminal=True,
+                       tracker=tracker, snapshot=snapshot)
+
+
+def token_lane(res: Resources, task_id: str, attempt: int,
+               tokens: str | None) -> tuple[live.TextTracker, Snapshot]:
+    """A stream's token tracker (seeded with the client's token cursor) and the snapshot of
+    the task's live texts."""
+    try:
+        held = live.parse_cursor(tokens)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    ns = res.settings.namespace
+    tracker = live.TextTracker(res.arq, ns)
+    for stream, (att, offset) in held.items():
+        tracker.seed(task_id, stream, att, offset)
+
+    async def snapshot() -> list[live.TokenFrame]:
+        return await live.snapshot(res.arq, ns, task_id, attempt)
+
+    return tracker, snapshot
 
 
 @router.get("/stream", response_class=StarletteEventStream, responses=SSE_RESPONSE)
@@ -111,7 +142,9 @@ async def tenant_stream(res: Res, creds: Credentials,
                         last_event_id_header: LastEventIdHeader = None,
                         last_event_id: LastEventIdQuery = None,
                         ticket: TicketQuery = None) -> Response:
-    """Every event of every task of the caller, on one connection (ids: ``tenant_seq``).
+    """Every event of every task of the caller, on one connection (ids: ``tenant_seq``),
+    with the token frames of their text streams (a text already under way is sent from
+    offset 0 at its next frame).
 
     Without a Last-Event-ID it starts from now; with one it resumes after it.
     """
@@ -130,7 +163,8 @@ async def tenant_stream(res: Res, creds: Credentials,
 
     return open_stream(res, owner, channel=tenant_channel(res.settings.namespace, owner),
                        cursor=cursor, id_field=IdField.TENANT_SEQ, fetch=fetch,
-                       ends_on_terminal=False, announce_cursor=from_now)
+                       ends_on_terminal=False, announce_cursor=from_now,
+                       tracker=live.TextTracker(res.arq, res.settings.namespace))
 
 
 @router.post("/stream-tickets", response_model=TicketOut, responses=ERRORS)

@@ -34,6 +34,7 @@ class EventType(StrEnum):
     CANCELLED = "cancelled"
     REDRIVEN = "redriven"
     WAITING = "waiting"  # over a concurrency limit: stays pending, runs when a slot frees
+    TEXT = "text"  # a text stream's full text, at its end (its tokens went by the live lane)
 
 
 #: For each event type: (statuses the task may be in, status it moves to; None = unchanged).
@@ -51,6 +52,7 @@ TRANSITIONS: Final[dict[EventType, tuple[frozenset[Status], Status | None]]] = {
     EventType.CANCELLED: (frozenset({Status.PENDING, Status.RUNNING}), Status.CANCELLED),
     EventType.REDRIVEN: (frozenset({Status.FAILED, Status.CANCELLED}), Status.PENDING),
     EventType.WAITING: (frozenset({Status.PENDING}), Status.PENDING),
+    EventType.TEXT: (frozenset({Status.RUNNING}), None),
 }
 
 
