@@ -15,6 +15,7 @@ by C SSE clients (C/R per run) and R WebSocket clients (one per run) on one web 
 
 import asyncio
 import json
+import os
 import re
 import time
 from typing import Any
@@ -27,6 +28,7 @@ from bench.common import (
     Row,
     Run,
     count_status,
+    cpu_seconds,
     host_port,
     median,
     percentile,
@@ -38,7 +40,7 @@ from bench.common import (
 from bench.net import SSEPool, SSEProtocol, Stream
 from bench.streams import WORKER_ENV, rss
 from bench.ticks import TOKENS
-from taskstream.devservices.processes import WebServer
+from taskstream.devservices.processes import WebServer, WorkerProc
 
 RATE = 50.0
 STAMP = re.compile(r"\[(\d+\.\d+)\]")
@@ -84,7 +86,7 @@ async def tokens(run: Run) -> Outcome:
     try:
         for r in range(sz.stream_rounds):
             for rate in (0.0, RATE) if r % 2 == 0 else (RATE, 0.0):
-                row = await _round(run, out, web, host, port, pool, rate)
+                row = await _round(run, out, web, workers[0], host, port, pool, rate)
                 row["round"] = r
                 out.rounds.append(row)
                 per["commits_50" if rate else "commits_0"].append(row["commits_per_s"])
@@ -93,7 +95,10 @@ async def tokens(run: Run) -> Outcome:
                     for k in ("sse_p50", "sse_p99", "ws_p50", "ws_p99", "frames_s"):
                         if row[k] is not None:
                             per[k].append(row[k])
-                run.log(f"tokens {rate:g}/s round {r}: commits/s {row['commits_per_s']:.1f}, "
+                run.log(f"tokens {rate:g}/s round {r}: CPU share {row['cpu_share']}, load "
+                        f"{row['load_average']:.1f}, tokens received/s "
+                        f"{row['tokens_received_per_s']:.0f}; "
+                        f"commits/s {row['commits_per_s']:.1f}, "
                         f"rows written/s {row['rows_written_per_s']:.1f}, "
                         f"WAL {row['wal_kb_per_s']:.1f} KB/s"
                         + (f", SSE p50 {row['sse_p50']:.1f} p99 {row['sse_p99']:.1f} ms, "
@@ -133,8 +138,8 @@ def _le(x: float | None, bound: float) -> bool | None:
     return None if x is None else x <= bound
 
 
-async def _round(run: Run, out: Outcome, web: WebServer, host: str, port: int,
-                 pool: asyncpg.Pool, rate: float) -> dict[str, Any]:
+async def _round(run: Run, out: Outcome, web: WebServer, worker: WorkerProc, host: str,
+                 port: int, pool: asyncpg.Pool, rate: float) -> dict[str, Any]:
     env, sz, url = run.env, run.sizes, web.url
     await env.reset()
     n, clients, secs = sz.token_runs, sz.token_clients, sz.token_seconds
@@ -162,14 +167,19 @@ async def _round(run: Run, out: Outcome, web: WebServer, host: str, port: int,
     ws_texts = Texts()
     ws_task = asyncio.create_task(_ws_clients(url, env.token, ids, ws_texts))
     rss0 = rss(web)
+    pids = [web.pid, worker.pid, os.getpid()]
     with quiet_gc():
         await _open(streams, streams_paths, on_message)
         conn = await asyncpg.connect(env.database_url)
         try:
             await asyncio.sleep(max(0.0, start_at + 1.0 - time.time()))
             s0, t0 = await _db_stats(conn, env.db_name), time.time()
+            cpu0 = [cpu_seconds([p]) for p in pids]
+            got0 = len(sse_texts.latencies) + len(ws_texts.latencies)
             await asyncio.sleep(max(0.0, start_at + secs - 0.5 - time.time()))
             s1, t1 = await _db_stats(conn, env.db_name), time.time()
+            cpu1 = [cpu_seconds([p]) for p in pids]
+            got1 = len(sse_texts.latencies) + len(ws_texts.latencies)
         finally:
             await conn.close()
         ok = await streams.wait(start_at + secs + 60 - time.time())
@@ -203,7 +213,11 @@ async def _round(run: Run, out: Outcome, web: WebServer, host: str, port: int,
             "sse_samples": len(lat_sse), "ws_samples": len(lat_ws),
             "sse_p50": _ms(percentile(lat_sse, 50)), "sse_p99": _ms(percentile(lat_sse, 99)),
             "ws_p50": _ms(percentile(lat_ws, 50)), "ws_p99": _ms(percentile(lat_ws, 99)),
-            "frames_s": frames_ws / secs, "web_rss_growth_mb": (rss1 - rss0) / 2**20}
+            "frames_s": frames_ws / secs, "web_rss_growth_mb": (rss1 - rss0) / 2**20,
+            "cpu_share": {k: (b - a) / (t1 - t0) for k, a, b in zip(
+                ("web", "worker", "bench clients"), cpu0, cpu1, strict=True)},
+            "tokens_received_per_s": (got1 - got0) / (t1 - t0),
+            "load_average": os.getloadavg()[0]}
 
 
 async def _open(streams: SSEPool, paths: list[str], on_message: Any) -> None:

@@ -38,8 +38,31 @@ def check_all(snap: Snapshot, specs: list[TaskSpec], follows: list[Follow],
     return [accepted_terminal(snap, specs), one_terminal_event(snap), fencing(snap),
             gap_free(snap), outcomes(snap, specs), poison_pills(snap, lost),
             clients_exactly_once(snap, follows), clients_only_durable(snap, follows),
-            not_before_run_at(snap), schedule_slots_once(snap),
+            not_before_run_at(snap), schedule_slots_once(snap), token_streams_exact(snap, specs,
+                                                                                  follows),
             limits_held(snap, {LIMITED: LIMIT}, {LIMITED: KEY_LIMIT})]
+
+
+def token_streams_exact(snap: Snapshot, specs: list[TaskSpec], follows: list[Follow]) -> Check:
+    """Model text: every completed ``demo_tokens`` task stored its exact text once, and every
+    follower's tokens (dropped and resumed mid-text) equal the durable text when it arrived."""
+    c = Check("every resumed token stream is exact (equal to the durable text)")
+    for s in specs:
+        row = snap.tasks.get(s.task_id or "")
+        if s.kind != "tokens" or row is None or row.status != "completed":
+            continue
+        c.checked += 1
+        ends = [e for e in snap.events.get(row.task_id, []) if e.type == "completed"]
+        attempt = ends[-1].attempt if ends else 0
+        got = snap.texts.get((row.task_id, attempt, "answer"))
+        if got != s.text:
+            c.violations.append(f"task {row.task_id}: durable text of attempt {attempt} is "
+                                f"{'missing' if got is None else f'{len(got)} characters'}, "
+                                f"expected {len(s.text or '')}")
+    for f in follows:
+        c.checked += f.texts.checked
+        c.violations.extend(f.texts.violations)
+    return c
 
 
 def not_before_run_at(snap: Snapshot) -> Check:

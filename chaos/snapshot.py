@@ -47,6 +47,8 @@ class Snapshot:
     by_tenant_seq: dict[int, Ev]
     tenant_last_seq: int
     schedules: dict[str, Sched]
+    #: The durable ``text`` events: (task_id, attempt, stream) -> text.
+    texts: dict[tuple[str, int, str], str]
 
 
 async def snapshot(pool: asyncpg.Pool) -> Snapshot:
@@ -62,6 +64,7 @@ async def snapshot(pool: asyncpg.Pool) -> Snapshot:
              for r in rows}
     events: dict[str, list[Ev]] = defaultdict(list)
     by_tseq: dict[int, Ev] = {}
+    texts: dict[tuple[str, int, str], str] = {}
     for r in await pool.fetch(
             """SELECT task_id, seq, tenant_seq, type, status, attempt, data,
                       extract(epoch FROM created_at)::float8 AS created
@@ -71,8 +74,10 @@ async def snapshot(pool: asyncpg.Pool) -> Snapshot:
         ev = Ev(str(r["task_id"]), r["seq"], r["tenant_seq"], r["type"], r["status"],
                 r["attempt"], reason, r["created"])
         events[ev.task_id].append(ev)
+        if ev.type == "text" and isinstance(data, dict):
+            texts[(ev.task_id, ev.attempt, str(data.get("stream")))] = str(data.get("text"))
         by_tseq[ev.tenant_seq] = ev
     last = await pool.fetchval("SELECT coalesce(max(last_seq), 0) FROM tenants")
     fired = {str(r["schedule_id"]): Sched(r["cron"], r["timezone"], int(r["fired"]))
              for r in await pool.fetch("SELECT schedule_id, cron, timezone, fired FROM schedules")}
-    return Snapshot(tasks, dict(events), by_tseq, int(last), fired)
+    return Snapshot(tasks, dict(events), by_tseq, int(last), fired, texts)

@@ -10,6 +10,8 @@ Kinds (share of the mix):
     timeout    3%  3 s of work under a 1 s hard limit          -> failed (timeout)
     cancel     5%  3-6 s of work, cancelled after 0.2-3 s       -> cancelled (or completed)
     limited   10%  demo under a limit of 3, 2 per key (chaos.tasktypes) -> completed
+    tokens     8%  demo_tokens: 30-150 model-like tokens at 40-150/s on the live lane; a
+                   third fail mid-text once and retry (the text starts over) -> completed
 
 Any kind may also end failed with reason ``worker_lost`` (lost with its worker ``max_crashes``
 times: the poison-pill rule), which is why that outcome is allowed everywhere.
@@ -29,13 +31,15 @@ from typing import Any
 
 from chaos.api import Api
 from chaos.tasktypes import LIMITED
+from taskstream.builtin.demo import demo_text
 
 Outcome = tuple[str, str | None]  # (status, failure_reason)
 WORKER_LOST: Outcome = ("failed", "worker_lost")
 COMPLETED: Outcome = ("completed", None)
 
 KINDS: list[tuple[str, int]] = [("demo", 40), ("long", 12), ("retry", 15), ("dead", 5),
-                                ("noop", 20), ("timeout", 3), ("cancel", 5), ("limited", 10)]
+                                ("noop", 20), ("timeout", 3), ("cancel", 5), ("limited", 10),
+                                ("tokens", 8)]
 
 
 @dataclass(slots=True)
@@ -47,6 +51,7 @@ class TaskSpec:
     allowed: frozenset[Outcome]
     result: Any = None  # the result a completed task must carry
     cancel_after: float | None = None
+    text: str | None = None  # tokens: the text its stream must store
     task_id: str | None = None
     accepted_at: float | None = None
     replayed: bool = False  # a retried POST got the same task back (200)
@@ -79,6 +84,16 @@ def _spec(i: int, kind: str, rng: random.Random) -> TaskSpec:
         events = rng.randint(0, 40)
         return TaskSpec(i, kind, key, {"type": "noop", "params": {"events": events}}, done,
                         {"events": events})
+    if kind == "tokens":
+        n, seed = rng.randint(30, 150), rng.randint(0, 7)
+        tparams: dict[str, Any] = {"tokens": n, "rate": rng.randint(40, 150), "seed": seed}
+        body: dict[str, Any] = {"type": "demo_tokens", "params": tparams}
+        if rng.random() < 1 / 3:
+            tparams["fail_at_token"] = rng.randint(1, n - 1)
+            body["max_attempts"] = 2
+        text = demo_text(n, seed)
+        return TaskSpec(i, kind, key, body, done, {"tokens": n, "length": len(text)},
+                        text=text)
     duration = round(rng.uniform(0.2, 2.0), 2)
     steps = rng.randint(2, 8)
     params: dict[str, Any] = {}

@@ -54,6 +54,9 @@ async def follow(hub: Hub, spec: StreamSpec) -> AsyncIterator[Event | TokenFrame
     async with hub.subscribe(spec.channel) as sub:
         # Catch up from the database: anything committed before the subscription took hold.
         async for ev in _fill(spec, cursor):
+            if isinstance(ev, TokenFrame):
+                yield ev
+                continue
             cursor = spec.key(ev)
             yield ev
             if spec.ends_on_terminal and ev.terminal:
@@ -78,7 +81,9 @@ async def follow(hub: Hub, spec: StreamSpec) -> AsyncIterator[Event | TokenFrame
                 return
             if isinstance(item, TokenFrame):
                 if spec.tracker is not None:
-                    for frame in await spec.tracker.accept(item):
+                    frames = spec.tracker.take(item)  # no I/O unless there is a gap
+                    for frame in frames if frames is not None else \
+                            await spec.tracker.accept(item):
                         yield frame
                 continue
             if item == RESYNC:
@@ -95,6 +100,9 @@ async def follow(hub: Hub, spec: StreamSpec) -> AsyncIterator[Event | TokenFrame
                     live = []  # a gap: fetch from the database instead
             if not live:
                 async for ev in _fill(spec, cursor):
+                    if isinstance(ev, TokenFrame):
+                        yield ev
+                        continue
                     cursor = spec.key(ev)
                     yield ev
                     if spec.ends_on_terminal and ev.terminal:
@@ -106,7 +114,9 @@ async def follow(hub: Hub, spec: StreamSpec) -> AsyncIterator[Event | TokenFrame
             for ev in live:
                 cursor = spec.key(ev)
                 if spec.tracker is not None:
-                    spec.tracker.seen_event(ev.task_id, ev.type, ev.attempt, ev.data)
+                    rest = spec.tracker.seen_event(ev.task_id, ev.type, ev.attempt, ev.data)
+                    if rest is not None:
+                        yield rest
                 yield ev
                 if spec.ends_on_terminal and ev.terminal:
                     return
@@ -125,13 +135,15 @@ async def _snapshot(spec: StreamSpec) -> AsyncIterator[TokenFrame]:
             yield out
 
 
-async def _fill(spec: StreamSpec, cursor: int) -> AsyncIterator[Event]:
+async def _fill(spec: StreamSpec, cursor: int) -> AsyncIterator[Event | TokenFrame]:
     while True:
         events = await spec.fetch(cursor, spec.page)
         for ev in events:
             cursor = spec.key(ev)
             if spec.tracker is not None:
-                spec.tracker.seen_event(ev.task_id, ev.type, ev.attempt, ev.data)
+                rest = spec.tracker.seen_event(ev.task_id, ev.type, ev.attempt, ev.data)
+                if rest is not None:
+                    yield rest
             yield ev
         if len(events) < spec.page:
             return

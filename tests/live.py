@@ -87,7 +87,12 @@ async def follow_texts(client: httpx.AsyncClient, task_id: str, *, rng: random.R
                 else:
                     assert m.event == "message"
                     t.last_id = conn_last = m.id
-                    t.apply_event(json.loads(m.data))
+                    ev = json.loads(m.data)
+                    t.apply_event(ev)
+                    if ev["type"] == "text" and ev["data"]["stream"] in seen:
+                        # Tokens on this connection: complete when their text event comes.
+                        assert t.live[ev["data"]["stream"]] == (ev["attempt"],
+                                                                ev["data"]["text"])
                 if t.done or (drop_chance and rng.random() < drop_chance):
                     break
     return t

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"throughput", "events", "latency", "capacity", "waiting", "submission", "scaleout",
-             "limits"}
+             "limits", "tokens"}
 
 
 @pytest.mark.timeout(1200)
@@ -49,7 +49,10 @@ def test_bench_tiny_runs_every_scenario_and_its_checks_hold(
                      "capacity 50 starlette: every stream reached the terminal event",
                      "capacity 50 lean: every stream reached the terminal event",
                      "waiting taskstream: every event received",
-                     "scale-out streams on web b: every event received"):
+                     "scale-out streams on web b: every event received",
+                     "tokens 50/s: every SSE client's tokens are the durable text, no gap or "
+                     "repeat",
+                     "tokens 50/s: every WebSocket client's tokens are the durable text"):
         assert expected in checks, sorted(checks)
     if "--no-celery" not in args:
         assert "throughput celery x1: every task done" in checks

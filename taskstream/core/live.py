@@ -297,19 +297,33 @@ class TextTracker:
         """The client already holds ``offset`` characters of (stream, attempt)."""
         self._pos[(task_id, stream)] = _Pos(attempt, offset)
 
-    def seen_event(self, task_id: str, type: str, attempt: int, data: Any) -> None:
-        """A durable event went out: a ``text`` event closes its (stream, attempt)."""
+    def seen_event(self, task_id: str, type: str, attempt: int,
+                   data: Any) -> TokenFrame | None:
+        """A durable event goes out: a ``text`` event closes its (stream, attempt). If this
+        connection sent part of that text, the frame returned completes it first (its last
+        frames may have been dropped): a client holding a text when its ``text`` event
+        arrives holds all of it."""
         if type != EventType.TEXT or not isinstance(data, dict):
-            return
-        stream, length = data.get("stream"), data.get("length")
-        if isinstance(stream, str) and isinstance(length, int):
-            pos = self._pos.get((task_id, stream))
-            if pos is None or pos.attempt <= attempt:
-                self._pos[(task_id, stream)] = _Pos(attempt, max(length, 0))
+            return None
+        stream, text = data.get("stream"), data.get("text")
+        if not isinstance(stream, str) or not isinstance(text, str):
+            return None
+        key = (task_id, stream)
+        pos = self._pos.get(key)
+        rest = None
+        if pos is not None and pos.attempt == attempt and pos.end < len(text):
+            rest = TokenFrame(task_id, stream, attempt, pos.end, text[pos.end:])
+        if pos is None or pos.attempt <= attempt:
+            self._pos[key] = _Pos(attempt, len(text))
+        return rest
 
     def position(self, task_id: str, stream: str) -> tuple[int, int] | None:
         pos = self._pos.get((task_id, stream))
         return None if pos is None else (pos.attempt, pos.end)
+
+    def take(self, frame: TokenFrame) -> list[TokenFrame] | None:
+        """``accept`` without I/O: None when there is a gap to fill (then ``accept``)."""
+        return self._take(frame)
 
     async def accept(self, frame: TokenFrame) -> list[TokenFrame]:
         """The frames to send for ``frame``: itself, its new part, a gap filled, or none."""
