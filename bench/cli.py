@@ -61,6 +61,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--scenario", action="append", choices=list(SCENARIOS),
                     help="run only this scenario (repeatable)")
     ap.add_argument("--rounds", type=int, help="override the mode's number of rounds")
+    ap.add_argument("--token-clients", type=int,
+                    help="tokens scenario: SSE clients (default: the mode's, 1,000 in --quick)")
+    ap.add_argument("--token-runs", type=int, help="tokens scenario: concurrent runs")
     ap.add_argument("--no-celery", action="store_true",
                     help="skip the Celery peer (no venv is created)")
     ap.add_argument("--database-url", default=os.environ.get("BENCH_ADMIN_DATABASE_URL"),
@@ -164,6 +167,11 @@ async def amain(args: argparse.Namespace) -> int:
 
         sizes = replace(sizes, rounds=args.rounds, stream_rounds=min(args.rounds,
                                                                        sizes.stream_rounds))
+    if args.token_clients or args.token_runs:
+        from dataclasses import replace
+
+        sizes = replace(sizes, token_clients=args.token_clients or sizes.token_clients,
+                        token_runs=args.token_runs or sizes.token_runs)
     env = await make_env(args.database_url, args.redis_url)
     set_token(env.token)
     run = Run(env=env, sizes=sizes, mode=args.mode, celery=not args.no_celery)

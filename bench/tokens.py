@@ -143,7 +143,7 @@ async def _round(run: Run, out: Outcome, web: WebServer, worker: WorkerProc, hos
     env, sz, url = run.env, run.sizes, web.url
     await env.reset()
     n, clients, secs = sz.token_runs, sz.token_clients, sz.token_seconds
-    lead = 3.0 + clients / 300
+    lead = 5.0 + clients / 100  # every client is connected before the first token
     start_at = time.time() + lead
     bodies = [{"type": TOKENS, "params": {"rate": rate, "seconds": secs, "start_at": start_at}}
               for _ in range(n)]
@@ -170,6 +170,8 @@ async def _round(run: Run, out: Outcome, web: WebServer, worker: WorkerProc, hos
     pids = [web.pid, worker.pid, os.getpid()]
     with quiet_gc():
         await _open(streams, streams_paths, on_message)
+        late = time.time() - start_at
+        out.check(f"{name}: every client connected before the first token", late < 0)
         conn = await asyncpg.connect(env.database_url)
         try:
             await asyncio.sleep(max(0.0, start_at + 1.0 - time.time()))
@@ -206,6 +208,7 @@ async def _round(run: Run, out: Outcome, web: WebServer, worker: WorkerProc, hos
                       for c in ws_texts.text))
     lat_sse, lat_ws = sse_texts.latencies, ws_texts.latencies
     return {"rate": rate, "runs": n, "sse_clients": clients, "ws_clients": n,
+            "opened_late_s": max(0.0, late),
             "commits_per_s": (s1[0] - s0[0]) / (t1 - t0),
             "rows_written_per_s": (s1[1] - s0[1]) / (t1 - t0),
             "events_per_run": events / n,

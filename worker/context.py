@@ -16,12 +16,13 @@ import json
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
 
-from taskstream.context import AttemptSuperseded, SoftTimeLimitExceeded
+from taskstream.context import AttemptSuperseded, SoftTimeLimitExceeded, TextOut
 from taskstream.core import store
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import NewEvent
@@ -70,11 +71,14 @@ class WorkerContext:
         """Partial results (say, the first summaries of a hundred) as they become ready."""
         await self._emit(EventType.PARTIAL, data=data, message=message)
 
-    @contextlib.asynccontextmanager
-    async def text_stream(self, name: str) -> AsyncIterator["TextStream"]:
+    def text_stream(self, name: str) -> AbstractAsyncContextManager[TextOut]:
         """Model output as it comes: ``await out.write(delta)`` sends it to the live lane
         (token frames, no database write); a clean exit records the whole text once, as a
         durable ``text`` event ``{"stream", "text", "length"}``."""
+        return self._text_stream(name)
+
+    @contextlib.asynccontextmanager
+    async def _text_stream(self, name: str) -> AsyncIterator[TextOut]:
         if not isinstance(name, str) or not name or len(name) > 200:
             raise ValueError("a text stream's name is a non-empty string of at most 200 "
                              "characters")
