@@ -9,8 +9,19 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from taskstream.builtin.demo import demo_text
+from taskstream.core.constants import live_text_key, task_channel
+from taskstream.core.live import (
+    LiveWriter,
+    TextTracker,
+    TokenFrame,
+    is_token_message,
+    parse_cursor,
+)
+from taskstream.core.live import snapshot as live_snapshot
+from taskstream.core.settings import Settings
 from taskstream.devservices.processes import WebServer, WorkerProc
 from tests.live import follow_texts
 from tests.sse import collect, payload
@@ -89,3 +100,64 @@ async def test_a_retry_starts_the_text_over(client: httpx.AsyncClient) -> None:
     events = [payload(m) for m in msgs if m.event == "message"]
     assert [e["data"]["text"] for e in events if e["type"] == "text"] == [demo_text(80)]
     assert events[-1]["status"] == "completed"
+
+
+async def test_writer_coalesces_and_survives_a_lost_text(redis: Redis,
+                                                         settings: Settings) -> None:
+    """Against Redis directly: frames leave at most every interval, and when the text so
+    far vanished (TTL, a Redis restart) the writer sends it whole again from offset 0."""
+    ns = f"{settings.namespace}w"
+    ps = redis.pubsub()
+    await ps.subscribe(task_channel(ns, "t1"))
+    w = LiveWriter(redis, ns, task_id="t1", owner="o", attempt=2, stream="s", interval=0.05)
+    for ch in "abc":
+        w.write(ch)
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    await redis.delete(live_text_key(ns, "t1", 2, "s"))
+    w.write("dé")
+    w.write("f")
+    await w.close()
+    assert (await redis.get(live_text_key(ns, "t1", 2, "s"))).decode() == "abcdéf"
+    frames = []
+    while (m := await ps.get_message(timeout=1)) is not None:
+        if m["type"] == "message":
+            assert is_token_message(m["data"])
+            frames.append(TokenFrame.decode(m["data"][1:]))
+    await ps.aclose()
+    # "a" at once, "bc" coalesced, then the whole text again after the loss.
+    assert [(f.offset, f.delta) for f in frames] == [(0, "a"), (1, "bc"), (0, "abcdéf")]
+    assert w.sent_chars == 6
+    assert await live_snapshot(redis, ns, "t1") == [TokenFrame("t1", "s", 2, 0, "abcdéf")]
+    await w.mark_done()
+    assert await live_snapshot(redis, ns, "t1") == []  # stored durably: no snapshot
+
+
+async def test_tracker_passes_each_character_once(redis: Redis, settings: Settings) -> None:
+    ns = f"{settings.namespace}k"
+    await redis.set(live_text_key(ns, "t", 1, "s"), b"hello world")
+    tr = TextTracker(redis, ns)
+
+    async def feed(attempt: int, offset: int, delta: str) -> list[tuple[int, int, str]]:
+        out = await tr.accept(TokenFrame("t", "s", attempt, offset, delta))
+        return [(f.attempt, f.offset, f.delta) for f in out]
+
+    assert await feed(1, 6, "world") == [(1, 0, "hello world")]  # joined mid-text: filled
+    assert await feed(1, 6, "world") == []  # duplicate
+    assert await feed(1, 11, "!!") == [(1, 11, "!!")]
+    assert await feed(1, 12, "!?") == [(1, 13, "?")]  # overlap trimmed
+    assert await feed(2, 0, "new") == [(2, 0, "new")]  # a retry starts over
+    assert await feed(1, 14, "x") == []  # the old attempt is over
+    # The text event completes what this connection holds, then closes the text.
+    rest = tr.seen_event("t", "text", 2, {"stream": "s", "text": "new text", "length": 8})
+    assert rest is not None and (rest.offset, rest.delta) == (3, " text")
+    assert await feed(2, 3, " te") == []
+    assert tr.seen_event("t", "text", 2, {"stream": "s", "text": "new text"}) is None
+    # A client's cursor: only what it lacks.
+    tr.seed("t", "u", 1, 4)
+    assert [(f.offset, f.delta) for f in await tr.accept(
+        TokenFrame("t", "u", 1, 0, "abcdef"))] == [(4, "ef")]
+    for bad in ('{"s": [1]}', "[]", '{"s": [1, -1]}', "nope", '{"s": [true, 1]}'):
+        with pytest.raises(ValueError):
+            parse_cursor(bad)
+    assert parse_cursor('{"answer": [2, 40]}') == {"answer": (2, 40)}
