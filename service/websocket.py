@@ -43,7 +43,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketState
 
-from service import tasks
+from service import signals, tasks
 from service.auth import ANONYMOUS, verify_key
 from service.deps import Resources
 from service.errors import ApiError, BadRequest, Forbidden, TooManyRequests, Unavailable
@@ -145,6 +145,15 @@ class Connection:
                 self._may_write()
                 task = await tasks.cancel(self.res, self.owner, _task_id(msg))
                 await self.reply("result", op, ref, task=tasks.task_json(task))
+            elif op == "signal":
+                self._may_write()
+                name = msg.get("name")
+                if not isinstance(name, str):
+                    raise BadRequest("signal needs a name")
+                sent = await signals.send_signal(self.res, self.owner, _task_id(msg), name,
+                                                 msg.get("payload"))
+                await self.reply("result", op, ref, task_id=sent.task_id, name=sent.name,
+                                 resumed=sent.resumed)
             else:
                 raise BadRequest("op must be subscribe, unsubscribe, cancel or signal")
         except ApiError as exc:
@@ -251,7 +260,7 @@ async def authenticate(ws: WebSocket, res: Resources) -> tuple[Principal, str | 
                 raise BadRequest("send an API key as 'Authorization: Bearer <key>'")
             return await verify_key(res, token.strip()), None
         if ticket:
-            claims = auth.ticket_claims(res.signing_key, ticket)
+            claims = auth.verify_ticket(res.signing_key, ticket)
             if claims is None:
                 raise BadRequest("invalid or expired stream ticket; mint a new one")
             return Principal(claims[0], KeyRole.USER), claims[1]

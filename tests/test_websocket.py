@@ -19,6 +19,7 @@ from taskstream.core import auth, store_read
 from taskstream.core.db import create_engine
 from taskstream.core.settings import Settings
 from taskstream.devservices.processes import WebServer, WorkerProc
+from tests.cluster import drop_cluster, start_cluster
 from tests.sse import collect, payload
 from tests.test_tasks_api import submit
 
@@ -220,3 +221,40 @@ async def test_authentication_key_header_or_read_only_ticket(
     async with websockets.connect(url, additional_headers=ann) as ws:
         await send(ws, op="cancel", task_id=tid)
         assert (await recv(ws))["task"]["status"] in ("cancelled", "running", "pending")
+
+
+async def test_signal_command_resumes_a_waiting_run(backing: tuple[str, str],
+                                                    tmp_path: Path) -> None:
+    """``signal`` is ``POST /tasks/{id}/signals/{name}`` over the socket (service.signals)."""
+    cluster = await start_cluster(backing[0], backing[1], tmp_path / "cluster", workers=1,
+                                  TASKSTREAM_TASKS="tests.tasktypes_steps")
+    try:
+        async with httpx.AsyncClient(base_url=cluster.web.url, timeout=30) as http:
+            tid = (await submit(http, "approval", dir=str(tmp_path)))["task_id"]
+        async with websockets.connect(ws_url(cluster.web)) as ws:
+            await send(ws, op="subscribe", task_id=tid)
+            types: list[str] = []
+            while "suspended" not in types:
+                m = await recv(ws)
+                if m["kind"] == "event":
+                    types.append(m["event"]["type"])
+            await send(ws, op="signal", task_id=tid, name="approval", payload={"ok": 1},
+                       ref="s")
+            last: dict[str, Any] = {}
+            result = None
+            while last.get("type") != "completed":
+                m = await recv(ws)
+                if m["kind"] == "result":
+                    result = m
+                elif m["kind"] == "event":
+                    last = m["event"]
+            assert result is not None
+            assert (result["ref"], result["resumed"], result["name"]) == ("s", True,
+                                                                         "approval")
+            assert last["result"]["decision"] == {"ok": 1}
+            await send(ws, op="signal", task_id=tid, name="approval", payload=None, ref="t")
+            while (m := await recv(ws)).get("ref") != "t":
+                assert m["kind"] == "end"  # the subscription's, after the terminal event
+            assert m["error"] == "conflict"  # single use
+    finally:
+        await drop_cluster(backing[0], cluster)

@@ -16,6 +16,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from taskstream.core.ttlcache import TtlCache
 
@@ -79,7 +80,7 @@ def mint_ticket(signing_key: bytes, tenant: str, scope: str, ttl: float) -> str:
     return f"{TICKET_PREFIX}{body}.{sig}"
 
 
-def ticket_claims(signing_key: bytes, ticket: str) -> tuple[str, str] | None:
+def verify_ticket(signing_key: bytes, ticket: str) -> tuple[str, str] | None:
     """(tenant, scope) of a valid, unexpired ticket; else None. Scope: a task id or "*"."""
     if not ticket.startswith(TICKET_PREFIX) or len(ticket) > 1000:
         return None
@@ -89,8 +90,10 @@ def ticket_claims(signing_key: bytes, ticket: str) -> tuple[str, str] | None:
     want = _b64(hmac.new(signing_key, body.encode(), hashlib.sha256).digest())
     if not hmac.compare_digest(want, sig):
         return None
+    claims = ticket_claims(body)
+    if claims is None:
+        return None
     try:
-        claims = json.loads(_unb64(body))
         tenant, granted, expires = str(claims["t"]), str(claims["s"]), int(claims["e"])
     except (ValueError, KeyError, TypeError):
         return None
@@ -101,7 +104,7 @@ def ticket_claims(signing_key: bytes, ticket: str) -> tuple[str, str] | None:
 
 def check_ticket(signing_key: bytes, ticket: str, scope: str) -> str | None:
     """The tenant a valid, unexpired ticket for this scope (or for "*") names; else None."""
-    claims = ticket_claims(signing_key, ticket)
+    claims = verify_ticket(signing_key, ticket)
     if claims is None or claims[1] not in ("*", scope):
         return None
     return claims[0]
@@ -115,3 +118,13 @@ class KeyCache(TtlCache[str, Principal]):
 
     def put(self, key: str, value: Principal) -> None:
         super().put(hash_secret(key), value)
+
+
+def ticket_claims(body: str) -> dict[str, Any] | None:
+    """A ticket body's claims, NOT verified (to learn which scope to verify it for)."""
+    try:
+        claims = json.loads(_unb64(body))
+    except (ValueError, TypeError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
