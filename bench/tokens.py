@@ -53,8 +53,10 @@ class Texts:
         self.text: dict[int, str] = {}
         self.ok: dict[int, bool] = {}
         self.latencies: list[float] = []
+        self.frames = 0
 
     def frame(self, client: int, frame: dict[str, Any], now: float) -> None:
+        self.frames += 1
         have = self.text.get(client, "")
         if frame["offset"] != len(have):
             self.ok[client] = False
@@ -82,7 +84,7 @@ async def tokens(run: Run) -> Outcome:
     pool = await run.pool()
     per: dict[str, list[float]] = {k: [] for k in (
         "sse_p50", "sse_p99", "ws_p50", "ws_p99", "commits_0", "commits_50", "frames_s",
-        "events_0", "events_50")}
+        "events_0", "events_50", "web_cpu_us_per_frame")}
     try:
         for r in range(sz.stream_rounds):
             for rate in (0.0, RATE) if r % 2 == 0 else (RATE, 0.0):
@@ -92,10 +94,12 @@ async def tokens(run: Run) -> Outcome:
                 per["commits_50" if rate else "commits_0"].append(row["commits_per_s"])
                 per["events_50" if rate else "events_0"].append(row["events_per_run"])
                 if rate:
-                    for k in ("sse_p50", "sse_p99", "ws_p50", "ws_p99", "frames_s"):
+                    for k in ("sse_p50", "sse_p99", "ws_p50", "ws_p99", "frames_s",
+                              "web_cpu_us_per_frame"):
                         if row[k] is not None:
                             per[k].append(row[k])
-                run.log(f"tokens {rate:g}/s round {r}: CPU share {row['cpu_share']}, load "
+                run.log(f"tokens {rate:g}/s round {r}: CPU share {row['cpu_share']}, "
+                        f"web CPU/frame {row['web_cpu_us_per_frame']} µs, load "
                         f"{row['load_average']:.1f}, tokens received/s "
                         f"{row['tokens_received_per_s']:.0f}; "
                         f"commits/s {row['commits_per_s']:.1f}, "
@@ -119,6 +123,8 @@ async def tokens(run: Run) -> Outcome:
                 median(per["ws_p99"]), "ms"),
             Row("5 token streaming", f"token frames/s published ({what})",
                 median(per["frames_s"]), "/s"),
+            Row("5 token streaming", "web CPU per token frame delivered to a client",
+                median(per["web_cpu_us_per_frame"]), "µs"),
             Row("5 token streaming", f"DB commits/s while streaming, {what}", c50, "/s",
                 baseline="same runs at 0 tokens/s", baseline_value=c0, ratio=ratio(c50, c0)),
             Row("5 token streaming", f"events stored per run, {what}", e50, "",
@@ -143,7 +149,7 @@ async def _round(run: Run, out: Outcome, web: WebServer, worker: WorkerProc, hos
     env, sz, url = run.env, run.sizes, web.url
     await env.reset()
     n, clients, secs = sz.token_runs, sz.token_clients, sz.token_seconds
-    lead = 5.0 + clients / 100  # every client is connected before the first token
+    lead = 5.0 + clients / 40  # every client is connected before the first token
     start_at = time.time() + lead
     bodies = [{"type": TOKENS, "params": {"rate": rate, "seconds": secs, "start_at": start_at}}
               for _ in range(n)]
@@ -178,10 +184,12 @@ async def _round(run: Run, out: Outcome, web: WebServer, worker: WorkerProc, hos
             s0, t0 = await _db_stats(conn, env.db_name), time.time()
             cpu0 = [cpu_seconds([p]) for p in pids]
             got0 = len(sse_texts.latencies) + len(ws_texts.latencies)
+            frames0 = sse_texts.frames + ws_texts.frames
             await asyncio.sleep(max(0.0, start_at + secs - 0.5 - time.time()))
             s1, t1 = await _db_stats(conn, env.db_name), time.time()
             cpu1 = [cpu_seconds([p]) for p in pids]
             got1 = len(sse_texts.latencies) + len(ws_texts.latencies)
+            frames1 = sse_texts.frames + ws_texts.frames
         finally:
             await conn.close()
         ok = await streams.wait(start_at + secs + 60 - time.time())
@@ -220,6 +228,9 @@ async def _round(run: Run, out: Outcome, web: WebServer, worker: WorkerProc, hos
             "cpu_share": {k: (b - a) / (t1 - t0) for k, a, b in zip(
                 ("web", "worker", "bench clients"), cpu0, cpu1, strict=True)},
             "tokens_received_per_s": (got1 - got0) / (t1 - t0),
+            "frames_delivered_per_s": (frames1 - frames0) / (t1 - t0),
+            "web_cpu_us_per_frame": (cpu1[0] - cpu0[0]) / (frames1 - frames0) * 1e6
+            if frames1 > frames0 else None,
             "load_average": os.getloadavg()[0]}
 
 
