@@ -50,15 +50,14 @@ class Subscription:
         self._items: deque[tuple[Event, bool] | TokenFrame | str] = deque()
         self._wake = asyncio.Event()
         self.tokens_dropped = 0
+        self.tokens_merged = 0
 
     def push(self, item: Event | TokenFrame | str) -> None:
         if self.overflowed:
             return
         if isinstance(item, TokenFrame):
-            # A full buffer drops token frames: the stream's reader fills the gap from the
-            # live lane's text so far at the next frame (or the durable text event has it).
             if len(self._items) >= self.limit:
-                self.tokens_dropped += 1
+                self._merge_token(item)
                 return
             self._items.append(item)
         elif isinstance(item, str):
@@ -73,6 +72,26 @@ class Subscription:
         else:
             self._items.append((item, False))
         self._wake.set()
+
+    def _merge_token(self, item: TokenFrame) -> None:
+        """A full buffer: the frame joins a queued frame of its text that it continues (the
+        client gets the same characters in fewer frames, with no I/O). Failing that it is
+        dropped, and the stream's reader fills the gap from the live lane's text so far at
+        the next frame (or the durable text event has it)."""
+        for i in range(len(self._items) - 1, max(-1, len(self._items) - 17), -1):
+            q = self._items[i]
+            if isinstance(q, TokenFrame):
+                if (q.task_id, q.stream, q.attempt) == (item.task_id, item.stream,
+                                                        item.attempt):
+                    if q.end == item.offset:
+                        self._items[i] = TokenFrame(q.task_id, q.stream, q.attempt, q.offset,
+                                                    q.delta + item.delta)
+                        self.tokens_merged += 1
+                        return
+                    break
+            elif isinstance(q, str) or q[0].task_id == item.task_id:
+                break  # not across a control item or an event of the same task
+        self.tokens_dropped += 1
 
     async def get(self, idle: float | None = None
                   ) -> tuple[Event, bool] | TokenFrame | str | None:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from service.hub import Subscription
 from taskstream.builtin.demo import demo_text
 from taskstream.core.constants import live_text_key, task_channel
 from taskstream.core.live import (
@@ -164,3 +165,18 @@ async def test_tracker_passes_each_character_once(redis: Redis, settings: Settin
         with pytest.raises(ValueError):
             parse_cursor(bad)
     assert parse_cursor('{"answer": [2, 40]}') == {"answer": (2, 40)}
+
+
+def test_a_full_subscription_merges_token_frames_instead_of_dropping() -> None:
+    """A slow stream's buffer is full: a frame joins the queued frame of its text that it
+    continues (no gap, no I/O); one that continues nothing queued is dropped (gap-filled
+    later), and never across an event of its task."""
+    sub = Subscription("c", limit=2)
+    sub.push(TokenFrame("t", "s", 1, 0, "ab"))
+    sub.push(TokenFrame("u", "s", 1, 0, "x"))
+    sub.push(TokenFrame("t", "s", 1, 2, "cd"))  # full: joins t's frame behind u's
+    sub.push(TokenFrame("u", "s", 1, 1, "y"))
+    sub.push(TokenFrame("t", "s", 1, 9, "zz"))  # continues nothing queued: dropped
+    assert list(sub._items) == [TokenFrame("t", "s", 1, 0, "abcd"),
+                                TokenFrame("u", "s", 1, 0, "xy")]
+    assert (sub.tokens_merged, sub.tokens_dropped, sub.overflowed) == (2, 1, False)
