@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"throughput", "events", "latency", "capacity", "waiting", "submission", "scaleout",
-             "limits", "tokens"}
+             "limits", "batches", "search", "tokens"}
 
 
 @pytest.mark.timeout(1200)
@@ -50,6 +50,10 @@ def test_bench_tiny_runs_every_scenario_and_its_checks_hold(
                      "capacity 50 lean: every stream reached the terminal event",
                      "waiting taskstream: every event received",
                      "scale-out streams on web b: every event received",
+                     "batches submit 100: 202 and every child stored",
+                     "batches documents 5: each child's end on the parent stream once",
+                     "search documents: every document processed and its vectors stored",
+                     "search queries: every answer 200 with k hits",
                      "tokens 50/s: every SSE client's tokens are the durable text, no gap or "
                      "repeat",
                      "tokens 50/s: every WebSocket client's tokens are the durable text"):
