@@ -25,7 +25,7 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from bench import batches, celery_env, limits, search, streams, tasks, tutorial
+from bench import batches, celery_env, limits, search, streams, tasks, tokens, tutorial
 from bench.common import SIZES, Outcome, Row, Run
 from bench.env import RESULTS_DIR, make_env, raise_fd_limit
 from bench.net import set_token
@@ -40,6 +40,7 @@ SCENARIOS: dict[str, Callable[[Run], Awaitable[Outcome]]] = {
     "scaleout": tasks.scaleout,
     "tutorial": tutorial.tutorial,
     "limits": limits.limits,
+    "tokens": tokens.tokens,
     "batches": batches.batches,
     "search": search.search,
 }
@@ -62,6 +63,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--scenario", action="append", choices=list(SCENARIOS),
                     help="run only this scenario (repeatable)")
     ap.add_argument("--rounds", type=int, help="override the mode's number of rounds")
+    ap.add_argument("--token-clients", type=int,
+                    help="tokens scenario: SSE clients (default: the mode's, 1,000 in --quick)")
+    ap.add_argument("--token-runs", type=int, help="tokens scenario: concurrent runs")
     ap.add_argument("--no-celery", action="store_true",
                     help="skip the Celery peer (no venv is created)")
     ap.add_argument("--database-url", default=os.environ.get("BENCH_ADMIN_DATABASE_URL"),
@@ -165,6 +169,11 @@ async def amain(args: argparse.Namespace) -> int:
 
         sizes = replace(sizes, rounds=args.rounds, stream_rounds=min(args.rounds,
                                                                        sizes.stream_rounds))
+    if args.token_clients or args.token_runs:
+        from dataclasses import replace
+
+        sizes = replace(sizes, token_clients=args.token_clients or sizes.token_clients,
+                        token_runs=args.token_runs or sizes.token_runs)
     env = await make_env(args.database_url, args.redis_url)
     set_token(env.token)
     run = Run(env=env, sizes=sizes, mode=args.mode, celery=not args.no_celery)

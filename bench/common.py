@@ -36,6 +36,9 @@ class Sizes:
     scaleout_tasks: int
     scaleout_streams: int
     stream_rounds: int  # rounds of the (slower) many-stream scenarios
+    token_runs: int = 100  # token streaming: concurrent runs at 50 tokens/s ...
+    token_clients: int = 1000  # ... followed by this many SSE clients
+    token_seconds: float = 8.0
     search_chunks: int = 2_000  # chunks in the store searched by the search scenario
     search_texts: int = 300  # of which embedded for real (the rest mix those vectors)
     search_queries: int = 50  # GET /search per round
@@ -48,21 +51,22 @@ SIZES: dict[str, Sizes] = {
                   events_per_task=20, latency_streams=(1, 20), latency_seconds=1.0,
                   capacity_streams=50, waiting_streams=20, waiting_window=2.0,
                   submission_requests=100, submission_concurrency=(8,), scaleout_tasks=30,
-                  scaleout_streams=10, stream_rounds=1),
+                  scaleout_streams=10, stream_rounds=1, token_runs=5, token_clients=20,
+                  token_seconds=4.0),
     "quick": Sizes(rounds=3, throughput_tasks=1000, submit_concurrency=50, event_tasks=100,
                    events_per_task=100, latency_streams=(1, 1000, 5000), latency_seconds=5.0,
                    capacity_streams=10_000, waiting_streams=1000, waiting_window=5.0,
                    submission_requests=3000, submission_concurrency=(32,),
                    scaleout_tasks=1000, scaleout_streams=200, stream_rounds=2,
-                   search_chunks=100_000, search_texts=5_000, search_queries=500,
-                   search_docs=20),
+                   token_seconds=8.0, search_chunks=100_000, search_texts=5_000,
+                   search_queries=500, search_docs=20),
     "full": Sizes(rounds=5, throughput_tasks=3000, submit_concurrency=50, event_tasks=300,
                   events_per_task=100, latency_streams=(1, 1000, 5000), latency_seconds=10.0,
                   capacity_streams=20_000, waiting_streams=1000, waiting_window=10.0,
                   submission_requests=10_000, submission_concurrency=(8, 32, 64),
                   scaleout_tasks=3000, scaleout_streams=1000, stream_rounds=3,
-                  search_chunks=100_000, search_texts=10_000, search_queries=1000,
-                  search_docs=50),
+                  token_seconds=15.0, search_chunks=100_000, search_texts=10_000,
+                  search_queries=1000, search_docs=50),
 }
 
 

@@ -69,3 +69,27 @@ async def noop_free(ctx: TaskContext, params: NoopParams) -> dict[str, Any]:
       limit=UNBINDING_LIMIT)
 async def noop_limited(ctx: TaskContext, params: NoopParams) -> dict[str, Any]:
     return {}
+
+
+TOKENS = "bench_tokens"
+
+
+class TokensParams(Params):
+    rate: float = Field(50.0, ge=0, le=10_000, description="Tokens per second; 0: none.")
+    seconds: float = Field(5.0, ge=0, le=3600, description="How long the run streams.")
+    start_at: float = Field(0.0, ge=0, description="Epoch seconds of the first token.")
+
+
+@task(TOKENS, description="Bench: a model-like text stream, each token its wall-clock stamp.")
+async def tokens(ctx: TaskContext, params: TokensParams) -> dict[str, Any]:
+    """Token i is written at start + i/rate and reads ``[<epoch seconds>]``: delta latency =
+    the client's receive time - the stamp (coalescing into frames included)."""
+    start = params.start_at + (random.random() / params.rate if params.rate else 0)
+    await asyncio.sleep(max(0.0, start - time.time()))
+    n = round(params.rate * params.seconds)
+    async with ctx.text_stream("answer") as out:
+        for i in range(n):
+            await asyncio.sleep(max(0.0, start + i / params.rate - time.time()))
+            await out.write(f"[{time.time():.6f}]")
+    await asyncio.sleep(max(0.0, params.start_at + params.seconds - time.time()))
+    return {"tokens": n}

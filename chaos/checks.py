@@ -45,7 +45,8 @@ def check_all(snap: Snapshot, specs: list[TaskSpec], follows: list[Follow],
             clients_exactly_once(snap, follows), clients_only_durable(snap, follows),
             not_before_run_at(snap), schedule_slots_once(snap),
             limits_held(snap, {LIMITED: LIMIT}, {LIMITED: KEY_LIMIT}),
-            steps_once(snap), waits_resume_once(snap), documents_stored_once(snap)]
+            steps_once(snap), waits_resume_once(snap), documents_stored_once(snap),
+            token_streams_exact(snap, specs, follows)]
 
 
 def steps_once(snap: Snapshot) -> Check:
@@ -104,6 +105,28 @@ def waits_resume_once(snap: Snapshot) -> Check:
                 c.violations.append(f"task {tid}: resumed twice after one suspension")
         if kinds[0] == "resumed":
             c.violations.append(f"task {tid}: resumed before it was ever suspended")
+    return c
+
+
+def token_streams_exact(snap: Snapshot, specs: list[TaskSpec], follows: list[Follow]) -> Check:
+    """Model text: every completed ``demo_tokens`` task stored its exact text once, and every
+    follower's tokens (dropped and resumed mid-text) equal the durable text when it arrived."""
+    c = Check("every resumed token stream is exact (equal to the durable text)")
+    for s in specs:
+        row = snap.tasks.get(s.task_id or "")
+        if s.kind != "tokens" or row is None or row.status != "completed":
+            continue
+        c.checked += 1
+        ends = [e for e in snap.events.get(row.task_id, []) if e.type == "completed"]
+        attempt = ends[-1].attempt if ends else 0
+        got = snap.texts.get((row.task_id, attempt, "answer"))
+        if got != s.text:
+            c.violations.append(f"task {row.task_id}: durable text of attempt {attempt} is "
+                                f"{'missing' if got is None else f'{len(got)} characters'}, "
+                                f"expected {len(s.text or '')}")
+    for f in follows:
+        c.checked += f.texts.checked
+        c.violations.extend(f.texts.violations)
     return c
 
 

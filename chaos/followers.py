@@ -7,6 +7,11 @@ EventSource's first connect would) until the stream ends after the terminal even
 reconnects once more and must get 204. A tenant follower does the same on ``GET /stream``
 (every event of the tenant, ids are ``tenant_seq``) from the very first event to the last.
 
+Token frames (named ``token`` events: model text of ``demo_tokens`` tasks) count as messages,
+so followers drop mid-text too; half the reconnects send the token cursor (``?tokens=``), the
+others get the text so far again from offset 0. Each follower puts its texts together at the
+frames' offsets and checks them against the durable ``text`` events (``TokenTexts``).
+
 A *patient* follower never hangs up by itself; if its connection sits idle while PostgreSQL
 already holds the next event (for longer than ``stall_after``, counted from the end of the
 last Redis or PostgreSQL outage), that is a stalled live stream: recorded, then resumed.
@@ -19,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -56,6 +62,7 @@ class Follow:
     problems: list[str] = field(default_factory=list)
     stalls: list[str] = field(default_factory=list)
     goal: Callable[[], int | None] = field(default=lambda: None, repr=False)
+    texts: "TokenTexts" = field(default_factory=lambda: TokenTexts())
 
     def done(self) -> bool:
         """A tenant stream is done once it holds the final id ``goal()`` names."""
@@ -65,6 +72,72 @@ class Follow:
 
 class _End:
     pass
+
+
+@dataclass
+class TokenTexts:
+    """A follower's model texts, as a browser keeps them: frames applied at their offsets."""
+
+    held: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
+    last_conn: dict[tuple[str, str], int] = field(default_factory=dict)
+    conns: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+    cursor_conns: set[int] = field(default_factory=set)  # connections that sent ?tokens=
+    frames: int = 0
+    checked: int = 0  # texts compared with their durable text event when it arrived
+    resumed: int = 0  # ... of which had come over more than one connection
+    violations: list[str] = field(default_factory=list)
+
+    def cursor(self, task_id: str) -> str:
+        return json.dumps({s: [a, len(t)] for (tid, s), (a, t) in self.held.items()
+                           if tid == task_id})
+
+    def frame(self, d: dict[str, Any], conn: int) -> None:
+        self.frames += 1
+        key = (str(d["task_id"]), str(d["stream"]))
+        attempt, offset, delta = int(d["attempt"]), int(d["offset"]), str(d["delta"])
+        have = self.held.get(key)
+        restart = conn not in self.cursor_conns and self.last_conn.get(key) != conn
+        self.last_conn[key] = conn
+        self.conns.setdefault(key, set()).add(conn)
+        if have is None or attempt > have[0]:
+            if offset != 0:
+                self.violations.append(f"{key}: a new text (attempt {attempt}) starts at "
+                                       f"offset {offset}")
+                return
+            self.held[key] = (attempt, delta)
+            self.conns[key] = {conn}
+        elif attempt < have[0]:
+            self.violations.append(f"{key}: a frame of attempt {attempt} after attempt "
+                                   f"{have[0]}")
+        elif restart and offset == 0:
+            if not delta.startswith(have[1]):
+                self.violations.append(f"{key}: the text so far contradicts the one held")
+            self.held[key] = (attempt, delta)
+        elif offset != len(have[1]):
+            what = "gap" if offset > len(have[1]) else "duplicate"
+            self.violations.append(f"{key}: {what}: holding {len(have[1])} characters, a "
+                                   f"frame at {offset} (connection {conn})")
+        else:
+            self.held[key] = (attempt, have[1] + delta)
+
+    def durable(self, task_id: str, attempt: int, data: Any, conn: int) -> None:
+        """The stream's ``text`` event arrived on connection ``conn``."""
+        if not isinstance(data, dict):
+            return
+        key = (task_id, str(data.get("stream")))
+        have = self.held.get(key)
+        if have is None or have[0] != attempt:
+            return
+        text = str(data.get("text"))
+        if not text.startswith(have[1]):
+            self.violations.append(f"{key}: the tokens are not the durable text's beginning")
+        elif self.last_conn.get(key) == conn:
+            # Tokens came on this connection: the service completes them before the event.
+            self.checked += 1
+            self.resumed += len(self.conns.get(key, ())) > 1
+            if have[1] != text:
+                self.violations.append(f"{key}: tokens hold {len(have[1])} of "
+                                       f"{len(text)} characters when the text event came")
 
 
 class Followers:
@@ -133,11 +206,15 @@ class Followers:
         route = "GET /tasks/{id}/stream" if f.kind == "task" else "GET /stream"
         headers: dict[str, str] = {}
         url = path
+        params: dict[str, str] = {}
         if cursor is not None:
             if self.rng.random() < 0.7:
                 headers["Last-Event-ID"] = str(cursor)
             else:
-                url = f"{path}?last_event_id={cursor}"
+                params["last_event_id"] = str(cursor)
+        if f.kind == "task" and f.task_id and f.texts.held and self.rng.random() < 0.5:
+            params["tokens"] = f.texts.cursor(f.task_id)
+            f.texts.cursor_conns.add(f.connections)
         if f.patient:
             budget, until = 10**9, float("inf")
         elif f.kind == "task":
@@ -148,7 +225,7 @@ class Followers:
         conn = f.connections
         f.connections += 1
         try:
-            async with self.api.pick().stream("GET", url, headers=headers,
+            async with self.api.pick().stream("GET", url, headers=headers, params=params,
                                               timeout=STREAM_TIMEOUT) as resp:
                 self.api.record(route, resp.status_code,
                                 "" if resp.status_code < 500 else (await resp.aread()).decode())
@@ -219,6 +296,12 @@ class Followers:
         return True
 
     def _record(self, f: Follow, m: Message, conn: int) -> None:
+        if m.event == "token":
+            try:
+                f.texts.frame(json.loads(m.data), conn)
+            except (ValueError, KeyError, TypeError) as exc:
+                f.problems.append(f"undecodable token frame: {exc}")
+            return
         try:
             d = json.loads(m.data)
             seen = Seen(int(m.id or -1), d["task_id"], int(d["seq"]), int(d["tenant_seq"]),
@@ -233,4 +316,6 @@ class Followers:
             f.problems.append(f"event of task {seen.task_id} on the stream of {f.task_id}")
         if m.event != "message":
             f.problems.append(f"named SSE event {m.event!r}; the seed listens to unnamed ones")
+        if seen.type == "text":
+            f.texts.durable(seen.task_id, seen.attempt, d.get("data"), conn)
         f.seen.append(seen)

@@ -72,6 +72,10 @@ def render(*, title: str, dep: Deployment, chaos: Chaos, specs: list[TaskSpec], 
     out.append(f"SSE: {len(tf)} task streams followed ({sum(f.ended for f in tf)} to their "
                f"end), {len(nf)} tenant streams; {sum(f.connections for f in follows)} "
                f"connections, {seen} events received")
+    out.append(f"     model text: {sum(f.texts.frames for f in follows)} token frames received; "
+               f"{sum(f.texts.checked for f in follows)} texts held when their text event "
+               f"came, {sum(f.texts.resumed for f in follows)} of them over several "
+               f"connections")
     live = [s.at - snap.events[s.task_id][s.seq - 1].created for f in follows if f.patient
             for s in f.seen if 0 < s.seq <= len(snap.events.get(s.task_id, []))]
     if live:

@@ -228,7 +228,12 @@ def _dump(dep: Deployment, specs: list[TaskSpec], fol: Followers, chaos: Chaos) 
                    "refused": s.refused, "notes": s.notes} for s in specs],
         "follows": [{"kind": f.kind, "task_id": f.task_id, "patient": f.patient,
                      "connections": f.connections, "ended": f.ended, "problems": f.problems,
-                     "stalls": f.stalls, "seen": [asdict(x) for x in f.seen]}
+                     "stalls": f.stalls, "seen": [asdict(x) for x in f.seen],
+                     "texts": {"frames": f.texts.frames, "checked": f.texts.checked,
+                               "resumed": f.texts.resumed,
+                               "connections": {f"{k[0]}/{k[1]}": sorted(v)
+                                               for k, v in f.texts.conns.items()},
+                               "cursor_connections": sorted(f.texts.cursor_conns)}}
                     for f in fol.follows],
     }
     (dep.root / "chaos.json").write_text(json.dumps(doc))

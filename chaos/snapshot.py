@@ -48,6 +48,8 @@ class Snapshot:
     by_tenant_seq: dict[int, Ev]
     tenant_last_seq: int
     schedules: dict[str, Sched]
+    #: The durable ``text`` events: (task_id, attempt, stream) -> text.
+    texts: dict[tuple[str, int, str], str] = field(default_factory=dict)
     #: (task, step) -> the attempt that completed it (task_steps)
     steps: dict[tuple[str, str], int] = field(default_factory=dict)
     #: (task, step) -> the attempts that began executing it (chaos_step_runs)
@@ -71,6 +73,7 @@ async def snapshot(pool: asyncpg.Pool) -> Snapshot:
              for r in rows}
     events: dict[str, list[Ev]] = defaultdict(list)
     by_tseq: dict[int, Ev] = {}
+    texts: dict[tuple[str, int, str], str] = {}
     for r in await pool.fetch(
             """SELECT task_id, seq, tenant_seq, type, status, attempt, data,
                       extract(epoch FROM created_at)::float8 AS created
@@ -80,6 +83,8 @@ async def snapshot(pool: asyncpg.Pool) -> Snapshot:
         ev = Ev(str(r["task_id"]), r["seq"], r["tenant_seq"], r["type"], r["status"],
                 r["attempt"], reason, r["created"])
         events[ev.task_id].append(ev)
+        if ev.type == "text" and isinstance(data, dict):
+            texts[(ev.task_id, ev.attempt, str(data.get("stream")))] = str(data.get("text"))
         by_tseq[ev.tenant_seq] = ev
     last = await pool.fetchval("SELECT coalesce(max(last_seq), 0) FROM tenants")
     fired = {str(r["schedule_id"]): Sched(r["cron"], r["timezone"], int(r["fired"]))
@@ -98,5 +103,5 @@ async def snapshot(pool: asyncpg.Pool) -> Snapshot:
                   (SELECT count(DISTINCT space_id) FROM chunk_vectors v
                     WHERE v.task_id = c.task_id) AS spaces
              FROM document_chunks c GROUP BY c.task_id""")}
-    return Snapshot(tasks, dict(events), by_tseq, int(last), fired, steps, dict(step_runs),
-                    documents)
+    return Snapshot(tasks, dict(events), by_tseq, int(last), fired, texts=texts, steps=steps,
+                    step_runs=dict(step_runs), documents=documents)

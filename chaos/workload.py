@@ -2,7 +2,7 @@
 chaos may legitimately lead it to, submitted with an Idempotency-Key at a steady pace.
 
 Kinds (share of the mix):
-    demo      28%  0.2-2 s in 2-8 steps                       -> completed
+    demo      20%  0.2-2 s in 2-8 steps                       -> completed
     long      12%  3-7 s in 5-12 steps (likely to lose a worker) -> completed
     retry     15%  fails its first 1-2 attempts, budget allows  -> completed after retrying
     dead       5%  fails every attempt, budget 1-3              -> failed (error): dead letter
@@ -10,6 +10,8 @@ Kinds (share of the mix):
     timeout    3%  3 s of work under a 1 s hard limit          -> failed (timeout)
     cancel     5%  3-6 s of work, cancelled after 0.2-3 s       -> cancelled (or completed)
     limited   10%  demo under a limit of 3, 2 per key (chaos.tasktypes) -> completed
+    tokens     8%  demo_tokens: 30-150 model-like tokens at 40-150/s on the live lane; a
+                   third fail mid-text once and retry (the text starts over) -> completed
     steps      8%  2-6 durable steps of 0.2-1 s (chaos.tasktypes)  -> completed
     approval   4%  a step, a wait for a signal sent 0.5-4 s after submission, a step
                                                                -> completed with its payload
@@ -34,14 +36,15 @@ from typing import Any
 
 from chaos.api import Api
 from chaos.tasktypes import APPROVAL, LIMITED, STEPS
+from taskstream.builtin.demo import demo_text
 
 Outcome = tuple[str, str | None]  # (status, failure_reason)
 WORKER_LOST: Outcome = ("failed", "worker_lost")
 COMPLETED: Outcome = ("completed", None)
 
-KINDS: list[tuple[str, int]] = [("demo", 28), ("long", 12), ("retry", 15), ("dead", 5),
+KINDS: list[tuple[str, int]] = [("demo", 20), ("long", 12), ("retry", 15), ("dead", 5),
                                 ("noop", 20), ("timeout", 3), ("cancel", 5), ("limited", 10),
-                                ("steps", 8), ("approval", 4), ("document", 4)]
+                                ("steps", 8), ("approval", 4), ("document", 4), ("tokens", 8)]
 #: Words of the documents uploaded by the ``document`` kind.
 DOC_WORDS = ("honey hive queen magma lava eruption dough crust oven loan rate bank goal "
              "match planet orbit patient doctor sail wind code test soil seed").split()
@@ -56,6 +59,7 @@ class TaskSpec:
     allowed: frozenset[Outcome]
     result: Any = None  # the result a completed task must carry
     cancel_after: float | None = None
+    text: str | None = None  # tokens: the text its stream must store
     signal_after: float | None = None  # approval: when to send its "go" signal
     task_id: str | None = None
     accepted_at: float | None = None
@@ -89,6 +93,16 @@ def _spec(i: int, kind: str, rng: random.Random) -> TaskSpec:
         events = rng.randint(0, 40)
         return TaskSpec(i, kind, key, {"type": "noop", "params": {"events": events}}, done,
                         {"events": events})
+    if kind == "tokens":
+        n, seed = rng.randint(30, 150), rng.randint(0, 7)
+        tparams: dict[str, Any] = {"tokens": n, "rate": rng.randint(40, 150), "seed": seed}
+        body: dict[str, Any] = {"type": "demo_tokens", "params": tparams}
+        if rng.random() < 1 / 3:
+            tparams["fail_at_token"] = rng.randint(1, n - 1)
+            body["max_attempts"] = 2
+        text = demo_text(n, seed)
+        return TaskSpec(i, kind, key, body, done, {"tokens": n, "length": len(text)},
+                        text=text)
     if kind == "steps":
         n = rng.randint(2, 6)
         return TaskSpec(i, kind, key, {"type": STEPS, "params": {

@@ -29,6 +29,7 @@ from service.sse import HubEvent
 from taskstream.core import metrics
 from taskstream.core.backoff import Backoff
 from taskstream.core.events import Event
+from taskstream.core.live import TokenFrame, is_token_message
 from taskstream.core.states import EventType
 
 log = logging.getLogger(__name__)
@@ -47,17 +48,24 @@ class Subscription:
         self.limit = limit
         self.overflowed = False
         # (event, coalesced): coalesced=True means earlier progress was skipped on purpose.
-        self._items: deque[tuple[Event, bool] | str] = deque()
+        self._items: deque[tuple[Event, bool] | TokenFrame | str] = deque()
         self._wake = asyncio.Event()
+        self.tokens_dropped = 0
+        self.tokens_merged = 0
 
-    def push(self, item: Event | str) -> None:
+    def push(self, item: Event | TokenFrame | str) -> None:
         if self.overflowed:
             return
-        if isinstance(item, str):
+        if isinstance(item, TokenFrame):
+            if len(self._items) >= self.limit:
+                self._merge_token(item)
+                return
+            self._items.append(item)
+        elif isinstance(item, str):
             self._items.append(item)
         elif len(self._items) >= self.limit:
             last = self._items[-1]
-            if (item.type == EventType.PROGRESS and not isinstance(last, str)
+            if (item.type == EventType.PROGRESS and isinstance(last, tuple)
                     and last[0].type == EventType.PROGRESS and last[0].task_id == item.task_id):
                 self._items[-1] = (item, True)
             else:
@@ -66,7 +74,28 @@ class Subscription:
             self._items.append((item, False))
         self._wake.set()
 
-    async def get(self, idle: float | None = None) -> tuple[Event, bool] | str | None:
+    def _merge_token(self, item: TokenFrame) -> None:
+        """A full buffer: the frame joins a queued frame of its text that it continues (the
+        client gets the same characters in fewer frames, with no I/O). Failing that it is
+        dropped, and the stream's reader fills the gap from the live lane's text so far at
+        the next frame (or the durable text event has it)."""
+        for i in range(len(self._items) - 1, max(-1, len(self._items) - 17), -1):
+            q = self._items[i]
+            if isinstance(q, TokenFrame):
+                if (q.task_id, q.stream, q.attempt) == (item.task_id, item.stream,
+                                                        item.attempt):
+                    if q.end == item.offset:
+                        self._items[i] = TokenFrame(q.task_id, q.stream, q.attempt, q.offset,
+                                                    q.delta + item.delta)
+                        self.tokens_merged += 1
+                        return
+                    break
+            elif isinstance(q, str) or q[0].task_id == item.task_id:
+                break  # not across a control item or an event of the same task
+        self.tokens_dropped += 1
+
+    async def get(self, idle: float | None = None
+                  ) -> tuple[Event, bool] | TokenFrame | str | None:
         """The next item, or None after ``idle`` seconds of nothing (no extra task: the
         timeout is a timer on the waiting task itself)."""
         while not self._items:
@@ -273,7 +302,8 @@ class Hub:
             return
         self.messages += 1
         try:
-            event = HubEvent.decode(data)
+            event: Event | TokenFrame = (TokenFrame.decode(data[1:])
+                                            if is_token_message(data) else HubEvent.decode(data))
         except (ValueError, KeyError, TypeError):
             log.warning("undecodable message on %s dropped", channel)
             return

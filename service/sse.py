@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.sse_lean import LeanEventStream
 from taskstream.core.events import Event, IdField
+from taskstream.core.live import TOKEN_EVENT, TokenFrame
 from taskstream.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,23 @@ def frame(ev: Event, id_field: IdField) -> bytes:
     if cached is None:
         cached = ev.frames[id_field] = message(ev.position(id_field), ev.encode())
     return cached
+
+
+def token_frame(frame: TokenFrame) -> bytes:
+    """A token frame as a *named* SSE message (``event: token``) without an id: an
+    ``onmessage`` listener never sees it, and the browser's Last-Event-ID stays the last
+    durable event's."""
+    if not frame.sse:
+        frame.sse = ServerSentEvent(frame.encode(), event=TOKEN_EVENT, sep=SEP).encode()
+    return frame.sse
+
+
+def any_frame(item: Event | TokenFrame | None, id_field: IdField) -> bytes:
+    if item is None:
+        return KEEPALIVE
+    if isinstance(item, TokenFrame):
+        return token_frame(item)
+    return frame(item, id_field)
 
 
 class StarletteEventStream(EventSourceResponse):

@@ -4,6 +4,10 @@ One algorithm serves both the per-task stream (cursor = the task's ``seq``) and 
 tenant-wide stream (cursor = the tenant's ``tenant_seq``); both counters are gap-free and
 follow commit order, so a gap in what arrives live means a lost pub/sub message, filled from
 PostgreSQL. While a stream waits it holds no database connection and runs no query.
+
+Token frames of the live lane (``core.live``) ride the same channels; a stream with a
+``tracker`` passes each character on once (gaps filled from the lane's text so far) and, with
+a ``snapshot``, starts with the text so far of the task's live text streams.
 """
 
 import asyncio
@@ -11,12 +15,16 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from redis.exceptions import RedisError
+
 from service.hub import CLOSE, RESYNC, Hub
 from taskstream.core.events import Event, IdField
+from taskstream.core.live import TextTracker, TokenFrame
 
 log = logging.getLogger(__name__)
 
 Fetch = Callable[[int, int], Awaitable[list[Event]]]
+Snapshot = Callable[[], Awaitable[list[TokenFrame]]]
 
 
 @dataclass(slots=True)
@@ -29,12 +37,14 @@ class StreamSpec:
     page: int = 1000
     lifetime: float | None = None  # then end; the client resumes with Last-Event-ID
     keepalive: float = 15.0  # yield None after this long without an event
+    tracker: TextTracker | None = None  # None: token frames are not sent
+    snapshot: Snapshot | None = None  # the text so far, sent after the catch-up
 
     def key(self, ev: Event) -> int:
         return ev.position(self.id_field)
 
 
-async def follow(hub: Hub, spec: StreamSpec) -> AsyncIterator[Event | None]:
+async def follow(hub: Hub, spec: StreamSpec) -> AsyncIterator[Event | TokenFrame | None]:
     """Yield events in order, and None when the stream has been idle for ``keepalive``
     seconds; returns after a terminal event (task streams), on overflow, or at the end of
     its lifetime."""
@@ -44,10 +54,15 @@ async def follow(hub: Hub, spec: StreamSpec) -> AsyncIterator[Event | None]:
     async with hub.subscribe(spec.channel) as sub:
         # Catch up from the database: anything committed before the subscription took hold.
         async for ev in _fill(spec, cursor):
+            if isinstance(ev, TokenFrame):
+                yield ev
+                continue
             cursor = spec.key(ev)
             yield ev
             if spec.ends_on_terminal and ev.terminal:
                 return
+        async for frame in _snapshot(spec):
+            yield frame
         while True:
             wait = spec.keepalive
             if deadline is not None:
@@ -64,6 +79,13 @@ async def follow(hub: Hub, spec: StreamSpec) -> AsyncIterator[Event | None]:
                 log.info("stream on %s overflowed; closing so the client resumes",
                          spec.channel)
                 return
+            if isinstance(item, TokenFrame):
+                if spec.tracker is not None:
+                    frames = spec.tracker.take(item)  # no I/O unless there is a gap
+                    for frame in frames if frames is not None else \
+                            await spec.tracker.accept(item):
+                        yield frame
+                continue
             if item == RESYNC:
                 live: list[Event] = []
             else:
@@ -78,23 +100,50 @@ async def follow(hub: Hub, spec: StreamSpec) -> AsyncIterator[Event | None]:
                     live = []  # a gap: fetch from the database instead
             if not live:
                 async for ev in _fill(spec, cursor):
+                    if isinstance(ev, TokenFrame):
+                        yield ev
+                        continue
                     cursor = spec.key(ev)
                     yield ev
                     if spec.ends_on_terminal and ev.terminal:
                         return
+                if item == RESYNC:  # token frames may have been lost too
+                    async for frame in _snapshot(spec):
+                        yield frame
                 continue
             for ev in live:
                 cursor = spec.key(ev)
+                if spec.tracker is not None:
+                    rest = spec.tracker.seen_event(ev.task_id, ev.type, ev.attempt, ev.data)
+                    if rest is not None:
+                        yield rest
                 yield ev
                 if spec.ends_on_terminal and ev.terminal:
                     return
 
 
-async def _fill(spec: StreamSpec, cursor: int) -> AsyncIterator[Event]:
+async def _snapshot(spec: StreamSpec) -> AsyncIterator[TokenFrame]:
+    if spec.tracker is None or spec.snapshot is None:
+        return
+    try:
+        frames = await spec.snapshot()
+    except (RedisError, OSError) as exc:
+        log.warning("live lane snapshot failed (%s); tokens continue from the next frame", exc)
+        return
+    for frame in frames:
+        for out in await spec.tracker.accept(frame):
+            yield out
+
+
+async def _fill(spec: StreamSpec, cursor: int) -> AsyncIterator[Event | TokenFrame]:
     while True:
         events = await spec.fetch(cursor, spec.page)
         for ev in events:
             cursor = spec.key(ev)
+            if spec.tracker is not None:
+                rest = spec.tracker.seen_event(ev.task_id, ev.type, ev.attempt, ev.data)
+                if rest is not None:
+                    yield rest
             yield ev
         if len(events) < spec.page:
             return

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"throughput", "events", "latency", "capacity", "waiting", "submission", "scaleout",
-             "limits", "batches", "search"}
+             "limits", "batches", "search", "tokens"}
 
 
 @pytest.mark.timeout(1200)
@@ -53,7 +53,10 @@ def test_bench_tiny_runs_every_scenario_and_its_checks_hold(
                      "batches submit 100: 202 and every child stored",
                      "batches documents 5: each child's end on the parent stream once",
                      "search documents: every document processed and its vectors stored",
-                     "search queries: every answer 200 with k hits"):
+                     "search queries: every answer 200 with k hits",
+                     "tokens 50/s: every SSE client's tokens are the durable text, no gap or "
+                     "repeat",
+                     "tokens 50/s: every WebSocket client's tokens are the durable text"):
         assert expected in checks, sorted(checks)
     if "--no-celery" not in args:
         assert "throughput celery x1: every task done" in checks

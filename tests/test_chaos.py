@@ -18,3 +18,5 @@ async def test_chaos_small() -> None:
     lines: list[str] = []
     result = await run_chaos(ChaosConfig.small(), say=lines.append)
     assert result.ok, "\n".join(lines)
+    tokens = next(c for c in result.checks if "token stream" in c.name)
+    assert tokens.checked > 0, "\n".join(lines)  # model texts were streamed and compared

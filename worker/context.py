@@ -23,11 +23,13 @@ from typing import Any, Literal
 
 import asyncpg
 from pydantic import BaseModel
+from redis.asyncio import Redis
 
 from taskstream.context import AttemptSuperseded, SoftTimeLimitExceeded, TextStream
 from taskstream.core import store, store_steps, tracing
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import NewEvent
+from taskstream.core.live import LiveWriter
 from taskstream.core.settings import Settings
 from taskstream.core.states import EventType, Outcome
 from taskstream.declaration import StepOrderError, WaitTimeout
@@ -52,13 +54,14 @@ class WorkerContext:
 
     def __init__(self, *, task_id: str, owner: str, attempt: int, worker_id: str,
                  eventlog: EventLog, pool: asyncpg.Pool, settings: Settings,
-                 soft_timeout: float | None = None) -> None:
+                 soft_timeout: float | None = None, redis: Redis | None = None) -> None:
         self.task_id = task_id
         self.owner = owner
         self.attempt = attempt
         self.worker_id = worker_id
         self.pool = pool
         self.settings = settings
+        self.redis = redis  # the live lane's connection (None: text streams are durable only)
         self._eventlog = eventlog
         self._progress = 0.0
         self._window = max(1, settings.progress_window)
@@ -146,13 +149,32 @@ class WorkerContext:
 
     @asynccontextmanager
     async def _text_stream(self, name: str) -> AsyncIterator["RecordedText"]:
+        """Model output as it comes: ``write()`` feeds the live lane (token frames, no
+        database write, ``core.live``); a clean exit records the whole text once, as a
+        durable ``text`` event ``{"stream", "text", "length"}``."""
         if not name or len(name) > MAX_STEP_NAME:
             raise ValueError(f"a text stream's name is 1..{MAX_STEP_NAME} characters")
-        out = RecordedText()
-        yield out
+        writer = None
+        if self.redis is not None:
+            writer = LiveWriter(self.redis, self.settings.namespace, task_id=self.task_id,
+                                owner=self.owner, attempt=self.attempt, stream=name,
+                                interval=self.settings.live_frame_interval,
+                                ttl=self.settings.live_ttl)
+        out = RecordedText(writer)
+        try:
+            yield out
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        if writer is not None:
+            await writer.close()
         text = out.text
         await self._emit(EventType.TEXT, data={"stream": name, "text": text,
                                                "length": len(text)})
+        if writer is not None:
+            await self.flush()  # durable first: then readers may skip the lane's copy
+            await writer.mark_done()
 
     async def _claim_step(self, name: str) -> tuple[int, store_steps.StepRecord | None]:
         """The next step's index, and its record if an earlier attempt completed it."""
@@ -221,15 +243,21 @@ class WorkerContext:
 
 
 class RecordedText:
-    """``ctx.text_stream``'s writer: keeps the text for the durable ``text`` event."""
+    """``ctx.text_stream``'s writer: keeps the text for the durable ``text`` event and hands
+    each delta to the live lane (no I/O here: the lane sends a frame per interval)."""
 
-    def __init__(self) -> None:
+    def __init__(self, live: LiveWriter | None = None) -> None:
         self._parts: list[str] = []
+        self._live = live
 
     async def write(self, delta: str) -> None:
         if not isinstance(delta, str):
             raise TypeError(f"text_stream writes str, got {type(delta).__name__}")
+        if not delta:
+            return
         self._parts.append(delta)
+        if self._live is not None:
+            self._live.write(delta)
 
     @property
     def text(self) -> str:

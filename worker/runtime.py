@@ -148,7 +148,7 @@ class Runtime:
         soft = opts.get("soft_timeout") or (spec.soft_timeout if spec else None)
         ctx = WorkerContext(task_id=task_id, owner=task.owner, attempt=attempt,
                             worker_id=self.worker_id, eventlog=self.eventlog, pool=self.pool,
-                            settings=self.settings, soft_timeout=soft)
+                            settings=self.settings, soft_timeout=soft, redis=self.arq)
         if spec is None:
             # Every worker of a deployment loads the same task modules (TASKSTREAM_TASKS).
             return await self._fail(

@@ -9,7 +9,7 @@ Last-Event-ID.
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Response, WebSocket
 
 from service import sse
 from service.auth import Credentials, Owner, TicketQuery, stream_caller
@@ -19,9 +19,10 @@ from service.hub import HubUnavailable
 from service.routes.tasks import ERRORS
 from service.schemas import TicketOut, TicketRequest
 from service.sse import StarletteEventStream
-from service.streams import Fetch, StreamSpec, follow
+from service.streams import Fetch, Snapshot, StreamSpec, follow
 from service.tasks import load_task
-from taskstream.core import auth, store
+from service.websocket import Connection, authenticate
+from taskstream.core import auth, live, store
 from taskstream.core.constants import task_channel, tenant_channel
 from taskstream.core.db import TRANSIENT_DB_ERRORS
 from taskstream.core.events import Event, IdField
@@ -30,6 +31,13 @@ from taskstream.core.states import is_terminal
 router = APIRouter(tags=["streams"])
 
 LastEventIdHeader = Annotated[str | None, Header(alias="Last-Event-ID")]
+TokensQuery = Annotated[
+    str | None,
+    Query(description='Token cursor: the model text you already hold, as JSON '
+                      '`{"<stream>": [attempt, offset]}`; the stream sends each text from there '
+                      'on. Without it a live text is sent from offset 0 (the text so far).',
+          max_length=4000),
+]
 LastEventIdQuery = Annotated[
     str | None,
     Query(description="For clients that cannot set headers (a native EventSource's first "
@@ -53,28 +61,22 @@ def cursor_from(header: str | None, query: str | None) -> int:
     return int(raw)
 
 
-def open_stream(res: Resources, tenant: str, *, channel: str, cursor: int, id_field: IdField,
-                fetch: Fetch, ends_on_terminal: bool,
+def open_stream(res: Resources, tenant: str, spec: StreamSpec, id_field: IdField, *,
                 announce_cursor: bool = False) -> Response:
     """The SSE response for one stream; 503 or 429 before it starts if it cannot be held."""
     if not res.hub.connected:
         raise Unavailable("live updates are briefly unavailable; retry")
     res.streams.check(tenant)
-    spec = StreamSpec(
-        channel=channel, cursor=cursor, id_field=id_field, fetch=fetch,
-        ends_on_terminal=ends_on_terminal, page=res.settings.stream_replay_page,
-        lifetime=res.settings.stream_max_lifetime, keepalive=res.settings.stream_keepalive,
-    )
 
     async def frames() -> AsyncIterator[bytes]:
         with res.streams.hold(tenant):
             if announce_cursor:
                 # An id-only message: no onmessage fires, but the browser (and our client)
                 # records it, so a drop before the first event resumes from here, not "now".
-                yield sse.message(cursor)
+                yield sse.message(spec.cursor)
             try:
                 async for ev in follow(res.hub, spec):
-                    yield sse.KEEPALIVE if ev is None else sse.frame(ev, id_field)
+                    yield sse.any_frame(ev, id_field)
             except HubUnavailable:
                 return  # Redis went away as we subscribed: end; the client resumes
             except TRANSIENT_DB_ERRORS:
@@ -88,22 +90,64 @@ def open_stream(res: Resources, tenant: str, *, channel: str, cursor: int, id_fi
 async def task_stream(task_id: str, res: Res, creds: Credentials,
                       last_event_id_header: LastEventIdHeader = None,
                       last_event_id: LastEventIdQuery = None,
-                      ticket: TicketQuery = None) -> Response:
-    """Live events of one task; ends after its terminal event."""
+                      ticket: TicketQuery = None, tokens: TokensQuery = None) -> Response:
+    """Live events of one task; ends after its terminal event. Model output comes as named
+    ``token`` events (``{task_id, stream, attempt, offset, delta}``, no id) between them."""
     owner = (await stream_caller(res, creds, ticket, task_id)).tenant
     cursor = cursor_from(last_event_id_header, last_event_id)
+    spec = await task_spec(res, owner, task_id, cursor, tokens)
+    if spec is None:
+        return Response(status_code=204)  # stops a reconnecting EventSource for good
+    return open_stream(res, owner, spec, IdField.SEQ)
+
+
+async def task_spec(res: Resources, owner: str, task_id: str, cursor: int,
+                    tokens: str | None) -> StreamSpec | None:
+    """One task's stream from ``cursor`` (None: it finished and the client has it all)."""
     task = await load_task(res, owner, task_id)
     if cursor > task.last_seq:
         raise BadRequest(f"Last-Event-ID {cursor} is ahead of this task's last event")
     if is_terminal(task.status) and cursor >= task.last_seq:
-        return Response(status_code=204)  # stops a reconnecting EventSource for good
+        return None
+    tracker, snapshot = token_lane(res, task.task_id, task.attempts, tokens)
     pool = res.pool
 
     async def fetch(after: int, limit: int) -> list[Event]:
         return await store.events_after(pool, task.task_id, after, limit)
 
-    return open_stream(res, owner, channel=task_channel(res.settings.namespace, task.task_id),
-                       cursor=cursor, id_field=IdField.SEQ, fetch=fetch, ends_on_terminal=True)
+    return _spec(res, channel=task_channel(res.settings.namespace, task.task_id),
+                 cursor=cursor, id_field=IdField.SEQ, fetch=fetch, ends_on_terminal=True,
+                 tracker=tracker, snapshot=snapshot)
+
+
+def _spec(res: Resources, *, channel: str, cursor: int, id_field: IdField, fetch: Fetch,
+          ends_on_terminal: bool, tracker: live.TextTracker,
+          snapshot: Snapshot | None = None) -> StreamSpec:
+    return StreamSpec(
+        channel=channel, cursor=cursor, id_field=id_field, fetch=fetch,
+        ends_on_terminal=ends_on_terminal, page=res.settings.stream_replay_page,
+        lifetime=res.settings.stream_max_lifetime, keepalive=res.settings.stream_keepalive,
+        tracker=tracker, snapshot=snapshot,
+    )
+
+
+def token_lane(res: Resources, task_id: str, attempt: int,
+               tokens: str | None) -> tuple[live.TextTracker, Snapshot]:
+    """A stream's token tracker (seeded with the client's token cursor) and the snapshot of
+    the task's live texts."""
+    try:
+        held = live.parse_cursor(tokens)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    ns = res.settings.namespace
+    tracker = live.TextTracker(res.arq, ns)
+    for stream, (att, offset) in held.items():
+        tracker.seed(task_id, stream, att, offset)
+
+    async def snapshot() -> list[live.TokenFrame]:
+        return await live.snapshot(res.arq, ns, task_id, attempt)
+
+    return tracker, snapshot
 
 
 @router.get("/stream", response_class=StarletteEventStream, responses=SSE_RESPONSE)
@@ -111,16 +155,24 @@ async def tenant_stream(res: Res, creds: Credentials,
                         last_event_id_header: LastEventIdHeader = None,
                         last_event_id: LastEventIdQuery = None,
                         ticket: TicketQuery = None) -> Response:
-    """Every event of every task of the caller, on one connection (ids: ``tenant_seq``).
+    """Every event of every task of the caller, on one connection (ids: ``tenant_seq``),
+    with the token frames of their text streams (a text already under way is sent from
+    offset 0 at its next frame).
 
     Without a Last-Event-ID it starts from now; with one it resumes after it.
     """
     owner = (await stream_caller(res, creds, ticket, "*")).tenant
     cursor = cursor_from(last_event_id_header, last_event_id)
+    from_now = last_event_id_header is None and last_event_id is None
+    spec = await tenant_spec(res, owner, None if from_now else cursor)
+    return open_stream(res, owner, spec, IdField.TENANT_SEQ, announce_cursor=from_now)
+
+
+async def tenant_spec(res: Resources, owner: str, cursor: int | None) -> StreamSpec:
+    """The tenant's stream after ``cursor`` (None: from now)."""
     pool = res.pool
     last = await store.tenant_last_seq(pool, owner)
-    from_now = last_event_id_header is None and last_event_id is None
-    if from_now:
+    if cursor is None:
         cursor = last
     elif cursor > last:
         raise BadRequest(f"Last-Event-ID {cursor} is ahead of your last event")
@@ -128,9 +180,9 @@ async def tenant_stream(res: Res, creds: Credentials,
     async def fetch(after: int, limit: int) -> list[Event]:
         return await store.tenant_events_after(pool, owner, after, limit)
 
-    return open_stream(res, owner, channel=tenant_channel(res.settings.namespace, owner),
-                       cursor=cursor, id_field=IdField.TENANT_SEQ, fetch=fetch,
-                       ends_on_terminal=False, announce_cursor=from_now)
+    return _spec(res, channel=tenant_channel(res.settings.namespace, owner), cursor=cursor,
+                 id_field=IdField.TENANT_SEQ, fetch=fetch, ends_on_terminal=False,
+                 tracker=live.TextTracker(res.arq, res.settings.namespace))
 
 
 @router.post("/stream-tickets", response_model=TicketOut, responses=ERRORS)
@@ -145,3 +197,15 @@ async def stream_ticket(body: TicketRequest, res: Res, owner: Owner) -> dict[str
     ttl = res.settings.stream_ticket_ttl
     ticket = auth.mint_ticket(res.signing_key, owner, scope, ttl)
     return {"ticket": ticket, "expires_in": ttl, "stream_url": f"{url}?ticket={ticket}"}
+
+
+@router.websocket("/ws")
+async def websocket(ws: WebSocket) -> None:
+    """Several tasks' streams (or the tenant's) on one WebSocket, with commands; see
+    ``service.websocket`` for the messages."""
+    res: Resources = ws.app.state.resources
+    who = await authenticate(ws, res)
+    if who is None:
+        return
+    await ws.accept()
+    await Connection(ws, res, who[0], who[1], task_spec, tenant_spec).run()

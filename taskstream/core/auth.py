@@ -80,8 +80,8 @@ def mint_ticket(signing_key: bytes, tenant: str, scope: str, ttl: float) -> str:
     return f"{TICKET_PREFIX}{body}.{sig}"
 
 
-def check_ticket(signing_key: bytes, ticket: str, scope: str) -> str | None:
-    """The tenant a valid, unexpired ticket for this scope (or for "*") names; else None."""
+def verify_ticket(signing_key: bytes, ticket: str) -> tuple[str, str] | None:
+    """(tenant, scope) of a valid, unexpired ticket; else None. Scope: a task id or "*"."""
     if not ticket.startswith(TICKET_PREFIX) or len(ticket) > 1000:
         return None
     body, sep, sig = ticket[len(TICKET_PREFIX):].partition(".")
@@ -97,9 +97,17 @@ def check_ticket(signing_key: bytes, ticket: str, scope: str) -> str | None:
         tenant, granted, expires = str(claims["t"]), str(claims["s"]), int(claims["e"])
     except (ValueError, KeyError, TypeError):
         return None
-    if expires < time.time() or granted not in ("*", scope):
+    if expires < time.time():
         return None
-    return tenant
+    return tenant, granted
+
+
+def check_ticket(signing_key: bytes, ticket: str, scope: str) -> str | None:
+    """The tenant a valid, unexpired ticket for this scope (or for "*") names; else None."""
+    claims = verify_ticket(signing_key, ticket)
+    if claims is None or claims[1] not in ("*", scope):
+        return None
+    return claims[0]
 
 
 class KeyCache(TtlCache[str, Principal]):

@@ -42,3 +42,14 @@ def control_channel(namespace: str) -> str:
 def rate_key(namespace: str, tenant: str, second: int) -> str:
     """Submissions a tenant made in one wall-clock second (the rate limit's window)."""
     return f"{namespace}:rate:{tenant}:{second}"
+
+
+def live_text_key(namespace: str, task_id: str, attempt: int, stream: str) -> str:
+    """The live lane: the text so far of one model output stream (UTF-8), per attempt."""
+    return f"{namespace}:live:{task_id}:{attempt}:{stream}"
+
+
+def live_index_key(namespace: str, task_id: str) -> str:
+    """The live lane's index of one task: stream name -> its latest attempt ("3", or
+    "3:done" once its durable ``text`` event is stored)."""
+    return f"{namespace}:live:{task_id}"

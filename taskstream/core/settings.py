@@ -144,6 +144,10 @@ class Settings(BaseSettings):
     max_streams_per_tenant: int = 1_000  # per web process
     max_streams_per_process: int = 20_000
     stream_max_lifetime: float = 3600.0  # then the stream closes and the client resumes
+    #: Live lane (model tokens): a frame at most this often per text stream, and how long
+    #: its Redis keys outlive their last write.
+    live_frame_interval: float = 0.05
+    live_ttl: int = 3600
 
     # Operations (README: Operations).
     #: /metrics in Prometheus format. Several processes on a host share their figures through

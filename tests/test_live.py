@@ -1,0 +1,182 @@
+"""The live lane over a real uvicorn and worker: model tokens reach the stream as named
+``token`` events, coalesced, with no database write per token; clients that drop at random
+points resume with the exact text (no gap, no duplicate) — against both SSE responses."""
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from service.hub import Subscription
+from taskstream.builtin.demo import demo_text
+from taskstream.core.constants import live_text_key, task_channel
+from taskstream.core.live import (
+    LiveWriter,
+    TextTracker,
+    TokenFrame,
+    is_token_message,
+    parse_cursor,
+)
+from taskstream.core.live import snapshot as live_snapshot
+from taskstream.core.settings import Settings
+from taskstream.devservices.processes import WebServer, WorkerProc
+from tests.live import follow_texts
+from tests.sse import collect, payload
+from tests.test_tasks_api import submit
+
+
+@pytest.fixture
+async def client(sse_web: WebServer, worker: WorkerProc) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=sse_web.url, timeout=30) as c:
+        yield c
+
+
+async def test_tokens_are_named_frames_and_the_end_is_durable(
+        client: httpx.AsyncClient) -> None:
+    task = await submit(client, "demo_tokens", tokens=60, rate=200)
+    status, msgs = await collect(client, f"/tasks/{task['task_id']}/stream")
+    assert status == 200
+    unnamed = [payload(m) for m in msgs if m.event == "message"]
+    tokens = [json.loads(m.data) for m in msgs if m.event == "token"]
+    assert {m.event for m in msgs} == {"message", "token"}
+    # What the tutorial's onmessage sees: snapshots only, in seq order.
+    assert [d["seq"] for d in unnamed] == list(range(1, len(unnamed) + 1))
+    assert all("status" in d for d in unnamed) and not any("delta" in d for d in unnamed)
+    # The tokens, put together, are the text; the durable record says the same, once.
+    expected = demo_text(60)
+    assert "".join(t["delta"] for t in tokens) == expected
+    assert [t["offset"] for t in tokens] == [sum(len(x["delta"]) for x in tokens[:i])
+                                             for i in range(len(tokens))]
+    texts = [d for d in unnamed if d["type"] == "text"]
+    assert [d["data"] for d in texts] == [{"stream": "answer", "text": expected,
+                                           "length": len(expected)}]
+    # Coalesced: 60 tokens in 0.3 s make far fewer frames than tokens.
+    assert len(tokens) < 30
+    # No database write per token: the history holds lifecycle events and the one text.
+    history = (await client.get(f"/tasks/{task['task_id']}/events")).json()
+    types = [e["type"] for e in history["items"]]
+    assert types == ["created", "started", "text", "completed"]
+
+
+@pytest.mark.parametrize("use_cursor", [True, False], ids=["cursor", "text-so-far"])
+async def test_random_drops_resume_exactly(client: httpx.AsyncClient, use_cursor: bool) -> None:
+    rng = random.Random(13)
+    tasks = [await submit(client, "demo_tokens", tokens=150, rate=150, seed=i)
+             for i in range(3)]
+    followed = await asyncio.gather(*(
+        follow_texts(client, t["task_id"], rng=rng, drop_chance=0.3, use_cursor=use_cursor)
+        for t in tasks))
+    for i, t in enumerate(followed):
+        assert t.connections >= 3  # it did drop, several times
+        expected = demo_text(150, seed=i)
+        assert t.durable == {"answer": (1, expected)}
+        if use_cursor:  # the service knows what the client holds: it completes the tokens
+            assert t.live["answer"] == (1, expected)
+        else:  # back after the text ended: its text event, not tokens, brings the rest
+            assert t.live["answer"][0] == 1 and expected.startswith(t.live["answer"][1])
+
+
+async def test_joining_mid_stream_gets_the_text_so_far(client: httpx.AsyncClient) -> None:
+    task = await submit(client, "demo_tokens", tokens=100, rate=100)
+    await asyncio.sleep(0.5)
+    t = await follow_texts(client, task["task_id"], rng=random.Random(1))
+    assert t.live["answer"] == (1, demo_text(100))
+    assert t.connections == 1
+
+
+async def test_a_retry_starts_the_text_over(client: httpx.AsyncClient) -> None:
+    r = await client.post("/tasks", json={"type": "demo_tokens", "max_attempts": 2, "params": {
+        "tokens": 80, "rate": 200, "fail_at_token": 40}})
+    assert r.status_code == 202, r.text
+    task = r.json()
+    status, msgs = await collect(client, f"/tasks/{task['task_id']}/stream")
+    assert status == 200
+    frames = [json.loads(m.data) for m in msgs if m.event == "token"]
+    first = "".join(f["delta"] for f in frames if f["attempt"] == 1)
+    second = [f for f in frames if f["attempt"] == 2]
+    assert demo_text(80).startswith(first) and 0 < len(first) <= len(demo_text(40))
+    assert second[0]["offset"] == 0
+    assert "".join(f["delta"] for f in second) == demo_text(80)
+    events = [payload(m) for m in msgs if m.event == "message"]
+    assert [e["data"]["text"] for e in events if e["type"] == "text"] == [demo_text(80)]
+    assert events[-1]["status"] == "completed"
+
+
+async def test_writer_coalesces_and_survives_a_lost_text(redis: Redis,
+                                                         settings: Settings) -> None:
+    """Against Redis directly: frames leave at most every interval, and when the text so
+    far vanished (TTL, a Redis restart) the writer sends it whole again from offset 0."""
+    ns = f"{settings.namespace}w"
+    ps = redis.pubsub()
+    await ps.subscribe(task_channel(ns, "t1"))
+    w = LiveWriter(redis, ns, task_id="t1", owner="o", attempt=2, stream="s", interval=0.05)
+    for ch in "abc":
+        w.write(ch)
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    await redis.delete(live_text_key(ns, "t1", 2, "s"))
+    w.write("dé")
+    w.write("f")
+    await w.close()
+    assert (await redis.get(live_text_key(ns, "t1", 2, "s"))).decode() == "abcdéf"
+    frames = []
+    while (m := await ps.get_message(timeout=1)) is not None:
+        if m["type"] == "message":
+            assert is_token_message(m["data"])
+            frames.append(TokenFrame.decode(m["data"][1:]))
+    await ps.aclose()
+    # "a" at once, "bc" coalesced, then the whole text again after the loss.
+    assert [(f.offset, f.delta) for f in frames] == [(0, "a"), (1, "bc"), (0, "abcdéf")]
+    assert w.sent_chars == 6
+    assert await live_snapshot(redis, ns, "t1") == [TokenFrame("t1", "s", 2, 0, "abcdéf")]
+    await w.mark_done()
+    assert await live_snapshot(redis, ns, "t1") == []  # stored durably: no snapshot
+
+
+async def test_tracker_passes_each_character_once(redis: Redis, settings: Settings) -> None:
+    ns = f"{settings.namespace}k"
+    await redis.set(live_text_key(ns, "t", 1, "s"), b"hello world")
+    tr = TextTracker(redis, ns)
+
+    async def feed(attempt: int, offset: int, delta: str) -> list[tuple[int, int, str]]:
+        out = await tr.accept(TokenFrame("t", "s", attempt, offset, delta))
+        return [(f.attempt, f.offset, f.delta) for f in out]
+
+    assert await feed(1, 6, "world") == [(1, 0, "hello world")]  # joined mid-text: filled
+    assert await feed(1, 6, "world") == []  # duplicate
+    assert await feed(1, 11, "!!") == [(1, 11, "!!")]
+    assert await feed(1, 12, "!?") == [(1, 13, "?")]  # overlap trimmed
+    assert await feed(2, 0, "new") == [(2, 0, "new")]  # a retry starts over
+    assert await feed(1, 14, "x") == []  # the old attempt is over
+    # The text event completes what this connection holds, then closes the text.
+    rest = tr.seen_event("t", "text", 2, {"stream": "s", "text": "new text", "length": 8})
+    assert rest is not None and (rest.offset, rest.delta) == (3, " text")
+    assert await feed(2, 3, " te") == []
+    assert tr.seen_event("t", "text", 2, {"stream": "s", "text": "new text"}) is None
+    # A client's cursor: only what it lacks.
+    tr.seed("t", "u", 1, 4)
+    assert [(f.offset, f.delta) for f in await tr.accept(
+        TokenFrame("t", "u", 1, 0, "abcdef"))] == [(4, "ef")]
+    for bad in ('{"s": [1]}', "[]", '{"s": [1, -1]}', "nope", '{"s": [true, 1]}'):
+        with pytest.raises(ValueError):
+            parse_cursor(bad)
+    assert parse_cursor('{"answer": [2, 40]}') == {"answer": (2, 40)}
+
+
+def test_a_full_subscription_merges_token_frames_instead_of_dropping() -> None:
+    """A slow stream's buffer is full: a frame joins the queued frame of its text that it
+    continues (no gap, no I/O); one that continues nothing queued is dropped (gap-filled
+    later), and never across an event of its task."""
+    sub = Subscription("c", limit=2)
+    sub.push(TokenFrame("t", "s", 1, 0, "ab"))
+    sub.push(TokenFrame("u", "s", 1, 0, "x"))
+    sub.push(TokenFrame("t", "s", 1, 2, "cd"))  # full: joins t's frame behind u's
+    sub.push(TokenFrame("u", "s", 1, 1, "y"))
+    sub.push(TokenFrame("t", "s", 1, 9, "zz"))  # continues nothing queued: dropped
+    assert list(sub._items) == [TokenFrame("t", "s", 1, 0, "abcd"),
+                                TokenFrame("u", "s", 1, 0, "xy")]
+    assert (sub.tokens_merged, sub.tokens_dropped, sub.overflowed) == (2, 1, False)
