@@ -127,7 +127,10 @@ def test_builtin_declarations_import_heavy_libraries_lazily() -> None:
     imports = _imports(BUILTIN)
     top = [i for i in imports if i.top_level]
     assert not _undeclared(top, BASE), f"at import time: {_undeclared(top, BASE)}"
-    assert not _undeclared(imports, BASE | EXTRAS["server"])
+    # the local model (optional extra; "llama-cpp" is its import name where it is not
+    # installed, so no distribution maps it) only inside functions, as checked above
+    local_llm = EXTRAS["local-llm"] | {"llama-cpp"}
+    assert not _undeclared(imports, BASE | EXTRAS["server"] | local_llm)
 
 
 def test_the_server_uses_only_base_and_server_dependencies() -> None:
