@@ -1,9 +1,10 @@
 from fastapi import APIRouter
 
-from service.routes import schedules, streams, tasks, uploads
+from service.routes import schedules, streams, tasks, uploads, usage
 
 router = APIRouter()
 router.include_router(tasks.router)
 router.include_router(streams.router)
 router.include_router(uploads.router)
 router.include_router(schedules.router)
+router.include_router(usage.router)
