@@ -127,10 +127,12 @@ class BenchEnv:
         """Between rounds: empty tables so every round starts from the same state."""
         conn = await asyncpg.connect(self.database_url)
         try:
-            for attempt in range(5):  # tasks first: the order the product locks them in
+            # tasks first: the order the product locks them in; CASCADE: the tables that
+            # reference tasks (steps, waits) go with it
+            for attempt in range(5):
                 try:
                     await conn.execute(
-                        "TRUNCATE tasks, task_events, document_chunks, bench_events")
+                        "TRUNCATE tasks, task_events, document_chunks, bench_events CASCADE")
                     return
                 except asyncpg.DeadlockDetectedError:
                     if attempt == 4:

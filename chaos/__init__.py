@@ -12,7 +12,8 @@ migrated database, 2 web processes and N worker processes with the fast recovery
 
 * it submits ``--tasks`` tasks of mixed kinds (``chaos.workload``: short and long ``demo``,
   ``demo`` that fails then succeeds on retry or exhausts its budget, ``noop`` bursts, hard
-  timeouts, cancellations) with ``POST /tasks``, each with an Idempotency-Key, retrying a 503
+  timeouts, cancellations, tasks of durable steps, tasks that wait for a signal the run sends
+  0.5-4 s after submitting them) with ``POST /tasks``, each with an Idempotency-Key, retrying a 503
   or 429 after its Retry-After and a connection error after a pause (a retry can never
   duplicate a task), and records every HTTP status it sees;
 * it SIGKILLs a random busy worker every 2-5 s and restarts it; restarts Redis once (the
@@ -27,7 +28,8 @@ what the clients received:
 1. every accepted task exists, once per Idempotency-Key, in a terminal status (none stuck);
 2. each task has exactly one terminal event (completed/failed/cancelled), matching its status;
 3. no write of a superseded attempt was accepted: after a ``requeued`` (worker_lost) or
-   ``retrying`` event for attempt k, nothing of attempt k follows; attempts go up by one;
+   ``retrying`` or ``suspended`` event for attempt k, nothing of attempt k follows; attempts
+   go up by one;
 4. every task's seq is gap-free 1..last_seq and nothing follows its terminal event;
 5. each task ended as its kind allows (a retried task completes, a dead one fails with
    ``error``, a completed one carries its result...);
@@ -38,6 +40,9 @@ what the clients received:
 9. no HTTP 5xx other than 503, every 503/429 with Retry-After, no web process died.
 10. a cron schedule firing every second through the window fired each slot exactly once
     and skipped none (its outages are shorter than the misfire grace).
+11. no completed durable step ran again: each step's executions (a row per run, written by
+    the step itself) come from attempts up to the one that recorded it, never later;
+12. no wait resumed twice after one suspension (a signal resumes a run at most once).
 
 It prints a summary (faults with their times, outcomes per kind, lease losses and how soon a
 SIGKILLed task ran again, every HTTP status seen, stream statistics, the checks with their

@@ -3,6 +3,7 @@ invariants the service promises. Every check returns the violations it found, ea
 self-explanatory.
 """
 
+import itertools
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -17,7 +18,10 @@ from taskstream.core.schedules import next_after
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 #: Events after which their attempt is over: any later write of that attempt is a late one.
-ENDS_ATTEMPT = frozenset({"retrying", "requeued"})
+ENDS_ATTEMPT = frozenset({"retrying", "requeued", "suspended"})
+#: Events the API or a sweeper appends to a pending task: they carry the current attempt's
+#: number, though that attempt is over (a cancel, a concurrency-limit wait, a resumed wait).
+PENDING_EVENTS = frozenset({"cancelled", "waiting", "resumed"})
 #: The idempotency keys of the tasks a cron schedule fires: schedule:<id>:<slot>.
 SCHEDULE_KEY = "schedule:"
 
@@ -39,7 +43,43 @@ def check_all(snap: Snapshot, specs: list[TaskSpec], follows: list[Follow],
             gap_free(snap), outcomes(snap, specs), poison_pills(snap, lost),
             clients_exactly_once(snap, follows), clients_only_durable(snap, follows),
             not_before_run_at(snap), schedule_slots_once(snap),
-            limits_held(snap, {LIMITED: LIMIT}, {LIMITED: KEY_LIMIT})]
+            limits_held(snap, {LIMITED: LIMIT}, {LIMITED: KEY_LIMIT}),
+            steps_once(snap), waits_resume_once(snap)]
+
+
+def steps_once(snap: Snapshot) -> Check:
+    """A completed step is never executed again: no attempt after the one that recorded it
+    began it (an attempt that died inside a step may run it again: that one was not
+    completed). And every step a completed chaos task recorded did run."""
+    c = Check("no completed durable step ran again")
+    for (tid, step), attempt in snap.steps.items():
+        c.checked += 1
+        ran = snap.step_runs.get((tid, step), [])
+        if attempt not in ran and not step.startswith("wait:"):
+            c.violations.append(f"task {tid}: step {step!r} recorded by attempt {attempt}, "
+                                f"which never ran it (ran: {ran})")
+        later = [a for a in ran if a > attempt]
+        if later:
+            c.violations.append(f"task {tid}: step {step!r} completed by attempt {attempt} "
+                                f"but ran again in attempt(s) {later}")
+    return c
+
+
+def waits_resume_once(snap: Snapshot) -> Check:
+    """One signal resumes a suspended run at most once, and each suspension is followed by
+    at most one resume."""
+    c = Check("each wait resumed at most once per suspension")
+    for tid, evs in snap.events.items():
+        kinds = [e.type for e in evs if e.type in ("suspended", "resumed")]
+        if not kinds:
+            continue
+        c.checked += 1
+        for prev, cur in itertools.pairwise(kinds):
+            if prev == cur == "resumed":
+                c.violations.append(f"task {tid}: resumed twice after one suspension")
+        if kinds[0] == "resumed":
+            c.violations.append(f"task {tid}: resumed before it was ever suspended")
+    return c
 
 
 def not_before_run_at(snap: Snapshot) -> Check:
@@ -114,10 +154,8 @@ def fencing(snap: Snapshot) -> Check:
                     c.violations.append(f"task {tid} seq {e.seq}: attempt {e.attempt} "
                                         f"started after attempt {newest}")
                 newest = max(newest, e.attempt)
-            elif e.attempt in ended and not (e.type in ("cancelled", "waiting")
+            elif e.attempt in ended and not (e.type in PENDING_EVENTS
                                              and prev_status == "pending"):
-                # (the API may cancel a pending task, and a task over a concurrency limit
-                # waits while pending: those events carry the current attempt, no attempt's)
                 end = ended[e.attempt]
                 c.violations.append(
                     f"task {tid} seq {e.seq}: '{e.type}' of attempt {e.attempt} accepted "

@@ -23,6 +23,7 @@ from chaos.followers import Followers, Probe
 from chaos.leases import losses
 from chaos.report import render
 from chaos.snapshot import snapshot
+from chaos.tasktypes import STEP_RUNS_DDL
 from chaos.workload import TaskSpec, make_specs, submit_all
 from taskstream.core.db import create_pool
 
@@ -84,6 +85,7 @@ async def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] = print) -> Res
             f"{cfg.webs} web, {cfg.workers} workers in {root}")
         await dep.start()
         pool = await create_pool(dep.database_url, min_size=0, max_size=4)
+        await pool.execute(STEP_RUNS_DDL)
         api = Api(dep.urls, rng)
         try:
             # A hard bound on the whole run, whatever hangs: the window, the drain, the

@@ -1,7 +1,7 @@
 """What PostgreSQL holds after the run: every task row and every event, read once."""
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -47,6 +47,10 @@ class Snapshot:
     by_tenant_seq: dict[int, Ev]
     tenant_last_seq: int
     schedules: dict[str, Sched]
+    #: (task, step) -> the attempt that completed it (task_steps)
+    steps: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: (task, step) -> the attempts that began executing it (chaos_step_runs)
+    step_runs: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
 
 async def snapshot(pool: asyncpg.Pool) -> Snapshot:
@@ -75,4 +79,9 @@ async def snapshot(pool: asyncpg.Pool) -> Snapshot:
     last = await pool.fetchval("SELECT coalesce(max(last_seq), 0) FROM tenants")
     fired = {str(r["schedule_id"]): Sched(r["cron"], r["timezone"], int(r["fired"]))
              for r in await pool.fetch("SELECT schedule_id, cron, timezone, fired FROM schedules")}
-    return Snapshot(tasks, dict(events), by_tseq, int(last), fired)
+    steps = {(str(r["task_id"]), r["name"]): int(r["attempt"])
+             for r in await pool.fetch("SELECT task_id, name, attempt FROM task_steps")}
+    step_runs: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for r in await pool.fetch("SELECT task_id, step, attempt FROM chaos_step_runs ORDER BY at"):
+        step_runs[(str(r["task_id"]), r["step"])].append(int(r["attempt"]))
+    return Snapshot(tasks, dict(events), by_tseq, int(last), fired, steps, dict(step_runs))

@@ -2,7 +2,7 @@
 chaos may legitimately lead it to, submitted with an Idempotency-Key at a steady pace.
 
 Kinds (share of the mix):
-    demo      40%  0.2-2 s in 2-8 steps                       -> completed
+    demo      28%  0.2-2 s in 2-8 steps                       -> completed
     long      12%  3-7 s in 5-12 steps (likely to lose a worker) -> completed
     retry     15%  fails its first 1-2 attempts, budget allows  -> completed after retrying
     dead       5%  fails every attempt, budget 1-3              -> failed (error): dead letter
@@ -10,6 +10,9 @@ Kinds (share of the mix):
     timeout    3%  3 s of work under a 1 s hard limit          -> failed (timeout)
     cancel     5%  3-6 s of work, cancelled after 0.2-3 s       -> cancelled (or completed)
     limited   10%  demo under a limit of 3, 2 per key (chaos.tasktypes) -> completed
+    steps      8%  2-6 durable steps of 0.2-1 s (chaos.tasktypes)  -> completed
+    approval   4%  a step, a wait for a signal sent 0.5-4 s after submission, a step
+                                                               -> completed with its payload
 
 Any kind may also end failed with reason ``worker_lost`` (lost with its worker ``max_crashes``
 times: the poison-pill rule), which is why that outcome is allowed everywhere.
@@ -28,14 +31,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chaos.api import Api
-from chaos.tasktypes import LIMITED
+from chaos.tasktypes import APPROVAL, LIMITED, STEPS
 
 Outcome = tuple[str, str | None]  # (status, failure_reason)
 WORKER_LOST: Outcome = ("failed", "worker_lost")
 COMPLETED: Outcome = ("completed", None)
 
-KINDS: list[tuple[str, int]] = [("demo", 40), ("long", 12), ("retry", 15), ("dead", 5),
-                                ("noop", 20), ("timeout", 3), ("cancel", 5), ("limited", 10)]
+KINDS: list[tuple[str, int]] = [("demo", 28), ("long", 12), ("retry", 15), ("dead", 5),
+                                ("noop", 20), ("timeout", 3), ("cancel", 5), ("limited", 10),
+                                ("steps", 8), ("approval", 4)]
 
 
 @dataclass(slots=True)
@@ -47,6 +51,7 @@ class TaskSpec:
     allowed: frozenset[Outcome]
     result: Any = None  # the result a completed task must carry
     cancel_after: float | None = None
+    signal_after: float | None = None  # approval: when to send its "go" signal
     task_id: str | None = None
     accepted_at: float | None = None
     replayed: bool = False  # a retried POST got the same task back (200)
@@ -79,6 +84,15 @@ def _spec(i: int, kind: str, rng: random.Random) -> TaskSpec:
         events = rng.randint(0, 40)
         return TaskSpec(i, kind, key, {"type": "noop", "params": {"events": events}}, done,
                         {"events": events})
+    if kind == "steps":
+        n = rng.randint(2, 6)
+        return TaskSpec(i, kind, key, {"type": STEPS, "params": {
+            "steps": n, "seconds": round(rng.uniform(0.2, 1.0), 2)}, "max_attempts": 3},
+            done, {"steps": n, "values": [j * j for j in range(n)]})
+    if kind == "approval":
+        return TaskSpec(i, kind, key, {"type": APPROVAL, "params": {
+            "seconds": round(rng.uniform(0.1, 1.0), 2)}}, done,
+            {"first": "draft", "payload": {"n": i}}, signal_after=round(rng.uniform(0.5, 4), 2))
     duration = round(rng.uniform(0.2, 2.0), 2)
     steps = rng.randint(2, 8)
     params: dict[str, Any] = {}
@@ -136,6 +150,8 @@ async def submit_all(api: Api, specs: list[TaskSpec], window: float, *, concurre
         on_accept(spec)
         if spec.cancel_after is not None:
             followups.append(asyncio.create_task(_cancel(api, spec)))
+        elif spec.signal_after is not None:
+            followups.append(asyncio.create_task(_signal(api, spec)))
         elif spec.n % 5 == 0:
             followups.append(asyncio.create_task(_snapshot(api, spec)))
 
@@ -150,6 +166,16 @@ async def _cancel(api: Api, spec: TaskSpec) -> None:
     resp = await api.request("POST /tasks/{id}/cancel", "POST", f"/tasks/{spec.task_id}/cancel")
     if resp is not None and resp.status_code not in (200, 409):
         spec.notes.append(f"cancel answered {resp.status_code}: {resp.text[:200]}")
+
+
+async def _signal(api: Api, spec: TaskSpec) -> None:
+    """Send the approval's signal; a retried POST whose first try got through is a 409."""
+    assert spec.signal_after is not None
+    await asyncio.sleep(spec.signal_after)
+    resp = await api.request("POST /tasks/{id}/signals/{name}", "POST",
+                             f"/tasks/{spec.task_id}/signals/go", json={"n": spec.n})
+    if resp is None or resp.status_code not in (202, 409):
+        spec.notes.append(f"signal answered {resp.status_code if resp else 'nothing'}")
 
 
 async def _snapshot(api: Api, spec: TaskSpec) -> None:

@@ -117,7 +117,7 @@ async def receive_upload(request: Request, pool: store.Executor, owner: str, *,
     idx = 0
     in_file = False
 
-    async with store._tx(pool) as conn:
+    async with store.transaction(pool) as conn:
         async def flush(final: bool = False) -> None:
             # Fixed-size chunks, so a reader can seek by index; the last may be shorter.
             nonlocal idx

@@ -42,6 +42,15 @@ class PermanentError(Exception):
     """Raised by task code for failures a retry cannot fix (bad input, a corrupt file)."""
 
 
+class StepOrderError(PermanentError):
+    """``ctx.step``: a step name used twice in one run, or steps asked for in another order
+    than the run's record (the task's code changed under a resumed run). No retry."""
+
+
+class WaitTimeout(PermanentError):
+    """``ctx.wait_for(..., on_timeout="fail")``: no signal came before the timeout."""
+
+
 class Priority(StrEnum):
     """A high task starts before every normal or low one waiting; low waits for the rest."""
 

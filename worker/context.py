@@ -11,19 +11,40 @@ cancelled or re-run elsewhere) surfaces as ``AttemptSuperseded`` at the next rep
 """
 
 import asyncio
+import inspect
 import json
 import time
+import uuid
 from collections import deque
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import asyncpg
+from pydantic import BaseModel
 
-from taskstream.context import AttemptSuperseded, SoftTimeLimitExceeded
-from taskstream.core import store
+from taskstream.context import AttemptSuperseded, SoftTimeLimitExceeded, TextStream
+from taskstream.core import store, store_steps
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import NewEvent
 from taskstream.core.settings import Settings
 from taskstream.core.states import EventType, Outcome
+from taskstream.declaration import StepOrderError, WaitTimeout
+
+#: Step names are labels on the stream and keys of the record; a wait's step is "wait:<name>".
+MAX_STEP_NAME = 200
+WAIT_STEP_PREFIX = "wait:"
+
+
+class Suspend(BaseException):
+    """Raised by ``wait_for`` to park the run; the runtime turns it into a ``suspended`` event.
+    A BaseException, so that task code's ``except Exception`` does not swallow it."""
+
+    def __init__(self, name: str, deadline: datetime | None) -> None:
+        super().__init__(name)
+        self.name = name
+        self.deadline = deadline
 
 
 class WorkerContext:
@@ -44,6 +65,10 @@ class WorkerContext:
         self._pending: deque[asyncio.Future[store.Appended]] = deque()
         self._soft_deadline = time.monotonic() + soft_timeout if soft_timeout else None
         self.soft_timed_out = False
+        self._tid = uuid.UUID(task_id)
+        self._record: dict[int, store_steps.StepRecord] | None = None  # loaded on first use
+        self._next_step = 0
+        self._step_names: set[str] = set()
 
     @property
     def current_progress(self) -> float:
@@ -64,6 +89,96 @@ class WorkerContext:
     async def partial(self, data: Any, message: str | None = None) -> None:
         """Partial results (say, the first summaries of a hundred) as they become ready."""
         await self._emit(EventType.PARTIAL, data=data, message=message)
+
+    async def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A durable step (see ``taskstream.TaskContext.step``)."""
+        idx, recorded = await self._claim_step(name)
+        if recorded is not None:
+            return recorded.result
+        await self._emit(EventType.STEP_STARTED, data={"step": name, "index": idx})
+        started = datetime.now(UTC)
+        if inspect.iscoroutinefunction(fn):
+            out: Any = await fn(*args, **kwargs)
+        else:
+            out = await asyncio.to_thread(fn, *args, **kwargs)
+            if inspect.isawaitable(out):
+                out = await out
+        result = _json_roundtrip(out, name)
+        await self._record_step(idx, name, result, started)
+        await self._emit(EventType.STEP_COMPLETED, data={"step": name, "index": idx})
+        return result
+
+    async def wait_for(self, name: str, *, timeout: float | None = None,  # noqa: ASYNC109
+                       on_timeout: Literal["fail", "continue"] = "fail") -> Any:
+        """Wait for a signal (see ``taskstream.TaskContext.wait_for``)."""
+        if on_timeout not in ("fail", "continue"):
+            raise ValueError(f"on_timeout must be 'fail' or 'continue', got {on_timeout!r}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        step_name = WAIT_STEP_PREFIX + name
+        idx, recorded = await self._claim_step(step_name)
+        if recorded is not None:
+            return _wait_payload(recorded.result)
+        state = await store_steps.begin_wait(self.pool, self._tid, name, timeout)
+        if state.signalled:
+            outcome: dict[str, Any] = {"signal": name, "payload": state.payload}
+        elif state.deadline is not None and state.deadline <= state.now:
+            if on_timeout == "fail":
+                await store_steps.reset_wait(self.pool, self._tid, name)  # a re-drive waits anew
+                raise WaitTimeout(f"no signal {name!r} within {timeout}s")
+            outcome = {"signal": name, "timed_out": True}
+        else:
+            await self.flush()  # what the run reported so far is durable before it parks
+            self._next_step = idx  # this wait is asked for again when the run resumes
+            self._step_names.discard(step_name)
+            raise Suspend(name, state.deadline)
+        await self._record_step(idx, step_name, outcome, datetime.now(UTC))
+        return _wait_payload(outcome)
+
+    def text_stream(self, name: str) -> AbstractAsyncContextManager[TextStream]:
+        """Text written as produced, recorded whole as one ``text`` event at the end."""
+        return self._text_stream(name)
+
+    @asynccontextmanager
+    async def _text_stream(self, name: str) -> AsyncIterator["RecordedText"]:
+        if not name or len(name) > MAX_STEP_NAME:
+            raise ValueError(f"a text stream's name is 1..{MAX_STEP_NAME} characters")
+        out = RecordedText()
+        yield out
+        text = out.text
+        await self._emit(EventType.TEXT, data={"stream": name, "text": text,
+                                               "length": len(text)})
+
+    async def _claim_step(self, name: str) -> tuple[int, store_steps.StepRecord | None]:
+        """The next step's index, and its record if an earlier attempt completed it."""
+        if not name or len(name) > MAX_STEP_NAME:
+            raise ValueError(f"a step's name is 1..{MAX_STEP_NAME} characters, got {name!r}")
+        if name in self._step_names:
+            raise StepOrderError(f"step {name!r} asked for twice in one run: names are unique")
+        if self._record is None:
+            self._record = {r.idx: r for r in
+                            await store_steps.recorded_steps(self.pool, self._tid)}
+        idx = self._next_step
+        self._next_step += 1
+        self._step_names.add(name)
+        rec = self._record.get(idx)
+        if rec is not None:
+            if rec.name != name:
+                raise StepOrderError(
+                    f"step {idx} is {name!r} in this run but {rec.name!r} in the record of "
+                    f"attempt {rec.attempt}: steps must be asked for in the same order")
+            return idx, rec
+        if any(r.name == name for r in self._record.values()):
+            raise StepOrderError(f"step {name!r} is recorded at another position than {idx}")
+        return idx, None
+
+    async def _record_step(self, idx: int, name: str, result: Any, started: datetime) -> None:
+        if not await store_steps.record_step(self.pool, self._tid, self.attempt, idx, name,
+                                             result, started):
+            raise AttemptSuperseded(
+                f"task {self.task_id} attempt {self.attempt}: step {name!r} not recorded")
+        assert self._record is not None
+        self._record[idx] = store_steps.StepRecord(idx, name, self.attempt, result)
 
     async def _emit(self, etype: EventType, *, progress: float | None = None,
                     message: str | None = None, data: Any = None) -> None:
@@ -98,6 +213,39 @@ class WorkerContext:
                 self._pending.clear()
                 raise AttemptSuperseded(
                     f"task {self.task_id} attempt {self.attempt}: {res.outcome}")
+
+
+class RecordedText:
+    """``ctx.text_stream``'s writer: keeps the text for the durable ``text`` event."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+
+    async def write(self, delta: str) -> None:
+        if not isinstance(delta, str):
+            raise TypeError(f"text_stream writes str, got {type(delta).__name__}")
+        self._parts.append(delta)
+
+    @property
+    def text(self) -> str:
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+
+def _json_roundtrip(value: Any, step: str) -> Any:
+    """The value as a later attempt will read it back from the record."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"step {step!r} returned a value that is not JSON: {exc}") from exc
+
+
+def _wait_payload(outcome: Any) -> Any:
+    """A resolved wait's record: the signal's payload, or None when it timed out."""
+    return None if outcome.get("timed_out") else outcome.get("payload")
 
 
 def _retrieve(fut: "asyncio.Future[Any]") -> None:

@@ -22,7 +22,7 @@ from arq.connections import ArqRedis
 from pydantic import BaseModel, ValidationError
 
 from taskstream.context import AttemptSuperseded, SoftTimeLimitExceeded
-from taskstream.core import queue, store
+from taskstream.core import queue, store, store_steps, waits
 from taskstream.core.batcher import Batcher
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import NewEvent
@@ -40,7 +40,7 @@ from taskstream.core.states import (
 from taskstream.core.tasktypes import Catalogue
 from taskstream.declaration import PermanentError, TaskDef
 from worker import limits
-from worker.context import WorkerContext
+from worker.context import Suspend, WorkerContext
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,8 @@ class Runtime:
             raise
         except AttemptSuperseded:
             return RunOutcome.SUPERSEDED
+        except Suspend as parked:
+            return await self._suspend(ctx, parked)
         except Exception as exc:
             if task_id in self._cancel_requested:
                 await self._terminal(ctx, EventType.CANCELLED, error="cancelled by request")
@@ -196,6 +198,23 @@ class Runtime:
                                     FailureReason.ERROR)
         await self._terminal(ctx, EventType.COMPLETED, result=payload)
         return RunOutcome.COMPLETED
+
+    async def _suspend(self, ctx: WorkerContext, parked: Suspend) -> RunOutcome:
+        """Park the run (``ctx.wait_for``): the task goes back to pending with no job queued,
+        and the signal or the sweeper (at the deadline) queues it again."""
+        deadline = parked.deadline.isoformat() if parked.deadline else None
+        res = await self._append(ctx.owner, ctx.task_id, EventType.SUSPENDED,
+                                 attempt=ctx.attempt,
+                                 message=f"waiting for signal {parked.name!r}",
+                                 data={"signal": parked.name, "deadline": deadline})
+        if res.outcome != Outcome.OK:
+            return RunOutcome.SUPERSEDED
+        tid = uuid.UUID(ctx.task_id)
+        if await store_steps.suspend_wait(self.pool, tid, parked.name):
+            # The signal came while this run was parking; its sender saw no suspended run.
+            await waits.resume(self.pool, self.eventlog, self.arq, self.settings, tid,
+                               parked.name)
+        return RunOutcome.SUSPENDED
 
     async def _failed_attempt(self, ctx: WorkerContext, task: store.Task,
                               spec: TaskDef[Any, Any],

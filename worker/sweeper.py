@@ -8,7 +8,8 @@
   fences every late write of the old one) or, after ``max_crashes``, failed as
   ``worker_lost``; a pending task whose job is missing from the queue (a web process died
   between insert and enqueue, or Redis lost its data) is enqueued again under its
-  deterministic job id, so two sweepers cannot enqueue it twice.
+  deterministic job id, so two sweepers cannot enqueue it twice — unless it is suspended in
+  ``ctx.wait_for`` on purpose; a suspended run whose wait timed out is queued again.
 """
 
 import asyncio
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import asyncpg
 from arq.connections import ArqRedis
 
-from taskstream.core import queue, store
+from taskstream.core import queue, store, store_steps, waits
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import NewEvent
 from taskstream.core.pending import append_pending
@@ -38,6 +39,7 @@ class SweepReport:
     requeued: int = 0
     failed: int = 0
     reenqueued: int = 0
+    resumed: int = 0
 
 
 async def heartbeat_once(pool: asyncpg.Pool, runtime: Runtime, settings: Settings) -> int:
@@ -100,6 +102,10 @@ async def sweep_once(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
                     report.reenqueued += 1
                 break
     report.failed += await fail_unknown_types(pool, eventlog, settings)
+    for waiting, name, _owner in await store_steps.due_waits(pool):
+        # A suspended run's wait timed out: run it again; its wait_for times out there.
+        report.resumed += await waits.resume(pool, eventlog, arq, settings, waiting, name,
+                                             timed_out=True)
     if report.requeued or report.failed or report.reenqueued:
         log.warning("sweep: %s", report)
     return report

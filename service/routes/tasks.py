@@ -20,6 +20,7 @@ from service.schemas import (
 )
 from service.tasks import cancel, parse_task_id, redrive, task_json
 from taskstream.core import store_llm, store_read
+from taskstream.core.models import StepRead
 from taskstream.core.states import Status
 
 router = APIRouter()
@@ -110,6 +111,17 @@ async def task_events(
         raise NotFound(f"task {task_id!r} not found")
     return EventPage(items=events,
                      next_after=events[-1].seq if len(events) == limit else None)
+
+
+@router.get("/tasks/{task_id}/steps", response_model=list[StepRead], responses=ERRORS,
+            tags=["tasks"])
+async def task_steps(task_id: str, res: Res, owner: Owner) -> list[StepRead]:
+    """The task's completed durable steps (``ctx.step``), in run order, with their results
+    and the attempt that completed each: what a retry or a re-drive will not run again."""
+    steps = await store_read.task_steps(res.engine, parse_task_id(task_id), owner)
+    if steps is None:
+        raise NotFound(f"task {task_id!r} not found")
+    return steps
 
 
 @router.post("/tasks/{task_id}/cancel", response_model=TaskRead, responses=ERRORS,

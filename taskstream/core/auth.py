@@ -16,6 +16,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from taskstream.core.ttlcache import TtlCache
 
@@ -89,8 +90,10 @@ def check_ticket(signing_key: bytes, ticket: str, scope: str) -> str | None:
     want = _b64(hmac.new(signing_key, body.encode(), hashlib.sha256).digest())
     if not hmac.compare_digest(want, sig):
         return None
+    claims = ticket_claims(body)
+    if claims is None:
+        return None
     try:
-        claims = json.loads(_unb64(body))
         tenant, granted, expires = str(claims["t"]), str(claims["s"]), int(claims["e"])
     except (ValueError, KeyError, TypeError):
         return None
@@ -107,3 +110,13 @@ class KeyCache(TtlCache[str, Principal]):
 
     def put(self, key: str, value: Principal) -> None:
         super().put(hash_secret(key), value)
+
+
+def ticket_claims(body: str) -> dict[str, Any] | None:
+    """A ticket body's claims, NOT verified (to learn which scope to verify it for)."""
+    try:
+        claims = json.loads(_unb64(body))
+    except (ValueError, TypeError):
+        return None
+    return claims if isinstance(claims, dict) else None
+

@@ -201,6 +201,44 @@ class DocumentChunk(SQLModel, table=True):
     embedding: list[float] = Field(sa_type=ARRAY(REAL))
 
 
+# --- durable steps and waits (ctx.step, ctx.wait_for) -----------------------------------------
+
+class StepBase(SQLModel):
+    """A completed durable step, as recorded and as ``GET /tasks/{id}/steps`` shows it."""
+
+    idx: int = Field(primary_key=True, sa_type=Integer)  # order within the run, from 0
+    name: str = Field(sa_type=Text)
+    attempt: int = Field(sa_type=Integer)  # the attempt that completed it
+    result: Any = Field(default=None, sa_type=JSONB, nullable=True)
+    started_at: datetime = Field(sa_type=TIMESTAMPTZ)
+    finished_at: datetime = Field(sa_type=TIMESTAMPTZ)
+
+
+class TaskStep(StepBase, table=True):
+    __tablename__ = "task_steps"
+
+    task_id: uuid.UUID = Field(primary_key=True, foreign_key="tasks.task_id")
+
+
+class StepRead(StepBase):
+    pass
+
+
+class TaskWait(SQLModel, table=True):
+    """A run's wait for a signal, or a signal that came first (migration 095)."""
+
+    __tablename__ = "task_waits"
+
+    task_id: uuid.UUID = Field(primary_key=True, foreign_key="tasks.task_id")
+    name: str = Field(primary_key=True, sa_type=Text)
+    suspended: bool = Field(sa_type=Boolean)
+    deadline: datetime | None = Field(sa_type=TIMESTAMPTZ)
+    payload: Any = Field(default=None, sa_type=JSONB, nullable=True)
+    signalled_at: datetime | None = Field(sa_type=TIMESTAMPTZ)
+    resumed_at: datetime | None = Field(sa_type=TIMESTAMPTZ)
+    created_at: datetime = Field(sa_type=TIMESTAMPTZ)
+
+
 # --- tenancy ---------------------------------------------------------------------------------
 
 class ApiKey(SQLModel, table=True):

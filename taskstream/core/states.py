@@ -34,6 +34,11 @@ class EventType(StrEnum):
     CANCELLED = "cancelled"
     REDRIVEN = "redriven"
     WAITING = "waiting"  # over a concurrency limit: stays pending, runs when a slot frees
+    STEP_STARTED = "step_started"  # ctx.step: a durable step begins (data: step, index)
+    STEP_COMPLETED = "step_completed"  # ... and its result is recorded
+    TEXT = "text"  # ctx.text_stream: a stream of text (model output) ended; data: its full text
+    SUSPENDED = "suspended"  # ctx.wait_for: the run gave up its slot until a signal (or timeout)
+    RESUMED = "resumed"  # the signal (or the timeout) came: the run is queued again
 
 
 #: For each event type: (statuses the task may be in, status it moves to; None = unchanged).
@@ -51,6 +56,11 @@ TRANSITIONS: Final[dict[EventType, tuple[frozenset[Status], Status | None]]] = {
     EventType.CANCELLED: (frozenset({Status.PENDING, Status.RUNNING}), Status.CANCELLED),
     EventType.REDRIVEN: (frozenset({Status.FAILED, Status.CANCELLED}), Status.PENDING),
     EventType.WAITING: (frozenset({Status.PENDING}), Status.PENDING),
+    EventType.STEP_STARTED: (frozenset({Status.RUNNING}), None),
+    EventType.STEP_COMPLETED: (frozenset({Status.RUNNING}), None),
+    EventType.TEXT: (frozenset({Status.RUNNING}), None),
+    EventType.SUSPENDED: (frozenset({Status.RUNNING}), Status.PENDING),
+    EventType.RESUMED: (frozenset({Status.PENDING}), Status.PENDING),
 }
 
 
@@ -72,6 +82,7 @@ class RunOutcome(StrEnum):
     CANCELLED = "cancelled"
     RETRYING = "retrying"
     WAITING = "waiting"  # over a concurrency limit; a later job starts it
+    SUSPENDED = "suspended"  # waits for a signal; the signal (or its timeout) re-queues it
     SUPERSEDED = "superseded"  # another attempt took over meanwhile
     NOT_OURS = "not_ours"  # cancelled while queued, or another worker holds it
     MISSING = "missing"  # the job names no task

@@ -122,8 +122,10 @@ _TASK_COLS = """task_id, owner, task_type, params, status, progress, message, re
     finished_at, idempotency_key, request_hash, failures, crashes, failure_reason, options"""
 
 
-#: Events a running attempt reports that change no status: ts_append's typed fast path.
-_FAST_TYPES = frozenset({EventType.PROGRESS, EventType.LOG, EventType.PARTIAL})
+#: Events a running attempt reports that change no status: ts_append's typed fast path
+#: (it sets the row's message from progress events only).
+_FAST_TYPES = frozenset({EventType.PROGRESS, EventType.LOG, EventType.PARTIAL,
+                         EventType.STEP_STARTED, EventType.STEP_COMPLETED, EventType.TEXT})
 
 
 async def append_events(pool: asyncpg.Pool, events: Sequence[NewEvent]) -> list[Appended]:
@@ -462,7 +464,7 @@ async def store_document_chunks(
 ) -> None:
     """Replace a task's chunks (a retried attempt rewrites them, never duplicates)."""
     tid = uuid.UUID(task_id)
-    async with _tx(db) as conn:
+    async with transaction(db) as conn:
         await conn.execute("DELETE FROM document_chunks WHERE task_id = $1", tid)
         await conn.executemany(
             """INSERT INTO document_chunks (task_id, chunk_index, page, content, embedding)
@@ -471,8 +473,9 @@ async def store_document_chunks(
         )
 
 
-class _tx:
-    """``async with _tx(pool_or_conn) as conn``: a transaction on a pooled or given connection."""
+class transaction:
+    """``async with transaction(pool_or_conn) as conn``: a transaction on a pooled or given
+    connection."""
 
     def __init__(self, db: Executor) -> None:
         self._db = db
@@ -543,12 +546,15 @@ async def expired_leases(db: Executor, limit: int = 100) -> list[Lost]:
 
 async def stale_pending(db: Executor, older_than: float, limit: int = 500
                         ) -> list[tuple[str, int, dict[str, Any]]]:
-    """Pending tasks untouched for a while: (task_id, last_seq, options) — their job id's
+    """Pending tasks untouched for a while, but for those suspended in ``ctx.wait_for``
+    (they have no job on purpose): (task_id, last_seq, options) — their job id's
     parts, and the priority and start time their job is queued with. Those due first: tasks
     delayed far ahead (their jobs rightly waiting) must not fill the batch every pass."""
     rows = await db.fetch(
         """SELECT task_id, last_seq, options FROM tasks
            WHERE status = 'pending' AND updated_at < now() - make_interval(secs => $1)
+             AND NOT EXISTS (SELECT 1 FROM task_waits w WHERE w.task_id = tasks.task_id
+                             AND w.suspended AND w.resumed_at IS NULL)
            ORDER BY greatest(updated_at, (options->>'run_at')::timestamptz) LIMIT $2""",
         older_than, limit,
     )
@@ -590,7 +596,7 @@ async def flush_and_find(db: Executor, keys: Sequence[tuple[str, int]]
 
 async def announce_worker_types(db: Executor, worker_id: str, versions: dict[str, str]) -> None:
     """A worker's rows, replaced: (task type, schema hash) for each type it loads."""
-    async with _tx(db) as conn:
+    async with transaction(db) as conn:
         await conn.execute("DELETE FROM worker_types WHERE worker_id = $1", worker_id)
         await conn.executemany(
             "INSERT INTO worker_types (worker_id, task_type, schema_hash) VALUES ($1, $2, $3)",
@@ -666,7 +672,7 @@ async def fire_due_schedules(pool: asyncpg.Pool, planner: Planner, limit: int = 
     tasks and advance them, all in one transaction: a slot fires once across all workers.
     Returns (schedules claimed, the created tasks with their events: flush/publish, then
     enqueue them)."""
-    async with _tx(pool) as conn:
+    async with transaction(pool) as conn:
         # The database's clock, one for every worker.
         rows = await conn.fetch(
             """SELECT schedule_id, owner, task_type, params, cron, timezone, misfire,

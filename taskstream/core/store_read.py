@@ -27,9 +27,11 @@ from taskstream.core.models import (
     EventRead,
     Schedule,
     ScheduleRead,
+    StepRead,
     Task,
     TaskEvent,
     TaskRead,
+    TaskStep,
 )
 from taskstream.core.states import EventType, Status
 
@@ -137,6 +139,19 @@ async def task_events(engine: AsyncEngine, task_id: uuid.UUID, owner: str, after
             await s.exec(select(func.ts_flush()))
             await s.commit()  # the flush waits at COMMIT; a rollback would not wait
         return events
+
+
+async def task_steps(engine: AsyncEngine, task_id: uuid.UUID, owner: str
+                     ) -> list[StepRead] | None:
+    """The owner's task's recorded durable steps, in run order; None: no such task."""
+    async with _session(engine) as s:
+        found = (await s.exec(
+            select(Task.task_id).where(Task.task_id == task_id, Task.owner == owner)
+        )).first()
+        if found is None:
+            return None
+        return [StepRead.model_validate(r, from_attributes=True) for r in await s.exec(
+            select(TaskStep).where(TaskStep.task_id == task_id).order_by(col(TaskStep.idx)))]
 
 
 #: The lifecycle events a dead letter's history shows.
