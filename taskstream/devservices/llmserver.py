@@ -8,9 +8,12 @@ The "model" answers from the prompt it gets, so tests can predict every word:
 
 * a summary request (the system prompt mentions "summar"): ``Summary:`` then the first
   content words of the text after ``TEXT:``;
-* an agent's decision (the system prompt asks for ``SEARCH:``/``CALC:``/``ANSWER:``): an
+* an agent's final answer (the system prompt says "final answer"): ``Answer:`` and the last
+  observation's first words;
+* an agent's decision (the system prompt offers tools and ``ANSWER:``): an
   arithmetic question gets ``CALC: <expr>``, another ``SEARCH: <question>``; once the
-  transcript has an ``OBSERVATION``, ``ANSWER:`` and the observation's first words;
+  transcript has an ``OBSERVATION``, ``ANSWER:`` and the observation's first words (never,
+  when the question says "keep searching");
 * an agent's plan (the system prompt mentions "plan"): a fixed two-line plan;
 * anything else: the user's first words.
 
@@ -61,10 +64,14 @@ def answer(messages: list[dict[str, str]], max_tokens: int) -> list[str]:
     system = " ".join(m["content"] for m in messages if m["role"] == "system").lower()
     user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
     transcript = " ".join(m["content"] for m in messages if m["role"] != "system")
-    if "answer:" in system and "search:" in system:
+    if "final answer" in system:
+        obs = transcript.rsplit("OBSERVATION", 1)[1] if "OBSERVATION" in transcript else user
+        obs = obs.lstrip(": ").split("\n", 1)[0]
+        words = ["Answer:", *obs.replace(":", " ").split()[:8]]
+    elif "answer:" in system and "tool" in system:
         question = user.split("QUESTION:", 1)[-1].split("\n", 1)[0].strip()
-        if "OBSERVATION" in transcript:
-            obs = transcript.rsplit("OBSERVATION", 1)[1]
+        if "OBSERVATION" in transcript and "keep searching" not in question.lower():
+            obs = transcript.rsplit("OBSERVATION", 1)[1].lstrip(": ").split("\n", 1)[0]
             words = ["ANSWER:", *obs.replace(":", " ").split()[:8]]
         elif (m := _CALC.search(question)) is not None:
             words = ["CALC:", *m.group(0).split()]
