@@ -51,6 +51,8 @@ class Snapshot:
     steps: dict[tuple[str, str], int] = field(default_factory=dict)
     #: (task, step) -> the attempts that began executing it (chaos_step_runs)
     step_runs: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    #: (task, step, attempt) -> the tokens that model call cost (llm_usage)
+    usage: dict[tuple[str, str, int], int] = field(default_factory=dict)
 
 
 async def snapshot(pool: asyncpg.Pool) -> Snapshot:
@@ -84,4 +86,9 @@ async def snapshot(pool: asyncpg.Pool) -> Snapshot:
     step_runs: dict[tuple[str, str], list[int]] = defaultdict(list)
     for r in await pool.fetch("SELECT task_id, step, attempt FROM chaos_step_runs ORDER BY at"):
         step_runs[(str(r["task_id"]), r["step"])].append(int(r["attempt"]))
-    return Snapshot(tasks, dict(events), by_tseq, int(last), fired, steps, dict(step_runs))
+    usage = {(str(r["task_id"]), r["step"], int(r["attempt"])): int(r["tokens"])
+             for r in await pool.fetch("""SELECT task_id, step, attempt,
+                                                 prompt_tokens + completion_tokens AS tokens
+                                          FROM llm_usage""")}
+    return Snapshot(tasks, dict(events), by_tseq, int(last), fired, steps, dict(step_runs),
+                    usage)

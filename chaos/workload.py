@@ -13,6 +13,9 @@ Kinds (share of the mix):
     steps      8%  2-6 durable steps of 0.2-1 s (chaos.tasktypes)  -> completed
     approval   4%  a step, a wait for a signal sent 0.5-4 s after submission, a step
                                                                -> completed with its payload
+    agent      4%  the built-in agent (plan, a calculator call, answer) against the test
+                   model server, which rate-limits, errors and cuts streams -> completed
+                   with the right answer (its token count is checked against the record)
 
 Any kind may also end failed with reason ``worker_lost`` (lost with its worker ``max_crashes``
 times: the poison-pill rule), which is why that outcome is allowed everywhere.
@@ -39,7 +42,9 @@ COMPLETED: Outcome = ("completed", None)
 
 KINDS: list[tuple[str, int]] = [("demo", 28), ("long", 12), ("retry", 15), ("dead", 5),
                                 ("noop", 20), ("timeout", 3), ("cancel", 5), ("limited", 10),
-                                ("steps", 8), ("approval", 4)]
+                                ("steps", 8), ("approval", 4), ("agent", 4)]
+#: The agent's plan as the test model server writes it (taskstream.devservices.llmserver).
+AGENT_PLAN = "1. Look for what the question needs. 2. Answer from what was found."
 
 
 @dataclass(slots=True)
@@ -93,6 +98,14 @@ def _spec(i: int, kind: str, rng: random.Random) -> TaskSpec:
         return TaskSpec(i, kind, key, {"type": APPROVAL, "params": {
             "seconds": round(rng.uniform(0.1, 1.0), 2)}}, done,
             {"first": "draft", "payload": {"n": i}}, signal_after=round(rng.uniform(0.5, 4), 2))
+    if kind == "agent":
+        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        expr = f"{a} * {b} + 1"
+        # a cut stream fails the attempt (the durable steps before it are kept): room to retry
+        return TaskSpec(i, kind, key, {"type": "agent", "params": {
+            "question": f"What is {expr}?", "tools": ["calculator"]}, "max_attempts": 8},
+            done, {"answer": f"Answer: {a * b + 1}", "plan": AGENT_PLAN, "steps": [
+                {"tool": "calculator", "input": expr, "observation": str(a * b + 1)}]})
     duration = round(rng.uniform(0.2, 2.0), 2)
     steps = rng.randint(2, 8)
     params: dict[str, Any] = {}
