@@ -14,7 +14,7 @@ from typing import Any
 from chaos.followers import Follow
 from chaos.leases import Loss
 from chaos.snapshot import Ev, Row, Snapshot
-from chaos.tasktypes import KEY_LIMIT, LIMIT, LIMITED
+from chaos.tasktypes import APPROVAL, KEY_LIMIT, LIMIT, LIMITED, STEPS
 from chaos.workload import TaskSpec
 from taskstream.core.schedules import next_after
 
@@ -55,9 +55,8 @@ def steps_once(snap: Snapshot) -> Check:
     completed). And every step a completed chaos task recorded did run."""
     c = Check("no completed durable step ran again")
     for (tid, step), attempt in snap.steps.items():
-        row = snap.tasks.get(tid)
-        if row is not None and row.task_type == "agent":
-            continue  # no chaos_step_runs rows: agent_tokens checks its model steps
+        if snap.tasks[tid].task_type not in (STEPS, APPROVAL):
+            continue  # only chaos' own step types count their executions
         c.checked += 1
         ran = snap.step_runs.get((tid, step), [])
         if attempt not in ran and not step.startswith("wait:"):
