@@ -5,6 +5,7 @@ planning, calling a tool and answering, and failing clearly past its step or tok
 token usage per step, per run (the task's snapshot) and per tenant (GET /usage)."""
 
 import asyncio
+import importlib.util
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -194,3 +195,21 @@ def test_the_calculator_does_arithmetic_and_nothing_else() -> None:
     assert parse_action("Thinking...\nsearch: rivers of Europe") == ("search", "rivers of Europe")
     assert parse_action("The answer is 4.") == ("answer", "The answer is 4.")
 
+
+
+@pytest.mark.skipif(importlib.util.find_spec("taskstream.builtin.search") is None,
+                    reason="document search (issue 12) is not on this branch")
+async def test_the_agent_searches_the_callers_documents(api: httpx.AsyncClient) -> None:
+    r = await api.post("/upload", files={"file": ("harbour.txt", (
+        b"The harbour town lived on fishing. A railway reached the town in 1880, and fish "
+        b"reached the city markets fresh."), "text/plain")})
+    assert r.status_code == 202, r.text
+    stored = await wait_terminal(api, r.json()["task_id"], timeout=60)
+    assert stored["status"] == "completed", stored
+    done = await run(api, "agent", question="When did the railway reach the harbour town",
+                     tools=["search"])
+    assert done["status"] == "completed", done
+    (call,) = done["result"]["steps"]
+    assert call["tool"] == "search" and call["input"].startswith("When did the railway")
+    assert "[harbour.txt p.1]" in call["observation"] and "1880" in call["observation"]
+    assert done["result"]["answer"].startswith("Answer: [harbour.txt p.1]")
