@@ -60,3 +60,30 @@ async def test_a_consumer_that_stops_early_stops_the_generation(
     # the model is free again at once: the next completion runs (one at a time per model)
     out = await complete(model, MESSAGES, max_tokens=4)
     assert 0 < out.usage.completion_tokens <= 4
+
+
+async def test_a_worker_summarizes_with_the_local_model(
+        backing: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The whole path offline: a worker with TASKSTREAM_LLM_PROVIDER=local runs summarize,
+    streams the model's text and records its exact token counts."""
+    import httpx
+
+    from tests.cluster import drop_cluster, start_cluster
+    from tests.conftest import wait_terminal
+
+    c = await start_cluster(backing[0], backing[1], tmp_path_factory.mktemp("local"),
+                            workers=1, TASKSTREAM_LLM_PROVIDER="local",
+                            TASKSTREAM_LLM_LOCAL_THREADS="1")
+    try:
+        async with httpx.AsyncClient(base_url=c.web.url, timeout=30) as api:
+            r = await api.post("/tasks", json={"type": "summarize", "params": {
+                "text": MESSAGES[1]["content"].split("TEXT:\n", 1)[1], "max_tokens": 24}})
+            assert r.status_code == 202, r.text
+            done = await wait_terminal(api, r.json()["task_id"], timeout=180)
+            assert done["status"] == "completed", done
+            assert done["result"]["provider"] == "local" and done["result"]["summary"]
+            (call,) = done["usage"]["steps"]
+            assert call["model"] == "SmolLM2-135M-Instruct.Q4_1" and not call["estimated"]
+            assert 0 < call["completion_tokens"] <= 24
+    finally:
+        await drop_cluster(backing[0], c)
