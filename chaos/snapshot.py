@@ -84,8 +84,10 @@ async def snapshot(pool: asyncpg.Pool) -> Snapshot:
     steps = {(str(r["task_id"]), r["name"]): int(r["attempt"])
              for r in await pool.fetch("SELECT task_id, name, attempt FROM task_steps")}
     step_runs: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for r in await pool.fetch("SELECT task_id, step, attempt FROM chaos_step_runs ORDER BY at"):
-        step_runs[(str(r["task_id"]), r["step"])].append(int(r["attempt"]))
+    if await pool.fetchval("SELECT to_regclass('chaos_step_runs') IS NOT NULL"):  # chaos.run's
+        for r in await pool.fetch(
+                "SELECT task_id, step, attempt FROM chaos_step_runs ORDER BY at"):
+            step_runs[(str(r["task_id"]), r["step"])].append(int(r["attempt"]))
     usage = {(str(r["task_id"]), r["step"], int(r["attempt"])): int(r["tokens"])
              for r in await pool.fetch("""SELECT task_id, step, attempt,
                                                  prompt_tokens + completion_tokens AS tokens

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from service import errors, sse
 from service.deps import Resources
@@ -146,6 +147,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         res: Resources = app.state.resources
         return {"status": "ok", "hub_connected": res.hub.connected, "streams": res.hub.streams,
                 "auth": res.settings.auth}
+
+    # The dashboard's modules and stylesheet, served as written (no build step).
+    app.mount("/static", StaticFiles(packages=[("service", "static")]), name="static")
 
     @app.get("/", include_in_schema=False)
     async def dashboard() -> HTMLResponse:

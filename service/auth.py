@@ -7,7 +7,7 @@ seconds (``key_cache_seconds``), which bounds how late a revocation takes effect
 
 from typing import Annotated
 
-from fastapi import Depends, Query
+from fastapi import Depends, Header, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.deps import Res, Resources
@@ -79,8 +79,20 @@ Caller = Annotated[Principal, Depends(caller)]
 Admin = Annotated[Principal, Depends(admin)]
 
 
-async def _owner(principal: Caller) -> str:
-    return principal.tenant
+TenantHeader = Annotated[
+    str | None,
+    Header(alias="X-Tenant", min_length=1, max_length=200,
+           description="Admin keys only: act as this tenant (the dashboard's tenant picker). "
+                       "Another key may name only its own tenant."),
+]
+
+
+async def _owner(principal: Caller, x_tenant: TenantHeader = None) -> str:
+    if x_tenant is None or x_tenant == principal.tenant:
+        return principal.tenant
+    if not principal.is_admin:
+        raise Forbidden("only an admin key may act for another tenant (X-Tenant)")
+    return x_tenant
 
 
 Owner = Annotated[str, Depends(_owner)]

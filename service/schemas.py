@@ -4,6 +4,7 @@ A task's snapshot and an event are core.models' ``TaskRead`` and ``EventRead``, 
 classes the rows are defined by; the envelopes around them (pages, dead letters) live here.
 """
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -86,3 +87,54 @@ class TicketOut(BaseModel):
     ticket: str
     expires_in: float
     stream_url: str
+
+
+# --- the dashboard's reads (GET /stats/overview, GET /workers) --------------------------------
+
+class StatusCount(BaseModel):
+    tenant: str
+    type: str
+    status: str
+    count: int
+
+
+class QueueDepth(BaseModel):
+    type: str
+    pending: int
+    oldest_age_seconds: float | None = Field(
+        description="Age of the oldest pending task that is due; null: none is due yet.")
+
+
+class MinuteBucket(BaseModel):
+    minute: datetime
+    completed: int
+    failed: int
+    cancelled: int
+
+
+class StreamsOut(BaseModel):
+    scope: str = Field(description="Always 'process': each web process counts its own.")
+    open: int = Field(description="Streams this web process holds, every tenant.")
+    tenant_open: int = Field(description="Of those, the tenant's.")
+
+
+class OverviewOut(BaseModel):
+    tenant: str | None = Field(description="The tenant shown; null: every tenant (admin).")
+    now: datetime
+    counts: list[StatusCount]
+    queues: list[QueueDepth]
+    minutes: int
+    throughput: list[MinuteBucket]
+    workers_live: int
+    streams: StreamsOut
+
+
+class WorkerOut(BaseModel):
+    worker_id: str
+    last_heartbeat: datetime
+    heartbeat_age_seconds: float
+    live: bool = Field(description="Heartbeat within the lease: holds its tasks.")
+    running: int
+    version: str = Field(description="Short hash over the task types it loads and their "
+                                     "parameter schemas: workers that differ run other code.")
+    types: dict[str, str]

@@ -96,6 +96,9 @@ class WorkerContext:
         if recorded is not None:
             return recorded.result
         await self._emit(EventType.STEP_STARTED, data={"step": name, "index": idx})
+        # Durable before the step runs (with the previous step's step_completed): a step that
+        # ran, even in an attempt that died inside it, has its step_started on the record.
+        await self.flush()
         started = datetime.now(UTC)
         if inspect.iscoroutinefunction(fn):
             out: Any = await fn(*args, **kwargs)

@@ -1,6 +1,6 @@
 from fastapi import APIRouter
 
-from service.routes import schedules, signals, streams, tasks, uploads, usage
+from service.routes import dashboard, schedules, signals, streams, tasks, uploads, usage
 
 router = APIRouter()
 router.include_router(tasks.router)
@@ -8,4 +8,5 @@ router.include_router(streams.router)
 router.include_router(uploads.router)
 router.include_router(schedules.router)
 router.include_router(signals.router)
+router.include_router(dashboard.router)
 router.include_router(usage.router)

@@ -1,5 +1,6 @@
 """Task routes: submit, list, read, history, cancel, catalogue."""
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
@@ -57,13 +58,38 @@ async def list_tasks(
     type: Annotated[list[str] | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
+    created_after: Annotated[datetime | None, Query(
+        description="Only tasks created at or after this time (ISO 8601; UTC when it "
+                    "names no zone).")] = None,
+    created_before: Annotated[datetime | None, Query(
+        description="Only tasks created before this time.")] = None,
+    q: Annotated[str | None, Query(min_length=1, max_length=200, description=(
+        "Text found in the message or the error (case-insensitive, literal)."))] = None,
 ) -> TaskPage:
-    """The caller's tasks, newest first; follow ``next_cursor`` for the next page."""
-    return await _page(res, owner, status or [], type or [], limit, cursor)
+    """The caller's tasks, newest first; follow ``next_cursor`` (with the same filters) for
+    the next page."""
+    after, before = _utc(created_after), _utc(created_before)
+    if q is not None and "\x00" in q:
+        raise BadRequest("q must not contain NUL characters")
+    if after is not None and before is not None and after >= before:
+        raise BadRequest("created_after must be earlier than created_before")
+    return await _page(res, owner, status or [], type or [], limit, cursor,
+                       created_after=after, created_before=before, text=q)
+
+
+def _utc(when: datetime | None) -> datetime | None:
+    """In UTC (a time without a zone is taken as UTC); 400 for one UTC cannot hold."""
+    if when is None:
+        return None
+    try:
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except OverflowError:
+        raise BadRequest("time out of range") from None
 
 
 async def _page(res: Resources, owner: str, status: list[Status], types: list[str],
-                limit: int, cursor: str | None) -> TaskPage:
+                limit: int, cursor: str | None, *, created_after: datetime | None = None,
+                created_before: datetime | None = None, text: str | None = None) -> TaskPage:
     after = None
     if cursor:
         try:
@@ -71,7 +97,9 @@ async def _page(res: Resources, owner: str, status: list[Status], types: list[st
         except ValueError:
             raise BadRequest("malformed cursor; pass back next_cursor unchanged") from None
     tasks = await store_read.list_tasks(res.engine, owner, status=status, task_type=types,
-                                        limit=limit + 1, cursor=after)
+                                        limit=limit + 1, cursor=after,
+                                        created_after=created_after,
+                                        created_before=created_before, text=text)
     more = len(tasks) > limit
     tasks = tasks[:limit]
     return TaskPage(items=tasks,

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, insert, tuple_, update
 from sqlalchemy.exc import DBAPIError
@@ -23,6 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from taskstream.core.db import TRANSIENT_DB_ERRORS
 from taskstream.core.models import (
+    TIMESTAMPTZ,
     ApiKey,
     EventRead,
     Schedule,
@@ -32,6 +34,7 @@ from taskstream.core.models import (
     TaskEvent,
     TaskRead,
     TaskStep,
+    WorkerType,
 )
 from taskstream.core.states import EventType, Status
 
@@ -90,13 +93,27 @@ async def list_tasks(
     task_type: Sequence[str] = (),
     limit: int,
     cursor: tuple[datetime, uuid.UUID] | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    text: str | None = None,
 ) -> list[TaskRead]:
-    """Newest first, keyset pagination on (created_at, task_id) (index tasks_owner_created)."""
+    """Newest first, keyset pagination on (created_at, task_id) (index tasks_owner_created).
+
+    ``text``: a case-insensitive substring of the message or the error (matched literally:
+    ``%`` and ``_`` in it are not wildcards)."""
     q = select(Task).where(Task.owner == owner)
     if status:
         q = q.where(col(Task.status).in_(status))
     if task_type:
         q = q.where(col(Task.task_type).in_(task_type))
+    if created_after is not None:
+        q = q.where(col(Task.created_at) >= created_after)
+    if created_before is not None:
+        q = q.where(col(Task.created_at) < created_before)
+    if text:
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        q = q.where(col(Task.message).ilike(pattern, escape="\\")
+                    | col(Task.error).ilike(pattern, escape="\\"))
     if cursor is not None:
         q = q.where(tuple_(col(Task.created_at), col(Task.task_id)) < tuple_(*cursor))
     q = q.order_by(col(Task.created_at).desc(), col(Task.task_id).desc()).limit(limit)
@@ -229,3 +246,68 @@ async def get_schedule(engine: AsyncEngine, schedule_id: uuid.UUID, owner: str
         row = (await s.exec(select(Schedule).where(Schedule.schedule_id == schedule_id,
                                                    Schedule.owner == owner))).first()
         return ScheduleRead.model_validate(row) if row else None
+
+
+# --- the dashboard's overview ----------------------------------------------------------------
+
+def _scoped(q: Any, owner: str | None) -> Any:
+    return q if owner is None else q.where(Task.owner == owner)
+
+
+async def status_counts(engine: AsyncEngine, owner: str | None
+                        ) -> list[tuple[str, str, str, int]]:
+    """(tenant, task type, status, how many) now; owner None: every tenant."""
+    q = _scoped(select(Task.owner, Task.task_type, Task.status, func.count()), owner)
+    q = q.group_by(col(Task.owner), col(Task.task_type), col(Task.status))
+    async with _session(engine) as s:
+        return [(o, t, str(st), n) for o, t, st, n in await s.exec(q)]
+
+
+async def queue_depths(engine: AsyncEngine, owner: str | None
+                       ) -> list[tuple[str, int, float | None]]:
+    """Per task type: pending tasks, and the age in seconds of the oldest one that is due
+    (a delayed task waits for its ``run_at`` before it counts as waiting)."""
+    due = func.coalesce(Task.options["run_at"].astext.cast(TIMESTAMPTZ), Task.created_at)
+    age = func.extract("epoch", func.now() - func.min(due).filter(due <= func.now()))
+    q = _scoped(select(Task.task_type, func.count(), age)
+                .where(Task.status == Status.PENDING), owner)
+    q = q.group_by(col(Task.task_type)).order_by(col(Task.task_type))
+    async with _session(engine) as s:
+        return [(t, n, None if a is None else float(a)) for t, n, a in await s.exec(q)]
+
+
+async def finished_per_minute(engine: AsyncEngine, owner: str | None, minutes: int
+                              ) -> list[tuple[datetime, int, int, int]]:
+    """(minute, completed, failed, cancelled) for the minutes with finished tasks among the
+    last ``minutes``, oldest first."""
+    minute = func.date_trunc("minute", Task.finished_at)
+    q = _scoped(select(minute,
+                       func.count().filter(col(Task.status) == Status.COMPLETED),
+                       func.count().filter(col(Task.status) == Status.FAILED),
+                       func.count().filter(col(Task.status) == Status.CANCELLED))
+                .where(col(Task.finished_at) > func.now() - func.make_interval(0, 0, 0, 0, 0,
+                                                                                minutes)),
+                owner)
+    q = q.group_by(minute).order_by(minute)
+    async with _session(engine) as s:
+        return [(m, c, f, x) for m, c, f, x in await s.exec(q)]
+
+
+async def workers(engine: AsyncEngine, seen_within: float
+                  ) -> list[tuple[str, datetime, dict[str, str], int]]:
+    """Workers whose heartbeat touched their row within ``seen_within`` seconds: (worker id,
+    last heartbeat, task type -> schema hash, tasks running on it now)."""
+    since = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seen_within)
+    async with _session(engine) as s:
+        rows = await s.exec(select(WorkerType).where(col(WorkerType.seen_at) > since))
+        found: dict[str, tuple[datetime, dict[str, str]]] = {}
+        for r in rows:
+            seen, types = found.setdefault(r.worker_id, (r.seen_at, {}))
+            types[r.task_type] = r.schema_hash
+            found[r.worker_id] = (max(seen, r.seen_at), types)
+        running = dict((await s.exec(
+            select(Task.worker_id, func.count())
+            .where(Task.status == Status.RUNNING, col(Task.worker_id).in_(list(found)))
+            .group_by(col(Task.worker_id)))).all()) if found else {}
+    return [(w, seen, types, running.get(w, 0))
+            for w, (seen, types) in sorted(found.items())]
