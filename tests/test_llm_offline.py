@@ -72,3 +72,10 @@ async def test_the_extractive_summarizer_summarizes_long_text_map_reduce() -> No
 async def test_the_agent_refuses_to_run_without_a_model() -> None:
     with pytest.raises(PermanentError, match="the agent needs a language model"):
         await agent.fn(Ctx(), AgentParams(question="What is 2 + 2?"))  # type: ignore[arg-type]
+
+
+async def test_a_provider_that_cannot_work_fails_without_retries() -> None:
+    ctx = Ctx()
+    ctx.settings = Settings(llm_provider="openai", llm_base_url="")
+    with pytest.raises(PermanentError, match="needs TASKSTREAM_LLM_BASE_URL"):
+        await summarize.fn(ctx, SummarizeParams(text="Some text."))  # type: ignore[arg-type]

@@ -22,13 +22,13 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from taskstream.builtin.llm.base import LLMError, Message, Usage
+from taskstream.builtin.llm.base import LLMRequestError, Message, Usage
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class LocalModelMissing(LLMError):
-    """The local-llm extra (or the model file) is not installed."""
+class LocalModelMissing(LLMRequestError):
+    """The local-llm extra (or the model file) is not installed: no retry helps."""
 
 
 def default_model_path() -> Path:

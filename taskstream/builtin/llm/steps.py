@@ -20,10 +20,14 @@ from taskstream.declaration import PermanentError
 
 
 def llm_for(ctx: TaskContext) -> LLM:
-    """The worker's provider, as its settings choose."""
+    """The worker's provider, as its settings choose; a configuration that cannot work
+    (``openai`` without a base URL) fails the task without retries."""
     from taskstream.builtin.llm import shared_llm
 
-    return shared_llm(cast(Any, ctx).settings)
+    try:
+        return shared_llm(cast(Any, ctx).settings)
+    except LLMRequestError as exc:
+        raise PermanentError(str(exc)) from exc
 
 
 async def model_step(ctx: TaskContext, name: str, messages: list[Message], *,
