@@ -36,6 +36,10 @@ class Sizes:
     scaleout_tasks: int
     scaleout_streams: int
     stream_rounds: int  # rounds of the (slower) many-stream scenarios
+    search_chunks: int = 2_000  # chunks in the store searched by the search scenario
+    search_texts: int = 300  # of which embedded for real (the rest mix those vectors)
+    search_queries: int = 50  # GET /search per round
+    search_docs: int = 3  # documents of ~20 chunks uploaded end to end
 
 
 SIZES: dict[str, Sizes] = {
@@ -49,12 +53,16 @@ SIZES: dict[str, Sizes] = {
                    events_per_task=100, latency_streams=(1, 1000, 5000), latency_seconds=5.0,
                    capacity_streams=10_000, waiting_streams=1000, waiting_window=5.0,
                    submission_requests=3000, submission_concurrency=(32,),
-                   scaleout_tasks=1000, scaleout_streams=200, stream_rounds=2),
+                   scaleout_tasks=1000, scaleout_streams=200, stream_rounds=2,
+                   search_chunks=100_000, search_texts=5_000, search_queries=500,
+                   search_docs=20),
     "full": Sizes(rounds=5, throughput_tasks=3000, submit_concurrency=50, event_tasks=300,
                   events_per_task=100, latency_streams=(1, 1000, 5000), latency_seconds=10.0,
                   capacity_streams=20_000, waiting_streams=1000, waiting_window=10.0,
                   submission_requests=10_000, submission_concurrency=(8, 32, 64),
-                  scaleout_tasks=3000, scaleout_streams=1000, stream_rounds=3),
+                  scaleout_tasks=3000, scaleout_streams=1000, stream_rounds=3,
+                  search_chunks=100_000, search_texts=10_000, search_queries=1000,
+                  search_docs=50),
 }
 
 

@@ -25,6 +25,14 @@ def set_token(token: str | None) -> None:
     _AUTH = f"Authorization: Bearer {token}\r\n" if token else ""
 
 
+def auth_headers() -> dict[str, str]:
+    """The bench's API key as a header, for clients other than ``HttpConn`` (httpx)."""
+    if not _AUTH:
+        return {}
+    name, _, value = _AUTH.strip().partition(": ")
+    return {name: value}
+
+
 class HttpConn:
     """One keep-alive HTTP/1.1 connection; requests in sequence (no pipelining)."""
 

@@ -47,13 +47,14 @@ class Api:
             self.server_errors.append(f"{route} -> {status}: {body[:300]}")
 
     async def request(self, route: str, method: str, url: str, *, patience: float = 90.0,
-                      json: Any = None, headers: dict[str, str] | None = None
-                      ) -> httpx.Response | None:
+                      json: Any = None, headers: dict[str, str] | None = None,
+                      files: Any = None) -> httpx.Response | None:
         """The first answer that is not a 503/429, or None if ``patience`` seconds ran out."""
         deadline = time.monotonic() + patience
         while True:
             try:
-                resp = await self.pick().request(method, url, json=json, headers=headers)
+                resp = await self.pick().request(method, url, json=json, headers=headers,
+                                                 files=files)
             except httpx.TransportError as exc:
                 self.record(route, CONNECTION_ERROR)
                 if time.monotonic() > deadline:

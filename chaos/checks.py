@@ -16,6 +16,7 @@ from chaos.leases import Loss
 from chaos.snapshot import Ev, Row, Snapshot
 from chaos.tasktypes import APPROVAL, KEY_LIMIT, LIMIT, LIMITED, STEPS
 from chaos.workload import TaskSpec
+from taskstream.core.constants import BATCH_TASK_TYPE
 from taskstream.core.schedules import next_after
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
@@ -46,7 +47,8 @@ def check_all(snap: Snapshot, specs: list[TaskSpec], follows: list[Follow],
             clients_exactly_once(snap, follows), clients_only_durable(snap, follows),
             not_before_run_at(snap), schedule_slots_once(snap),
             limits_held(snap, {LIMITED: LIMIT}, {LIMITED: KEY_LIMIT}),
-            steps_once(snap), waits_resume_once(snap), agent_tokens(snap, specs)]
+            steps_once(snap), waits_resume_once(snap), agent_tokens(snap, specs),
+            documents_stored_once(snap)]
 
 
 def steps_once(snap: Snapshot) -> Check:
@@ -66,6 +68,28 @@ def steps_once(snap: Snapshot) -> Check:
         if later:
             c.violations.append(f"task {tid}: step {step!r} completed by attempt {attempt} "
                                 f"but ran again in attempt(s) {later}")
+    return c
+
+
+def documents_stored_once(snap: Snapshot) -> Check:
+    """A document is stored whole or not at all, once, whatever the kills: a completed
+    document_process has as many chunks as its result says, each once, each with one vector
+    in one space; any other has none or (stored, then lost before completing) all of them."""
+    c = Check("every document's chunks and vectors stored once, whole")
+    for tid, row in snap.tasks.items():
+        if row.task_type != "document_process":
+            continue
+        c.checked += 1
+        chunks, distinct, vectors, spaces = snap.documents.get(tid, (0, 0, 0, 0))
+        whole = chunks == distinct == vectors and spaces <= 1
+        if row.status == "completed":
+            want = (row.result or {}).get("chunks")
+            if not (whole and chunks == want and spaces == 1):
+                c.violations.append(f"task {tid}: {chunks} chunks ({distinct} distinct), "
+                                    f"{vectors} vectors in {spaces} space(s); result says {want}")
+        elif not whole:
+            c.violations.append(f"task {tid} ({row.status}): {chunks} chunks, {distinct} "
+                                f"distinct, {vectors} vectors: half-written")
     return c
 
 
@@ -103,7 +127,8 @@ def accepted_terminal(snap: Snapshot, specs: list[TaskSpec]) -> Check:
     c = Check("every accepted task exists, once, in a terminal status")
     by_key: dict[str, list[Row]] = defaultdict(list)
     for r in snap.tasks.values():
-        by_key[r.key or ""].append(r)
+        if r.parent_id is None and r.task_type != BATCH_TASK_TYPE:  # batches: chaos/batches
+            by_key[r.key or ""].append(r)
     ours = {s.key for s in specs}
     for key, rows in by_key.items():
         if key not in ours and not key.startswith(SCHEDULE_KEY):

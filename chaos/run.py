@@ -14,7 +14,7 @@ from pathlib import Path
 
 import asyncpg
 
-from chaos import cron
+from chaos import batches, cron
 from chaos.api import Api
 from chaos.checks import Check, check_all
 from chaos.deployment import Deployment
@@ -39,6 +39,8 @@ class ChaosConfig:
     tenant_followers: int = 4
     patient_every: int = 4  # every n-th follower never hangs up by itself
     submit_share: float = 0.85
+    batches: int = 8  # POST /batches during the window, each of batch_size children
+    batch_size: int = 50
     drain_timeout: float = 120.0  # after the window, for every task to reach its end
     plan: FaultPlan = field(default_factory=FaultPlan)
     root: Path | None = None  # data dir and logs; a fresh temp dir by default
@@ -51,7 +53,8 @@ class ChaosConfig:
         plan = FaultPlan(kill_every=(1.0, 1.0), max_kills=1, kill_from=0.25,
                          redis_restart_at=0.45, redis_down=1.0, pg_stop_at=0.65, pg_down=2.0,
                          pg_crash_at=None, pause_at=None)
-        base = cls(tasks=60, workers=2, webs=1, duration=16.0, task_followers=6,
+        base = cls(tasks=60, workers=2, webs=1, duration=16.0, task_followers=6, batches=3,
+                   batch_size=10,
                    tenant_followers=2, patient_every=3, submit_share=0.8, drain_timeout=30.0,
                    plan=plan)
         return replace(base, **overrides)  # type: ignore[arg-type]
@@ -107,6 +110,7 @@ async def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] = print) -> Res
 async def _run(cfg: ChaosConfig, rng: random.Random, dep: Deployment, pool: asyncpg.Pool,
                api: Api, say: Callable[[str], None], t0: float) -> Result:
     specs = make_specs(cfg.tasks, rng)
+    batch_specs = batches.make_batches(cfg.batches, cfg.batch_size, rng)
     sampler = Sampler(pool)
     chaos = Chaos(dep, cfg.plan, sampler, rng)
     fol = Followers(api, rng, calm_since=dep.calm_since)
@@ -149,8 +153,11 @@ async def _run(cfg: ChaosConfig, rng: random.Random, dep: Deployment, pool: asyn
             tg.create_task(submit_all(api, specs, cfg.duration * cfg.submit_share,
                                       on_accept=accepted))
             tg.create_task(chaos.run(cfg.duration))
+            tg.create_task(batches.submit_batches(api, batch_specs,
+                                                  cfg.duration * cfg.submit_share))
         fol.stop_picking.set()
         ids = [s.task_id for s in specs if s.task_id]
+        ids += await batches.task_ids(pool, batch_specs)
         ids += await cron.stop(api, pool, schedule_id)
         say(f"chaos: window over at {time.time() - t0:.0f}s; waiting up to "
             f"{cfg.drain_timeout:.0f}s for {len(ids)} tasks to end")
@@ -169,6 +176,7 @@ async def _run(cfg: ChaosConfig, rng: random.Random, dep: Deployment, pool: asyn
     snap = await snapshot(pool)
     lost = losses(snap, dep.lives, sampler.owners, dep.faults)
     checks = check_all(snap, specs, fol.follows, lost)
+    checks.append(await batches.check_batches(pool, batch_specs))
     _dump(dep, specs, fol, chaos)
     title = (f"Taskstream chaos run ({_code_version()}): seed {cfg.seed}, {cfg.tasks} tasks, "
              f"{cfg.workers} workers, {cfg.webs} web, {cfg.duration:.0f}s window, "

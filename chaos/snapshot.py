@@ -31,6 +31,7 @@ class Row:
     run_at: float | None  # epoch seconds: a delayed task must not start before
     task_type: str = ""
     concurrency_key: str | None = None
+    parent_id: str | None = None  # a batch's child
 
 
 @dataclass(slots=True)
@@ -53,6 +54,8 @@ class Snapshot:
     step_runs: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     #: (task, step, attempt) -> the tokens that model call cost (llm_usage)
     usage: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    #: document_process task -> (chunks, distinct chunk indexes, vectors, vector spaces)
+    documents: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
 
 
 async def snapshot(pool: asyncpg.Pool) -> Snapshot:
@@ -60,11 +63,13 @@ async def snapshot(pool: asyncpg.Pool) -> Snapshot:
                                       idempotency_key, crashes,
                                       extract(epoch FROM (options->>'run_at')::timestamptz)
                                           ::float8 AS run_at,
-                                      task_type, options->>'concurrency_key' AS ckey
+                                      task_type, options->>'concurrency_key' AS ckey,
+                                      parent_id
                                FROM tasks""")
     tasks = {str(r["task_id"]): Row(str(r["task_id"]), r["status"], r["failure_reason"],
                                     r["result"], r["last_seq"], r["idempotency_key"],
-                                    r["crashes"], r["run_at"], r["task_type"], r["ckey"])
+                                    r["crashes"], r["run_at"], r["task_type"], r["ckey"],
+                                    str(r["parent_id"]) if r["parent_id"] else None)
              for r in rows}
     events: dict[str, list[Ev]] = defaultdict(list)
     by_tseq: dict[int, Ev] = {}
@@ -92,5 +97,12 @@ async def snapshot(pool: asyncpg.Pool) -> Snapshot:
              for r in await pool.fetch("""SELECT task_id, step, attempt,
                                                  prompt_tokens + completion_tokens AS tokens
                                           FROM llm_usage""")}
+    documents = {str(r["task_id"]): (r["chunks"], r["distinct"], r["vectors"], r["spaces"])
+                 for r in await pool.fetch(
+        """SELECT c.task_id, count(*) AS chunks, count(DISTINCT c.chunk_index) AS distinct,
+                  (SELECT count(*) FROM chunk_vectors v WHERE v.task_id = c.task_id) AS vectors,
+                  (SELECT count(DISTINCT space_id) FROM chunk_vectors v
+                    WHERE v.task_id = c.task_id) AS spaces
+             FROM document_chunks c GROUP BY c.task_id""")}
     return Snapshot(tasks, dict(events), by_tseq, int(last), fired, steps, dict(step_runs),
-                    usage)
+                    usage, documents)

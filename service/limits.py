@@ -138,7 +138,7 @@ class InflightGauge(TtlCache[str, int]):
     def __init__(self, ttl: float = 0.5) -> None:
         super().__init__(ttl)
 
-    def admitted(self, tenant: str) -> None:
+    def admitted(self, tenant: str, tasks: int = 1) -> None:
         count = self.get(tenant)
         if count is not None:
-            self.replace(tenant, count + 1)
+            self.replace(tenant, count + tasks)

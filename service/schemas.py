@@ -73,6 +73,24 @@ class UploadOut(BaseModel):
     links: Links
 
 
+class UploadChild(BaseModel):
+    task_id: str
+    status: str
+    upload_id: str
+    filename: str
+    size: int
+
+
+class BatchUploadOut(BaseModel):
+    """Several files: one batch (its parent's id is ``task_id``), a child per file."""
+
+    task_id: str
+    batch_id: str
+    status: str
+    links: Links
+    children: list[UploadChild]
+
+
 class ErrorOut(BaseModel):
     error: str
     detail: str
@@ -87,6 +105,22 @@ class TicketOut(BaseModel):
     ticket: str
     expires_in: float
     stream_url: str
+
+
+class SearchHitOut(BaseModel):
+    upload_id: str
+    filename: str
+    task_id: str = Field(description="The document_process task that stored the chunk.")
+    chunk_index: int
+    page: int | None
+    score: float = Field(description="Cosine similarity to the query, 1 = same direction.")
+    text: str
+
+
+class SearchOut(BaseModel):
+    query: str
+    k: int
+    hits: list[SearchHitOut]
 
 
 # --- the dashboard's reads (GET /stats/overview, GET /workers) --------------------------------

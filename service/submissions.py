@@ -44,18 +44,20 @@ class Submissions(Batcher[store.NewTask, Result]):
         self._catalogue = catalogue
         self._workers = workers
 
-    async def admit(self, owner: str) -> None:
-        """The per-tenant limits on submissions: 429 (+ Retry-After) when over."""
+    async def admit(self, owner: str, tasks: int = 1) -> None:
+        """The per-tenant limits on submissions: 429 (+ Retry-After) when over. A batch is
+        one request for the rate and ``tasks`` tasks for the in-flight limit."""
         limit = self._settings.max_inflight_per_tenant
         await self._rate.check(owner, self._settings.submit_rate_per_tenant)
         inflight = self._inflight.get(owner)
         if inflight is None:
             inflight = await store.inflight_count(self._pool, owner)
             self._inflight.put(owner, inflight)
-        if inflight >= limit:
-            raise TooManyRequests(f"{limit} tasks already pending or running; "
-                                  "wait for some to finish", retry_after=5)
-        self._inflight.admitted(owner)
+        if inflight + tasks > limit:
+            raise TooManyRequests(f"{inflight} tasks already pending or running, {tasks} more "
+                                  f"would pass the limit of {limit}; wait for some to finish",
+                                  retry_after=5)
+        self._inflight.admitted(owner, tasks)
 
     async def submit(self, owner: str, task_type: str, params: dict[str, Any],
                      idempotency_key: str | None, *, fingerprint: dict[str, Any] | None = None,
@@ -74,22 +76,31 @@ class Submissions(Batcher[store.NewTask, Result]):
             await self.admit(owner)
         options = options or {}
         digest = request_hash(task_type, {"p": fingerprint or clean, "o": options})
-        spec = self._catalogue[task_type]
-        try:  # stored with the task: the workers count running tasks by it
-            stored = with_concurrency_key(spec, clean, owner, options)
-        except ConcurrencyKeyError as exc:
-            raise Unprocessable(str(exc)) from None
-        task, created = await self._submit(store.NewTask(
-            owner=owner, task_type=task_type, params=clean,
-            max_attempts=options.get("max_attempts") or spec.max_attempts,
-            idempotency_key=idempotency_key, request_hash=digest if idempotency_key else None,
-            options=scheduled(stored, spec),
-        ))
+        item = self.new_task(owner, task_type, clean, options)
+        item.idempotency_key = idempotency_key
+        item.request_hash = digest if idempotency_key else None
+        task, created = await self._submit(item)
         if created is None:
             if task.request_hash != digest:
                 raise Conflict("Idempotency-Key was already used with a different request body")
             return task, False
         return task, True
+
+    def new_task(self, owner: str, task_type: str, clean: dict[str, Any],
+                 options: dict[str, Any]) -> store.NewTask:
+        """The row to insert for validated params: policy resolved, concurrency key kept."""
+        spec = self._catalogue[task_type]
+        try:  # stored with the task: the workers count running tasks by it
+            stored = with_concurrency_key(spec, clean, owner, options)
+        except ConcurrencyKeyError as exc:
+            raise Unprocessable(str(exc)) from None
+        return store.NewTask(owner=owner, task_type=task_type, params=clean,
+                             max_attempts=options.get("max_attempts") or spec.max_attempts,
+                             options=scheduled(stored, spec))
+
+    async def check_workers(self, task_type: str) -> None:
+        """422 when running workers load another version of the type (see WorkerTypes)."""
+        await self._workers.check(task_type, self._catalogue.version(task_type))
 
     def validate(self, task_type: str, params: dict[str, Any]) -> dict[str, Any]:
         """The params as the task type's model dumps them; 422 naming what is wrong."""

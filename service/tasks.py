@@ -6,7 +6,7 @@ from typing import Any
 
 from service.deps import Resources
 from service.errors import Conflict, NotFound, parse_id
-from taskstream.core import control, store
+from taskstream.core import control, store, store_batches
 from taskstream.core.events import NewEvent
 from taskstream.core.pending import append_pending
 from taskstream.core.states import EventType, Outcome, Status, is_terminal
@@ -63,6 +63,9 @@ async def redrive(res: Resources, owner: str, task_id: str) -> store.Task:
     """Run a failed or cancelled task again: same id, its history continues, a fresh attempt
     budget. Any other status is 409."""
     task = await load_task(res, owner, task_id)
+    if await store_batches.parent_of(res.pool, uuid.UUID(task.task_id)) is not None:
+        raise Conflict("this task belongs to a batch: retry the batch (POST /tasks/{parent}"
+                       "/retry), which re-runs its failed and cancelled children")
     if task.status not in (Status.FAILED, Status.CANCELLED):
         raise Conflict(f"task is {task.status}; only failed or cancelled tasks can be retried")
     done = await append_pending(res.eventlog, res.arq, res.settings, NewEvent(

@@ -22,6 +22,9 @@ from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from taskstream.core import store
 
 FILE_FIELD = "file"
+#: Several files may come as several ``file`` parts or, as in the tutorial's
+#: ``/batch-process``, as ``files``.
+FILE_FIELDS = (FILE_FIELD, "files")
 MAX_FILENAME = 255
 #: Room for a 10 KB hostile filename, which we then truncate; beyond this it is a 400.
 MAX_PART_HEADER = 16 * 1024
@@ -95,6 +98,17 @@ class _Receiver:
 
 async def receive_upload(request: Request, pool: store.Executor, owner: str, *,
                          max_bytes: int, chunk_bytes: int) -> UploadResult:
+    """One file, in the field ``file``; a second file part is a 400."""
+    (result,) = await receive_uploads(request, pool, owner, max_bytes=max_bytes,
+                                      chunk_bytes=chunk_bytes, max_files=1)
+    return result
+
+
+async def receive_uploads(request: Request, pool: store.Executor, owner: str, *,
+                          max_bytes: int, chunk_bytes: int, max_files: int
+                          ) -> list[UploadResult]:
+    """Every file part (fields ``file`` or ``files``) stored in ONE transaction: all of them
+    or none. ``max_bytes`` bounds the whole request; an empty file is a 400 naming it."""
     ctype, opts = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in opts:
         raise UnsupportedMediaType("send the file as multipart/form-data in a field named 'file'")
@@ -109,11 +123,11 @@ async def receive_upload(request: Request, pool: store.Executor, owner: str, *,
         "on_headers_finished": rx.on_headers_finished, "on_part_data": rx.on_part_data,
         "on_part_end": rx.on_part_end,
     }, max_header_size=MAX_PART_HEADER)
-    upload_id = uuid.uuid4()
-    result: UploadResult | None = None
+    results: list[UploadResult] = []
     buf = bytearray()
     sha = hashlib.sha256()
-    size = 0
+    size = 0  # of the current file
+    total = 0  # of the request's files
     idx = 0
     in_file = False
 
@@ -122,9 +136,23 @@ async def receive_upload(request: Request, pool: store.Executor, owner: str, *,
             # Fixed-size chunks, so a reader can seek by index; the last may be shorter.
             nonlocal idx
             while len(buf) >= chunk_bytes or (final and buf):
-                await store.add_upload_chunk(conn, upload_id, idx, bytes(buf[:chunk_bytes]))
+                await store.add_upload_chunk(conn, results[-1].upload_id, idx,
+                                             bytes(buf[:chunk_bytes]))
                 del buf[:chunk_bytes]
                 idx += 1
+
+        async def finish() -> None:
+            nonlocal in_file
+            current = results[-1]
+            if size == 0:
+                which = "the uploaded file" if max_files == 1 else \
+                    f"file {len(results) - 1} ({current.filename!r})"
+                raise BadRequest(f"{which} is empty")
+            await flush(final=True)
+            current.size = size
+            current.sha256 = sha.hexdigest()
+            await store.finish_upload(conn, current.upload_id, size, current.sha256)
+            in_file = False
 
         try:
             async for piece in request.stream():
@@ -132,37 +160,37 @@ async def receive_upload(request: Request, pool: store.Executor, owner: str, *,
                 for kind, payload in rx.events:
                     if kind == "begin":
                         assert isinstance(payload, _Part)
-                        if payload.name != FILE_FIELD or payload.filename is None:
+                        if payload.name not in FILE_FIELDS or payload.filename is None:
                             continue
-                        if result is not None:
-                            raise BadRequest("one file per upload, in the field 'file'")
+                        if len(results) >= max_files:
+                            raise BadRequest("one file per upload, in the field 'file'"
+                                             if max_files == 1 else
+                                             f"at most {max_files} files per upload")
                         name = sanitize_filename(payload.filename)
+                        upload_id = uuid.uuid4()
                         await store.begin_upload(conn, owner, upload_id, name,
                                                  payload.content_type)
-                        result = UploadResult(upload_id, name, payload.content_type, 0)
+                        results.append(UploadResult(upload_id, name, payload.content_type, 0))
+                        sha = hashlib.sha256()
+                        size = idx = 0
                         in_file = True
                     elif kind == "data" and in_file:
                         assert isinstance(payload, bytes)
                         size += len(payload)
-                        if size > max_bytes:
+                        total += len(payload)
+                        if total > max_bytes:
                             raise PayloadTooLarge(f"upload exceeds the limit of {max_bytes} bytes")
                         sha.update(payload)
                         buf += payload
                         await flush()
                     elif kind == "end" and in_file:
-                        in_file = False
+                        await finish()
                 rx.events.clear()
             parser.finalize()
         except ValueError as exc:  # python-multipart's parse errors
             raise BadRequest(f"malformed multipart body: {exc}") from None
-        if result is None:
+        if not results:
             raise BadRequest("no file found: send it in a multipart field named 'file'")
         if in_file:
             raise BadRequest("multipart body ended inside the file part")
-        if size == 0:
-            raise BadRequest("the uploaded file is empty")
-        await flush(final=True)
-        await store.finish_upload(conn, upload_id, size, sha.hexdigest())
-    result.size = size
-    result.sha256 = sha.hexdigest()
-    return result
+    return results

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"throughput", "events", "latency", "capacity", "waiting", "submission", "scaleout",
-             "limits", "summaries"}
+             "limits", "summaries", "batches", "search"}
 
 
 @pytest.mark.timeout(1200)
@@ -49,7 +49,11 @@ def test_bench_tiny_runs_every_scenario_and_its_checks_hold(
                      "capacity 50 starlette: every stream reached the terminal event",
                      "capacity 50 lean: every stream reached the terminal event",
                      "waiting taskstream: every event received",
-                     "scale-out streams on web b: every event received"):
+                     "scale-out streams on web b: every event received",
+                     "batches submit 100: 202 and every child stored",
+                     "batches documents 5: each child's end on the parent stream once",
+                     "search documents: every document processed and its vectors stored",
+                     "search queries: every answer 200 with k hits"):
         assert expected in checks, sorted(checks)
     if "--no-celery" not in args:
         assert "throughput celery x1: every task done" in checks

@@ -229,20 +229,23 @@ async def test_cancel_and_retry(cli_env: dict[str, str], ts: AsyncClient) -> Non
         "failed", "redriven"]
 
 
-async def test_upload_files(cli_env: dict[str, str], tmp_path: Path) -> None:
+async def test_upload_files(cli_env: dict[str, str], tmp_path: Path, worker: WorkerProc) -> None:
     a, b = tmp_path / "a.txt", tmp_path / "b.md"
     a.write_bytes(WORDS * 10)
     b.write_bytes(b"# B\n\n" + WORDS * 5)
+    # Several files are one batch: a line per file, then the batch.
     r = await run(cli_env, "upload", str(a), str(b))
     assert r.code == 0
     rows = [line.split("\t") for line in r.lines]
     assert [row[1:] for row in rows] == [["a.txt", str(len(WORDS) * 10)],
-                                         ["b.md", str(len(WORDS) * 5 + 5)]]
+                                         ["b.md", str(len(WORDS) * 5 + 5)], ["batch", "2"]]
     r = await run(cli_env, "upload", str(a), str(b), "--follow")
     assert r.code == 0, r.err
     finals = [line for line in r.lines if " completed " in line]
-    assert len(finals) == 2 and len({line.split()[0] for line in finals}) == 2
-    assert all('"kind": "' in line for line in finals)
+    assert len(finals) == 3 and len({line.split()[0] for line in finals}) == 3
+    assert all('"kind": "' in line for line in finals[:2])  # a line per finished file
+    assert {finals[0].split()[2], finals[1].split()[2]} == {"a.txt", "b.md"}
+    assert "batch completed" in finals[2] and "2/2 ended: 2 completed" in finals[2]
     r = await run(cli_env, "upload", str(a), "--json")
     assert r.objects[0]["filename"] == "a.txt" and r.objects[0]["status"] == "pending"
     r = await run(cli_env, "upload", str(tmp_path / "missing.pdf"))
@@ -345,3 +348,37 @@ def test_terminal_gets_a_live_progress_bar(cli_env: dict[str, str], worker: Work
     assert re.search(r"submitted demo task [0-9a-f-]{36} \(pending\)", plain)
     assert "━" in plain and "step 2/3" in plain and "100%" in plain
     assert re.search(r"✔ [0-9a-f-]{36} completed\s+result: \{\"steps\": 3", plain)
+
+
+def test_terminal_draws_one_bar_for_a_batch_upload(cli_env: dict[str, str], worker: WorkerProc,
+                                                    tmp_path: Path) -> None:
+    files = []
+    for i in range(4):
+        f = tmp_path / f"doc{i}.md"
+        f.write_bytes(b"# doc\n\n" + WORDS * (i + 2))
+        files.append(str(f))
+    master, slave = pty.openpty()
+    env = {**cli_env, "COLUMNS": "120", "LINES": "40", "TERM": "xterm-256color"}
+    proc = subprocess.Popen([*COMMAND, "upload", *files, "--follow"], stdin=slave,
+                            stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the other side closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+        proc.wait(60)
+    assert proc.returncode == 0
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    assert "4 files" in plain and "━" in plain and "100%" in plain
+    assert "4 files" in plain.split("batch of 4 files")[-1]  # the bar's label
+    for i in range(4):  # a line per finished file
+        assert re.search(rf"✔ doc{i}\.md completed\s+result: ", plain), plain
+    assert re.search(r"✔ batch [0-9a-f-]{36} completed\s+4/4 ended: 4 completed", plain)

@@ -128,9 +128,10 @@ def test_builtin_declarations_import_heavy_libraries_lazily() -> None:
     top = [i for i in imports if i.top_level]
     assert not _undeclared(top, BASE), f"at import time: {_undeclared(top, BASE)}"
     # the local model (optional extra; "llama-cpp" is its import name where it is not
-    # installed, so no distribution maps it) only inside functions, as checked above
+    # installed, so no distribution maps it) only inside functions, as checked above, and
+    # the MiniLM embedder's libraries (the optional `minilm` extra)
     local_llm = EXTRAS["local-llm"] | {"llama-cpp"}
-    assert not _undeclared(imports, BASE | EXTRAS["server"] | local_llm)
+    assert not _undeclared(imports, BASE | EXTRAS["server"] | local_llm | EXTRAS["minilm"])
 
 
 def test_the_server_uses_only_base_and_server_dependencies() -> None:

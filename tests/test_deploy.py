@@ -106,6 +106,9 @@ def _start(line: str, env: dict[str, str], log: Path) -> Proc:
     return Proc(["bash", "-c", f"exec {line}"], env, log).start()
 
 
+# The buildpack install (the fixture) alone takes 1-2 minutes: the lock now carries the
+# embedding model's wheel (wordllama, ~19 MB) and numpy/tokenizers.
+@pytest.mark.timeout(900)
 async def test_a_buildpack_deploy_runs_a_task_and_stops_cleanly(
         buildpack_venv: Path, database: str, tls_redis: str, tmp_path: Path) -> None:
     procfile = _procfile()

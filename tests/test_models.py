@@ -37,6 +37,7 @@ PG_TYPES = {
     "TIMESTAMP WITH TIME ZONE": ("timestamp with time zone", "timestamptz"),
     "BYTEA": ("bytea", "bytea"),
     "REAL[]": ("ARRAY", "_float4"),
+    "VECTOR": ("USER-DEFINED", "vector"),
 }
 
 

@@ -95,6 +95,36 @@ async def test_a_job_we_enqueue_is_the_job_arq_would_read(settings: Settings) ->
         await redis.aclose()
 
 
+async def test_many_jobs_in_one_script_call_are_the_same_records(settings: Settings) -> None:
+    """A batch's children are enqueued by one script call per 500 jobs: the same job
+    records, scores, priority offsets and expiries as one call per job."""
+    s = settings.model_copy(update={"namespace": f"qc{uuid.uuid4().hex[:8]}"})
+    one = settings.model_copy(update={"namespace": f"qc{uuid.uuid4().hex[:8]}"})
+    redis = await queue.connect(s)
+    try:
+        ids = [str(uuid.uuid4()) for _ in range(600)]
+        jobs = [queue.Job.of(t, 1, {"priority": ("high", "normal", "low")[i % 3]})
+                for i, t in enumerate(ids)]
+        assert await queue.enqueue(redis, s, jobs) == 600
+        assert await queue.enqueue(redis, s, jobs) == 0  # same state: refused
+        singles = [str(uuid.uuid4()) for _ in range(3)]
+        for i, t in enumerate(singles):  # the same priorities, one call each
+            job = queue.Job.of(t, 1, {"priority": ("high", "normal", "low")[i]})
+            assert await queue.enqueue(redis, one, [job]) == 1
+        for i, t in enumerate(ids[:3]):
+            jid = queue.job_id(t, 1)
+            many_score = await redis.zscore(queue_name(s.namespace), jid)
+            one_score = await redis.zscore(queue_name(one.namespace),
+                                           queue.job_id(singles[i], 1))
+            assert many_score is not None and one_score is not None
+            assert abs(many_score - one_score) < 1000, (i, many_score, one_score)
+            assert deserialize_job(await redis.get(job_key_prefix + jid),
+                                   deserializer=queue.deserialize).args == [t]
+        assert await redis.zcard(queue_name(s.namespace)) == 600
+    finally:
+        await redis.aclose()
+
+
 def test_the_package_exports_what_we_build_on() -> None:
     assert arq.Worker is Worker
     assert queue.RunAgainLater is arq.worker.Retry

@@ -29,10 +29,13 @@ async def test_pdf_is_parsed_chunked_embedded_and_stored(client: httpx.AsyncClie
     assert res["kind"] == "pdf" and res["pages"] == 3
     assert res["word_count"] == len((WORDS * 40 + "final page").split())
     stored = await pool.fetch(
-        "SELECT chunk_index, page, array_length(embedding, 1) AS dim FROM document_chunks"
-        " WHERE task_id = $1::uuid ORDER BY chunk_index", body["task_id"])
+        "SELECT c.chunk_index, c.page, vector_dims(v.embedding) AS dim FROM document_chunks c"
+        " JOIN chunk_vectors v USING (task_id, chunk_index)"
+        " WHERE c.task_id = $1::uuid ORDER BY c.chunk_index", body["task_id"])
     assert len(stored) == res["chunks"] > 1
     assert {r["page"] for r in stored} == {1, 2, 3} and stored[0]["dim"] == 256
+    steps = (await client.get(f"/tasks/{body['task_id']}/steps")).json()
+    assert [s["name"] for s in steps] == ["parse", "chunk", "embed-0", "store"]
     events = (await client.get(f"/tasks/{body['task_id']}/events")).json()["items"]
     messages = [e["message"] or "" for e in events if e["type"] == "progress"]
     assert any(m.startswith("parsed") for m in messages)

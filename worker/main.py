@@ -25,7 +25,7 @@ from taskstream.core.eventlog import EventLog
 from taskstream.core.settings import Settings
 from taskstream.core.states import RunOutcome
 from taskstream.core.tasktypes import Catalogue
-from worker import scheduler, sweeper
+from worker import batches, scheduler, sweeper
 from worker.runtime import Runtime
 
 log = logging.getLogger("worker")
@@ -80,6 +80,10 @@ async def _start(ctx: dict[str, Any], stack: AsyncExitStack, settings: Settings,
     eventlog.start()
     stack.push_async_callback(eventlog.close)
     catalogue = Catalogue.load(settings)
+    if "document_process" in catalogue or "reindex" in catalogue:
+        from taskstream.builtin.embedding import warm_in_background
+
+        warm_in_background(settings)  # the model loads while the worker starts taking jobs
     runtime = Runtime(settings=settings, pool=pool, eventlog=eventlog, arq=redis,
                       worker_id=worker_id, catalogue=catalogue)
     stack.push_async_callback(runtime.close)
@@ -89,7 +93,8 @@ async def _start(ctx: dict[str, Any], stack: AsyncExitStack, settings: Settings,
     ctx["runtime"] = runtime
     for loop in (_listen_control(redis, settings, runtime),
                  sweeper.run_forever(pool, redis, eventlog, runtime, settings),
-                 scheduler.run_forever(pool, redis, eventlog, catalogue, settings)):
+                 scheduler.run_forever(pool, redis, eventlog, catalogue, settings),
+                 batches.run_forever(pool, eventlog, redis, settings)):
         stack.push_async_callback(_stop, asyncio.create_task(loop))
 
 

@@ -12,10 +12,11 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.auth import Owner
+from service.auth import Caller, Owner
 from service.deps import Res, Resources
 from service.errors import Conflict, NotFound, Unprocessable, parse_id
 from service.routes.tasks import ERRORS
+from service.search import check_submitter
 from taskstream.core import schedules, store, store_read
 from taskstream.core.models import ScheduleRead
 from taskstream.core.schedules import Misfire
@@ -55,9 +56,10 @@ async def list_schedules(res: Res, owner: Owner) -> list[ScheduleRead]:
 
 
 @router.post("/schedules", status_code=201, response_model=ScheduleRead, responses=ERRORS)
-async def create_schedule(body: CreateSchedule, res: Res, owner: Owner,
+async def create_schedule(body: CreateSchedule, res: Res, owner: Owner, principal: Caller,
                           response: Response) -> ScheduleRead:
     """Run a task of a registered type on a cron schedule; each slot fires once."""
+    check_submitter(principal, body.type, body.params)
     params = res.submissions.validate(body.type, body.params)
     try:
         schedules.check(body.cron, body.timezone)

@@ -1,11 +1,13 @@
 """Task routes: submit, list, read, history, cancel, catalogue."""
 
+import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
-from service.auth import Admin, Owner
+from service.auth import Admin, Caller, Owner
+from service.batches import cancel_batch, redrive_batch
 from service.deps import Res, Resources
 from service.errors import BadRequest, NotFound
 from service.schemas import (
@@ -19,8 +21,10 @@ from service.schemas import (
     TaskSnapshot,
     TaskTypeOut,
 )
-from service.tasks import cancel, parse_task_id, redrive, task_json
-from taskstream.core import store_llm, store_read
+from service.search import check_submitter
+from service.tasks import cancel, load_task, parse_task_id, redrive, task_json
+from taskstream.core import batches, store_batches, store_llm, store_read
+from taskstream.core.constants import BATCH_TASK_TYPE
 from taskstream.core.models import StepRead
 from taskstream.core.states import Status
 
@@ -39,9 +43,11 @@ IdempotencyKey = Annotated[
 @router.post("/tasks", status_code=202, response_model=TaskRead, tags=["tasks"],
              responses={**ERRORS, 200: {"model": TaskRead,
                                         "description": "Idempotent replay: the same task."}})
-async def create_task(body: SubmitTask, res: Res, owner: Owner, response: Response,
-                      idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
+async def create_task(body: SubmitTask, res: Res, owner: Owner, principal: Caller,
+                      response: Response, idempotency_key: IdempotencyKey = None
+                      ) -> dict[str, Any]:
     """Submit a task of a registered type; returns at once with its id and links."""
+    check_submitter(principal, body.type, body.params)
     task, created = await res.submissions.submit(owner, body.type, body.params,
                                                  idempotency_key, options=body.options())
     response.headers["Location"] = f"/tasks/{task.task_id}"
@@ -121,6 +127,11 @@ async def get_task(task_id: str, res: Res, owner: Owner) -> TaskSnapshot:
     task = await store_read.get_task(res.engine, parse_task_id(task_id), owner)
     if task is None:
         raise NotFound(f"task {task_id!r} not found")
+    if task.task_type == BATCH_TASK_TYPE:  # the parent's snapshot carries the aggregate
+        b = await store_batches.get_batch(res.pool, task.task_id, owner)
+        if b is not None and b.aggregate is not None:
+            task.batch = {**batches.state(b, b.aggregate),
+                          "children_url": f"/batches/{b.batch_id}/children"}
     usage = await store_llm.run_usage(res.pool, task.task_id)
     return TaskSnapshot.model_validate(task, update={"usage": usage})
 
@@ -160,6 +171,10 @@ async def cancel_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
     Idempotent: cancelling a cancelled task returns it unchanged; a task that already
     completed or failed is 409.
     """
+    task = await load_task(res, owner, task_id)
+    if task.task_type == BATCH_TASK_TYPE:  # the batch's parent: its children with it
+        await cancel_batch(res, owner, uuid.UUID(task.task_id))
+        return task_json(await load_task(res, owner, task_id))
     return task_json(await cancel(res, owner, task_id))
 
 
@@ -168,6 +183,10 @@ async def cancel_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
 async def retry_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
     """Re-drive a failed or cancelled task: same id, its history continues, a fresh attempt
     budget. A pending, running or completed task is 409."""
+    task = await load_task(res, owner, task_id)
+    if task.task_type == BATCH_TASK_TYPE:  # only its failed and cancelled children
+        await redrive_batch(res, owner, uuid.UUID(task.task_id))
+        return task_json(await load_task(res, owner, task_id))
     return task_json(await redrive(res, owner, task_id))
 
 

@@ -26,7 +26,18 @@ from taskstream.client.errors import (
     UnsupportedMediaType,
     WaitTimeout,
 )
-from taskstream.client.models import DeadLetter, Event, EventType, Status, Task, TaskType, Upload
+from taskstream.client.models import (
+    Batch,
+    BatchState,
+    BatchUpload,
+    DeadLetter,
+    Event,
+    EventType,
+    Status,
+    Task,
+    TaskType,
+    Upload,
+)
 from taskstream.client.retry import RetryPolicy
 from taskstream.client.streams import EventStream
 from taskstream.client.sync import Client
@@ -35,6 +46,9 @@ __all__ = [
     "ApiError",
     "AsyncClient",
     "BadRequest",
+    "Batch",
+    "BatchState",
+    "BatchUpload",
     "Client",
     "Conflict",
     "DeadLetter",

@@ -25,10 +25,14 @@ import httpx
 
 from taskstream.client import errors
 from taskstream.client.models import (
+    Batch,
+    BatchState,
+    BatchUpload,
     DeadLetter,
     DeadLetterPage,
     Event,
     EventPage,
+    EventType,
     Task,
     TaskPage,
     TaskRef,
@@ -38,7 +42,7 @@ from taskstream.client.models import (
 )
 from taskstream.client.retry import DEFAULT_POLICY, RetryPolicy
 from taskstream.client.streams import EventStream
-from taskstream.client.uploads import FileSource, MultipartFile, prepare
+from taskstream.client.uploads import FileSource, MultipartFile, MultipartFiles, prepare
 from taskstream.declaration import Params, Priority, TaskDef
 
 P = TypeVar("P", bound=Params)
@@ -156,6 +160,63 @@ class AsyncClient:
         r = await self.request("POST", "/upload", body=body,
                                headers={"Idempotency-Key": key}, idempotent=body.replayable)
         return Upload.model_validate_json(r.content)
+
+    async def upload_many(self, files: Sequence[FileSource], *, policy: str = "all",
+                          threshold: int | None = None,
+                          idempotency_key: str | None = None) -> BatchUpload:
+        """Upload several files in one request: ONE batch with a ``document_process`` child
+        per file (stored all or none). Follow it with ``follow_batch(batch.task_id)``.
+        ``policy``: when the batch fails — ``all`` (default: only if no file could be
+        processed), ``any`` file, or ``threshold`` files."""
+        parts = [await asyncio.to_thread(prepare, f) for f in files]
+        body = MultipartFiles(parts)
+        key = idempotency_key or str(uuid.uuid4())
+        query: dict[str, Any] = {"policy": policy}
+        if threshold is not None:
+            query["threshold"] = threshold
+        r = await self.request("POST", "/upload", body=body, params=query,
+                               headers={"Idempotency-Key": key}, idempotent=body.replayable)
+        return BatchUpload.model_validate_json(r.content)
+
+    async def submit_batch(self, tasks: Sequence[tuple[str | TaskDef[Any, Any],
+                                                       Params | Mapping[str, Any]]
+                                                 | Mapping[str, Any]], *,
+                           policy: str = "any", threshold: int | None = None,
+                           idempotency_key: str | None = None) -> Batch:
+        """Submit tasks of any types as one batch, all or nothing: each item is
+        ``(type, params)`` or a ``POST /tasks`` body (``{"type", "params", "priority", ...}``).
+        Returns the parent (``task_id``) with its children's ids; follow it with
+        ``follow_batch``. ``policy``: ``any`` child failing fails the batch (default),
+        ``all`` of them, or ``threshold`` of them."""
+        body: list[dict[str, Any]] = []
+        for item in tasks:
+            if isinstance(item, Mapping):
+                body.append(dict(item))
+                continue
+            kind, params = item
+            body.append({"type": kind if isinstance(kind, str) else kind.name,
+                         "params": params.model_dump(mode="json")
+                         if isinstance(params, Params) else dict(params)})
+        payload: dict[str, Any] = {"tasks": body, "policy": policy}
+        if threshold is not None:
+            payload["threshold"] = threshold
+        key = idempotency_key or str(uuid.uuid4())
+        r = await self.request("POST", "/batches", json=payload,
+                               headers={"Idempotency-Key": key}, idempotent=True)
+        return Batch.model_validate_json(r.content)
+
+    async def get_batch(self, batch: TaskRef) -> BatchState:
+        """A batch's aggregate now: counts per status, percent, policy."""
+        r = await self.request("GET", f"/batches/{_tid(batch)}", params={"children": "false"})
+        return BatchState.model_validate_json(r.content)
+
+    async def follow_batch(self, batch: TaskRef) -> AsyncIterator[BatchState]:
+        """The batch's aggregate as it changes (a few updates a second at most, each with
+        the children that ended since the one before), ending with the batch's own end."""
+        async with self.events(batch) as stream:
+            async for event in stream:
+                if event.type == EventType.AGGREGATE or event.terminal:
+                    yield BatchState.of(event)
 
     async def get(self, task: TaskRef) -> Task:
         """The task's current snapshot."""
@@ -281,7 +342,7 @@ class AsyncClient:
     async def request(self, method: str, path: str, *, idempotent: bool | None = None,
                       json: Any = None, params: Any = None,
                       headers: Mapping[str, str] | None = None,
-                      body: MultipartFile | None = None) -> httpx.Response:
+                      body: MultipartFile | MultipartFiles | None = None) -> httpx.Response:
         """Send a request, retrying what is safe to retry; returns a 2xx response or raises
         the typed error. ``idempotent`` defaults to true for GET."""
         if idempotent is None:

@@ -117,9 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="start no sooner than this time (with its UTC offset)")
     p.add_argument("-f", "--follow", action="store_true", help="follow it to the end")
 
-    p = add("upload", "upload files; each starts a document_process task", following)
+    p = add("upload", "upload files: one starts a document_process task, several one batch "
+            "of them (one bar, a line per finished file)", following)
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("-f", "--follow", action="store_true", help="follow them to the end")
+    p.add_argument("--policy", choices=("all", "any"), default="all",
+                   help="several files: the batch fails if all fail (default) or any")
 
     p = add("tasks", "list your tasks, newest first")
     p.add_argument("-s", "--status", action="append", default=[],
@@ -190,6 +193,27 @@ async def follow(ts: AsyncClient, session: Session, view: render.EventView,
     return FAILED if FAILED in codes else max(codes, default=OK)
 
 
+async def follow_batch(ts: AsyncClient, session: Session, view: render.BatchView,
+                       batch_id: str, names: dict[str, str], limit: float | None) -> int:
+    """One view of the whole batch, a line per child as it ends; the batch's exit code."""
+    session.unfinished = [batch_id]
+    status = ""
+    with view:
+        try:
+            async with asyncio.timeout(limit):
+                async for state in ts.follow_batch(batch_id):
+                    for end in state.finished:
+                        view.finished(await ts.get(end.task_id),
+                                      names.get(end.task_id, end.task_id))
+                    view.update(state)
+                    status = state.status
+        except TimeoutError:
+            warn(f"stopped following after {limit:g}s; still running: {batch_id}")
+            return TIMED_OUT
+    session.unfinished = []
+    return BY_STATUS.get(status or (await ts.get(batch_id)).status, UNAVAILABLE)
+
+
 def warn(message: str) -> None:
     sys.stderr.write(f"taskstream: {message}\n")
     sys.stderr.flush()
@@ -217,6 +241,20 @@ async def run(args: argparse.Namespace, mode: render.Mode, console: Console,
                 render.accepted(task, mode, console, "submitted")
             return await follow(ts, session, render.event_view(mode, console),
                                 {task.task_id: 0}, args.timeout)
+        if cmd == "upload" and len(args.files) > 1:
+            try:
+                batch = await ts.upload_many(args.files, policy=args.policy)
+            except OSError as exc:
+                warn(f"cannot read {exc.filename or ''}: {exc.strerror or exc}")
+                return USAGE
+            if not args.follow or mode == "rich":
+                render.batch_accepted(batch, mode, console)
+            if not args.follow:
+                return OK
+            names = {c.task_id: c.filename for c in batch.children}
+            return await follow_batch(
+                ts, session, render.batch_view(mode, console, f"{len(names)} files"),
+                batch.task_id, names, args.timeout)
         if cmd == "upload":
             starts: dict[str, int | None] = {}
             for path in args.files:

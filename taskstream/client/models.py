@@ -57,6 +57,8 @@ class Task(_Model):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     links: Links = Field(default_factory=Links)
+    batch: dict[str, Any] | None = None  # a batch's parent: its aggregate
+    parent_id: str | None = None  # a batch's child: its parent
 
     @property
     def terminal(self) -> bool:
@@ -110,6 +112,69 @@ class Upload(_Model):
     filename: str
     size: int
     links: Links = Field(default_factory=Links)
+
+
+class UploadChild(_Model):
+    """One file of a batch upload and the task processing it."""
+
+    task_id: str
+    status: str
+    upload_id: str
+    filename: str
+    size: int
+
+
+class BatchUpload(_Model):
+    """The answer to ``POST /upload`` with several files: one batch, a child per file."""
+
+    task_id: str  # the batch's parent task (also ``batch_id``)
+    batch_id: str
+    status: str
+    children: list[UploadChild]
+    links: Links = Field(default_factory=Links)
+
+
+class Batch(_Model):
+    """A submitted batch (``POST /batches``): its parent task and the children's ids."""
+
+    task_id: str
+    status: str
+    children: list[str] = Field(default_factory=list)
+    created_at: datetime | None = None
+    links: Links = Field(default_factory=Links)
+
+
+class ChildEnd(_Model):
+    """A child's terminal event, as its parent's stream carries it."""
+
+    task_id: str
+    seq: int = 0
+    status: str
+    error: str | None = None
+
+
+class BatchState(_Model):
+    """A batch's aggregate (``GET /batches/{id}`` and every update of its stream)."""
+
+    task_id: str
+    status: str
+    total: int
+    counts: dict[str, int]
+    percent: float
+    policy: str = "any"
+    finished: list[ChildEnd] = Field(default_factory=list)  # ended since the last update
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @classmethod
+    def of(cls, event: Event) -> BatchState:
+        """The state an 'aggregate' (or the parent's terminal) event carries."""
+        data = event.data if isinstance(event.data, dict) else \
+            event.result if isinstance(event.result, dict) else {}
+        return cls.model_validate({"total": 0, "counts": {}, "percent": event.progress,
+                                   **data, "task_id": event.task_id, "status": event.status})
 
 
 class TaskPage(_Model):

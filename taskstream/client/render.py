@@ -22,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from taskstream.client.models import Event, Task, TaskType, Upload
+from taskstream.client.models import BatchState, BatchUpload, Event, Task, TaskType, Upload
 
 Mode = Literal["rich", "plain", "json"]
 
@@ -134,6 +134,120 @@ class RichEvents:
             mark = MARK.get(event.status, "•")
             self.progress.console.print(
                 f"[{style}]{mark} {tid} {event.status}[/]  {escape(outcome_text(event))}")
+
+
+def task_outcome(task: Task) -> str:
+    if task.status == "completed":
+        return f"result: {compact(task.result)}"
+    return f"error: {task.error or task.message or task.status}"
+
+
+def batch_summary(state: BatchState) -> str:
+    """``7/10 ended: 6 completed, 1 failed``."""
+    ended = sum(state.counts.get(s, 0) for s in ("completed", "failed", "cancelled"))
+    parts = [f"{state.counts[s]} {s}" for s in ("completed", "failed", "cancelled", "running")
+             if state.counts.get(s)]
+    return f"{ended}/{state.total} ended" + (": " + ", ".join(parts) if parts else "")
+
+
+class BatchView(Protocol):
+    """How a followed batch is shown: its aggregate, and a line per child that ended."""
+
+    def __enter__(self) -> BatchView: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def update(self, state: BatchState) -> None: ...
+    def finished(self, child: Task, name: str) -> None: ...
+
+
+class PlainBatch:
+    def __enter__(self) -> PlainBatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, state: BatchState) -> None:
+        if state.terminal:
+            out(f"{state.task_id}  batch {state.status:<9} {pct(state.percent)}  "
+                f"{batch_summary(state)}")
+
+    def finished(self, child: Task, name: str) -> None:
+        out(f"{child.task_id}  {child.status:<9} {name}  {task_outcome(child)}")
+
+
+class JsonBatch(PlainBatch):
+    def update(self, state: BatchState) -> None:
+        out(state.model_dump_json())
+
+    def finished(self, child: Task, name: str) -> None:
+        out(child.model_dump_json())
+
+
+class RichBatch:
+    """ONE bar for the whole batch (percent weighted by each child's own progress, the
+    counts beside it); each file that ends prints a line above the bar."""
+
+    def __init__(self, console: Console, label: str) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.fields[label]}"),
+            BarColumn(bar_width=30),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=console,
+        )
+        self.bar = self.progress.add_task("", total=100, label=escape(label), status="")
+
+    def __enter__(self) -> RichBatch:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, state: BatchState) -> None:
+        style = STATUS_STYLE.get(state.status, "")
+        self.progress.update(self.bar, completed=state.percent,
+                             status=f"[{style}]{state.status}[/]",
+                             description=escape(batch_summary(state)))
+        if state.terminal:
+            self.progress.stop_task(self.bar)
+            self.progress.console.print(
+                f"[{style}]{MARK.get(state.status, '•')} batch {state.task_id} "
+                f"{state.status}[/]  {escape(batch_summary(state))}")
+
+    def finished(self, child: Task, name: str) -> None:
+        style = STATUS_STYLE.get(child.status, "")
+        self.progress.console.print(
+            f"[{style}]{MARK.get(child.status, '•')} {escape(name)}[/] {child.status}  "
+            f"[dim]{escape(task_outcome(child))}[/]")
+
+
+def batch_view(mode: Mode, console: Console, label: str) -> BatchView:
+    if mode == "json":
+        return JsonBatch()
+    if mode == "plain":
+        return PlainBatch()
+    return RichBatch(console, label)
+
+
+def batch_accepted(batch: BatchUpload, mode: Mode, console: Console) -> None:
+    """What ``upload`` prints for several files: a line per file, then the batch."""
+    if mode == "json":
+        out(batch.model_dump_json())
+        return
+    for c in batch.children:
+        if mode == "plain":
+            out(f"{c.task_id}\t{c.filename}\t{c.size}")
+        else:
+            console.print(f"uploaded {escape(c.filename)} ({c.size} bytes) "
+                          f"[bold]{c.task_id}[/]")
+    if mode == "plain":
+        out(f"{batch.task_id}\tbatch\t{len(batch.children)}")
+    else:
+        console.print(f"batch of {len(batch.children)} files [bold]{batch.task_id}[/] "
+                      f"({batch.status})")
 
 
 def event_view(mode: Mode, console: Console) -> EventView:

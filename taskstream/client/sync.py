@@ -18,7 +18,18 @@ from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequenc
 from typing import Any, Self, TypeVar, overload
 
 from taskstream.client.api import AsyncClient
-from taskstream.client.models import DeadLetter, Event, Task, TaskPage, TaskRef, TaskType, Upload
+from taskstream.client.models import (
+    Batch,
+    BatchState,
+    BatchUpload,
+    DeadLetter,
+    Event,
+    Task,
+    TaskPage,
+    TaskRef,
+    TaskType,
+    Upload,
+)
 from taskstream.client.uploads import FileSource
 from taskstream.declaration import Params, TaskDef
 
@@ -105,6 +116,27 @@ class Client:
         return self._runner.run(self.aio.upload(file, filename=filename,
                                                 content_type=content_type,
                                                 idempotency_key=idempotency_key))
+
+    def upload_many(self, files: Sequence[FileSource], *, policy: str = "all",
+                    threshold: int | None = None,
+                    idempotency_key: str | None = None) -> BatchUpload:
+        return self._runner.run(self.aio.upload_many(files, policy=policy, threshold=threshold,
+                                                     idempotency_key=idempotency_key))
+
+    def submit_batch(self, tasks: Sequence[tuple[str | TaskDef[Any, Any],
+                                                 Params | Mapping[str, Any]]
+                                           | Mapping[str, Any]], *,
+                     policy: str = "any", threshold: int | None = None,
+                     idempotency_key: str | None = None) -> Batch:
+        return self._runner.run(self.aio.submit_batch(tasks, policy=policy,
+                                                      threshold=threshold,
+                                                      idempotency_key=idempotency_key))
+
+    def get_batch(self, batch: TaskRef) -> BatchState:
+        return self._runner.run(self.aio.get_batch(batch))
+
+    def follow_batch(self, batch: TaskRef) -> Iterator[BatchState]:
+        return self._iterate(self.aio.follow_batch(batch))
 
     def get(self, task: TaskRef) -> Task:
         return self._runner.run(self.aio.get(task))

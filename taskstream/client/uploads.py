@@ -49,11 +49,7 @@ class MultipartFile:
         return f"multipart/form-data; boundary={self.boundary}"
 
     def _head(self) -> bytes:
-        return (
-            f"--{self.boundary}\r\n"
-            f'Content-Disposition: form-data; name="file"; filename="{_quote(self.filename)}"'
-            f"\r\nContent-Type: {self.content_type}\r\n\r\n"
-        ).encode()
+        return part_head(self.boundary, self.filename, self.content_type)
 
     def _tail(self) -> bytes:
         return f"\r\n--{self.boundary}--\r\n".encode()
@@ -71,6 +67,12 @@ class MultipartFile:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         yield self._head()
+        async for piece in self.content():
+            yield piece
+        yield self._tail()
+
+    async def content(self) -> AsyncIterator[bytes]:
+        """The file's bytes alone, read as they are sent."""
         src = self.source
         if isinstance(src, bytes | bytearray | memoryview):
             view = memoryview(src)
@@ -88,7 +90,48 @@ class MultipartFile:
                 await asyncio.to_thread(src.seek, self.start)
             async for piece in _read(src):
                 yield piece
-        yield self._tail()
+
+
+def part_head(boundary: str, filename: str, content_type: str) -> bytes:
+    return (
+        f"--{boundary}\r\n"
+        f'Content-Disposition: form-data; name="file"; filename="{_quote(filename)}"'
+        f"\r\nContent-Type: {content_type}\r\n\r\n"
+    ).encode()
+
+
+@dataclass(slots=True)
+class MultipartFiles:
+    """Several files in one body (several ``file`` parts: one batch), each streamed."""
+
+    parts: list[MultipartFile]
+    boundary: str = ""
+
+    def __post_init__(self) -> None:
+        self.boundary = self.boundary or f"taskstream-{uuid.uuid4().hex}"
+
+    @property
+    def header(self) -> str:
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    @property
+    def length(self) -> int | None:
+        if any(p.size is None for p in self.parts):
+            return None
+        return sum(len(part_head(self.boundary, p.filename, p.content_type)) + (p.size or 0)
+                   + 2 for p in self.parts) + len(f"--{self.boundary}--\r\n")
+
+    @property
+    def replayable(self) -> bool:
+        return all(p.replayable for p in self.parts)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        for p in self.parts:
+            yield part_head(self.boundary, p.filename, p.content_type)
+            async for piece in p.content():
+                yield piece
+            yield b"\r\n"
+        yield f"--{self.boundary}--\r\n".encode()
 
 
 def _is_fileobj(src: FileSource) -> bool:

@@ -15,6 +15,9 @@ ANONYMOUS_OWNER: Final = "public"
 #: The tenant that owns schedules declared with ``@task(cron=...)`` (and so their tasks):
 #: the anonymous one, so that a local run lists them with everything else.
 SCHEDULE_OWNER: Final = ANONYMOUS_OWNER
+#: The reserved task type of a batch's parent (migration 100): no worker runs it, no job is
+#: queued for it, the sweeper leaves it alone; the batch driver starts and ends it.
+BATCH_TASK_TYPE: Final = "batch"
 
 
 def queue_name(namespace: str) -> str:

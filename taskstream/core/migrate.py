@@ -6,6 +6,7 @@ Run by the Procfile's ``release`` line and by the run command:
 
 import asyncio
 import logging
+import sys
 from importlib import resources
 
 import asyncpg
@@ -57,7 +58,12 @@ async def migrate(dsn: str) -> list[str]:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    applied = asyncio.run(migrate(Settings().database_url))
+    try:
+        applied = asyncio.run(migrate(Settings().database_url))
+    except asyncpg.PostgresError as exc:  # say why (and what to do), not a traceback
+        hint = getattr(exc, "hint", None)
+        print(f"migration failed: {exc}" + (f"\nhint: {hint}" if hint else ""), file=sys.stderr)
+        raise SystemExit(1) from None
     print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
 
 

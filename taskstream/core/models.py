@@ -12,9 +12,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, DateTime, Double, Integer, LargeBinary, Text
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, REAL
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, UserDefinedType
 from sqlmodel import Field, SQLModel
 
 from taskstream.core.events import event_error, event_result
@@ -97,6 +97,7 @@ class Task(TaskBase, table=True):
     crashes: int = Field(sa_type=Integer)
     lease_expires_at: datetime | None = Field(sa_type=TIMESTAMPTZ)
     options: dict[str, Any] = Field(sa_type=JSONB)
+    parent_id: uuid.UUID | None = Field(default=None)  # a batch's child: its parent task
 
 
 class Links(SQLModel):
@@ -118,6 +119,10 @@ class TaskRead(TaskBase):
     priority: Priority  # from its options, where submission resolved it
     run_at: datetime | None  # a delayed task does not start before this
     links: Links
+    #: A batch's parent only: its aggregate (counts per status, percent, policy); the
+    #: children's parent id, for a child.
+    batch: dict[str, Any] | None = None
+    parent_id: uuid.UUID | None = None
 
     @classmethod
     def of(cls, row: Task) -> "TaskRead":
@@ -198,7 +203,53 @@ class DocumentChunk(SQLModel, table=True):
     chunk_index: int = Field(primary_key=True, sa_type=Integer)
     page: int | None = Field(sa_type=Integer)
     content: str = Field(sa_type=Text)
-    embedding: list[float] = Field(sa_type=ARRAY(REAL))
+    owner: str = Field(sa_type=Text)
+    upload_id: uuid.UUID = Field(foreign_key="uploads.upload_id")
+
+
+class Vector(UserDefinedType[list[float]]):
+    """pgvector's ``vector`` without a fixed dimension (each space has its own; see
+    migration 110). Written and read through core/store_search.py's SQL only."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "VECTOR"
+
+
+class EmbeddingSpace(SQLModel, table=True):
+    """A vector space: one embedder kind, model and dimension (README: Search)."""
+
+    __tablename__ = "embedding_spaces"
+
+    space_id: int = Field(primary_key=True, sa_type=Integer)
+    kind: str = Field(sa_type=Text)
+    model: str = Field(sa_type=Text)
+    dim: int = Field(sa_type=Integer)
+    created_at: datetime = Field(sa_type=TIMESTAMPTZ)
+
+
+class ChunkVector(SQLModel, table=True):
+    """A chunk's vector in one space; a chunk has one per space it was embedded in."""
+
+    __tablename__ = "chunk_vectors"
+
+    space_id: int = Field(primary_key=True, sa_type=Integer,
+                          foreign_key="embedding_spaces.space_id")
+    task_id: uuid.UUID = Field(primary_key=True)
+    chunk_index: int = Field(primary_key=True, sa_type=Integer)
+    owner: str = Field(sa_type=Text)
+    embedding: list[float] = Field(sa_type=Vector)
+
+
+class TenantSpace(SQLModel, table=True):
+    """The space a tenant's search reads; a reindex moves it."""
+
+    __tablename__ = "tenant_spaces"
+
+    owner: str = Field(primary_key=True, sa_type=Text, foreign_key="tenants.owner")
+    space_id: int = Field(sa_type=Integer, foreign_key="embedding_spaces.space_id")
+    switched_at: datetime = Field(sa_type=TIMESTAMPTZ)
 
 
 # --- durable steps and waits (ctx.step, ctx.wait_for) -----------------------------------------
@@ -302,6 +353,52 @@ class Schedule(ScheduleBase, table=True):
 
 class ScheduleRead(ScheduleBase):
     """A schedule as ``/schedules`` returns it."""
+
+
+# --- batches (migration 100) -----------------------------------------------------------------
+
+class BatchRow(SQLModel, table=True):
+    """A batch: its parent task's id, policy and the driver's state."""
+
+    __tablename__ = "batches"
+
+    batch_id: uuid.UUID = Field(primary_key=True)
+    owner: str = Field(sa_type=Text)
+    total: int = Field(sa_type=Integer)
+    policy: str = Field(sa_type=Text)  # any | all | threshold
+    threshold: int | None = Field(sa_type=Integer)
+    cancel_requested: bool = Field(sa_type=Boolean)
+    breached: bool = Field(sa_type=Boolean)
+    done: bool = Field(sa_type=Boolean)
+    emitted: dict[str, Any] | None = Field(sa_type=JSONB, nullable=True)
+    created_at: datetime = Field(sa_type=TIMESTAMPTZ)
+
+
+class BatchCount(SQLModel, table=True):
+    """One shard of a batch's aggregate: the deltas one database backend wrote."""
+
+    __tablename__ = "batch_counts"
+
+    batch_id: uuid.UUID = Field(primary_key=True)
+    shard: int = Field(primary_key=True, sa_type=Integer)
+    pending: int = Field(sa_type=Integer)
+    running: int = Field(sa_type=Integer)
+    completed: int = Field(sa_type=Integer)
+    failed: int = Field(sa_type=Integer)
+    cancelled: int = Field(sa_type=Integer)
+    progress: float = Field(sa_type=Double)
+
+
+class BatchEnd(SQLModel, table=True):
+    """A child's terminal event, until the driver has put it on its parent's stream."""
+
+    __tablename__ = "batch_ends"
+
+    batch_id: uuid.UUID = Field(primary_key=True)
+    task_id: uuid.UUID = Field(primary_key=True)
+    seq: int = Field(primary_key=True, sa_type=BigInteger)
+    status: str = Field(sa_type=Text)
+    error: str | None = Field(sa_type=Text)
 
 
 # --- language-model token usage --------------------------------------------------------------

@@ -165,6 +165,32 @@ return 1
 """
 
 
+#: The same for many jobs in ONE script call (a batch's children): redis-py packs one
+#: command instead of one per job, (measured on
+#: POST /batches of 1,000). ARGV: job key prefix, result key prefix, then the six ARGV of
+#: ``_ENQUEUE_LUA`` per job; KEYS: queue, offsets hash, promote set. Returns how many were
+#: new.
+_ENQUEUE_MANY_LUA = """
+local n = 0
+for i = 3, #ARGV, 6 do
+    local jid = ARGV[i + 3]
+    if redis.call('EXISTS', ARGV[1] .. jid, ARGV[2] .. jid) == 0 then
+        redis.call('PSETEX', ARGV[1] .. jid, ARGV[i], ARGV[i + 1])
+        redis.call('ZADD', KEYS[1], ARGV[i + 2], jid)
+        if tonumber(ARGV[i + 4]) > 0 then
+            redis.call('HSET', KEYS[2], jid, ARGV[i + 4])
+            if ARGV[i + 5] == '1' then redis.call('ZADD', KEYS[3], ARGV[i + 2], jid) end
+        end
+        n = n + 1
+    end
+end
+return n
+"""
+#: From this many jobs on, one script call per ``_MANY_CHUNK`` jobs.
+_MANY_FROM = 32
+_MANY_CHUNK = 500
+
+
 async def enqueue(arq: ArqRedis, settings: Settings, jobs: Sequence[Job | tuple[str, int]],
                   *, defer_by: float | None = None, rescue: int = 0) -> int:
     """Enqueue jobs exactly as arq's ``enqueue_job`` would (same job record and expiry), all
@@ -178,19 +204,30 @@ async def enqueue(arq: ArqRedis, settings: Settings, jobs: Sequence[Job | tuple[
     keys = [queue, offsets_key(queue), promote_key(queue)]
     now = timestamp_ms()
     defer_ms = int(defer_by * 1000) if defer_by else 0
+    rows: list[tuple[str, list[Any]]] = []
+    for item in jobs:
+        job = item if isinstance(item, Job) else Job(*item)
+        jid = job_id(job.task_id, job.seq, rescue)
+        due = max(now + defer_ms, int(job.run_at * 1000) if job.run_at else 0)
+        offset = PRIORITY_OFFSET_MS[job.priority]
+        later = due > now
+        body = serialize_job(RUN_TASK_FUNCTION, (job.task_id,), {}, None, now,
+                             serializer=serialize)
+        rows.append((jid, [due - now + expires_extra_ms, body,
+                           due if later else due - offset, jid, offset, int(later)]))
+    if len(rows) >= _MANY_FROM:
+        many = arq.register_script(_ENQUEUE_MANY_LUA)
+        new = 0
+        for i in range(0, len(rows), _MANY_CHUNK):
+            args: list[Any] = [job_key_prefix, result_key_prefix]
+            for _, a in rows[i:i + _MANY_CHUNK]:
+                args += a
+            new += int(await many(keys=keys, args=args))
+        return new
     async with arq.pipeline(transaction=False) as pipe:
-        for item in jobs:
-            job = item if isinstance(item, Job) else Job(*item)
-            jid = job_id(job.task_id, job.seq, rescue)
-            due = max(now + defer_ms, int(job.run_at * 1000) if job.run_at else 0)
-            offset = PRIORITY_OFFSET_MS[job.priority]
-            later = due > now
-            body = serialize_job(RUN_TASK_FUNCTION, (job.task_id,), {}, None, now,
-                                 serializer=serialize)
+        for jid, a in rows:
             await script(keys=[job_key_prefix + jid, result_key_prefix + jid, *keys],
-                         args=[due - now + expires_extra_ms, body,
-                               due if later else due - offset, jid, offset, int(later)],
-                         client=pipe)
+                         args=a, client=pipe)
         results = await pipe.execute()
     return sum(1 for r in results if r == 1)
 

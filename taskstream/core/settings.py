@@ -117,6 +117,26 @@ class Settings(BaseSettings):
     upload_chunk_bytes: int = 1 << 20
     upload_max_bytes: int = 100 << 20
 
+    # Embeddings and search (README: Search). One embedder per process, chosen here; the
+    # vectors it writes live in its own "space" (model + dimension) in PostgreSQL.
+    #: ``wordllama`` (default: a 256-d model inside its wheel, offline, numpy only),
+    #: ``minilm`` (all-MiniLM-L6-v2, 384-d; the ``minilm`` extra: sentence-transformers +
+    #: torch) or ``openai`` (an OpenAI-compatible ``/embeddings`` endpoint, below).
+    embedder: Literal["wordllama", "minilm", "openai"] = "wordllama"
+    #: The OpenAI-compatible endpoint: base URL (``…/v1``), model, key, the model's dimension.
+    embedding_url: str = "https://api.openai.com/v1"
+    embedding_model: str = "text-embedding-3-small"
+    embedding_api_key: str = ""
+    embedding_dim: Annotated[int, Field(ge=1, le=2000)] = 1536
+    embedding_timeout: float = 60.0
+    #: Chunks embedded per ``reindex`` step (each step is recorded, so a crash resumes there).
+    reindex_batch: Annotated[int, Field(ge=1, le=10_000)] = 256
+    #: GET /search bounds: the most hits a query may ask for, the longest query.
+    search_max_k: int = 50
+    search_max_query_chars: int = 2_000
+    #: pgvector's HNSW candidate list per query (``hnsw.ef_search``): recall vs latency.
+    search_ef: Annotated[int, Field(ge=1, le=1000)] = 64
+
     # Security. Auth is on unless switched off explicitly (the local embedded run does).
     auth: bool = True
     stream_ticket_ttl: float = 900.0
@@ -126,6 +146,13 @@ class Settings(BaseSettings):
     signing_key: str = ""
     #: Seconds a verified API key is trusted before it is looked up again (revocation lag).
     key_cache_seconds: float = 5.0
+
+    # Batches (POST /batches, several files in POST /upload).
+    #: Children per batch; more is a 422.
+    batch_max_children: int = 1000
+    #: The batch driver's period: a parent's aggregate reaches its stream at most this
+    #: often (children that ended are coalesced into the next one, never dropped).
+    batch_tick: float = 0.25
 
     # Limits; each answered with 413 or 429 (+ Retry-After).
     max_json_bytes: int = 1 << 20

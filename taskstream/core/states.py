@@ -39,6 +39,7 @@ class EventType(StrEnum):
     TEXT = "text"  # ctx.text_stream: a stream of text (model output) ended; data: its full text
     SUSPENDED = "suspended"  # ctx.wait_for: the run gave up its slot until a signal (or timeout)
     RESUMED = "resumed"  # the signal (or the timeout) came: the run is queued again
+    AGGREGATE = "aggregate"  # a batch parent's counts, percent and children that ended
 
 
 #: For each event type: (statuses the task may be in, status it moves to; None = unchanged).
@@ -61,6 +62,7 @@ TRANSITIONS: Final[dict[EventType, tuple[frozenset[Status], Status | None]]] = {
     EventType.TEXT: (frozenset({Status.RUNNING}), None),
     EventType.SUSPENDED: (frozenset({Status.RUNNING}), Status.PENDING),
     EventType.RESUMED: (frozenset({Status.PENDING}), Status.PENDING),
+    EventType.AGGREGATE: (frozenset({Status.PENDING, Status.RUNNING}), None),
 }
 
 
@@ -99,6 +101,7 @@ class FailureReason(StrEnum):
     WORKER_LOST = "worker_lost"
     SHUTDOWN = "shutdown"  # its worker stopped; re-queued without spending an attempt
     UNKNOWN_TASK_TYPE = "unknown_task_type"  # no running worker loads its type
+    POLICY = "policy"  # a batch whose children broke its failure policy
 
 
 def allowed_from(event: EventType, *, by_attempt: bool = False) -> frozenset[Status]:

