@@ -213,3 +213,21 @@ async def test_the_agent_searches_the_callers_documents(api: httpx.AsyncClient) 
     assert call["tool"] == "search" and call["input"].startswith("When did the railway")
     assert "[harbour.txt p.1]" in call["observation"] and "1880" in call["observation"]
     assert done["result"]["answer"].startswith("Answer: [harbour.txt p.1]")
+
+
+async def test_a_batch_generates_100_summaries(api: httpx.AsyncClient) -> None:
+    """The tutorial's "generate 100 summaries": one POST /batches, a hundred summarize
+    children against the model server, one parent that completes when they all have."""
+    before = (await api.get("/usage")).json()
+    r = await api.post("/batches", json={"tasks": [
+        {"type": "summarize", "params": {"text": f"Part {i}. " + " ".join(WORDS)}}
+        for i in range(100)]})
+    assert r.status_code == 202, r.text
+    parent = await wait_terminal(api, r.json()["task_id"], timeout=120)
+    assert parent["status"] == "completed", parent
+    kids = (await api.get(f"/batches/{parent['task_id']}/children")).json()["items"]
+    assert len(kids) == 100 and {k["status"] for k in kids} == {"completed"}
+    assert {k["result"]["summary"] for k in kids} == {
+        "Summary: Part Rivers carry water from high mountains down to the sea Along"}
+    after = (await api.get("/usage")).json()
+    assert after["calls"] == before["calls"] + 100
