@@ -64,6 +64,7 @@ class Deployment:
     faults: list[Fault] = field(default_factory=list)
     paused: set[int] = field(default_factory=set)  # worker slots under SIGSTOP
     down: set[int] = field(default_factory=set)  # worker slots killed, not yet restarted
+    webs_down: set[int] = field(default_factory=set)  # web processes killed on purpose
     web_deaths: list[str] = field(default_factory=list)
     outages: int = 0  # Redis or PostgreSQL faults in progress
     last_outage_end: float = 0.0
@@ -191,12 +192,26 @@ class Deployment:
                 self._end_life(slot, f"died (exit {w.returncode})")
                 self._start_worker(slot)
         for i, web in enumerate(self.web_procs):
-            if web.returncode is not None:
+            if web.returncode is not None and i not in self.webs_down:
                 msg = f"web {i} exited by itself (code {web.returncode}); restarted"
                 self.web_deaths.append(msg)
                 out.append(msg)
                 await asyncio.to_thread(web.start)
         return out
+
+    async def kill_web(self, i: int, down_for: float) -> None:
+        """SIGKILL a web process (its streams cut mid-flight), then start it on its port."""
+        web = self.web_procs[i]
+        t0 = time.time()
+        pid = web.pid
+        self.webs_down.add(i)
+        try:
+            await asyncio.to_thread(web.kill)
+            await asyncio.sleep(down_for)
+            await asyncio.to_thread(web.start)
+        finally:
+            self.webs_down.discard(i)
+        self.faults.append(Fault("kill web", t0, time.time(), f"web {i} pid {pid}"))
 
     # -- backing services --------------------------------------------------------------------
     def calm_since(self) -> float:

@@ -4,8 +4,9 @@ Within the chaos window of ``duration`` seconds: a random worker is SIGKILLed ev
 ``kill_every`` seconds and restarted; at fixed fractions of the window Redis restarts (its
 data, the queue included, is lost), PostgreSQL stops (fast) for ``pg_down`` seconds, PostgreSQL
 crashes (``pg_ctl stop -m immediate``, then recovery on start), and one busy worker is
-SIGSTOPped past its lease, then resumed. Workers and web processes that exit without being
-told to are noticed (and workers restarted) every half second.
+SIGSTOPped past its lease, then resumed, and one web process is SIGKILLed with streams open
+and restarted on its port. Workers and web processes that exit without being told to are
+noticed (and restarted) every half second.
 """
 
 import asyncio
@@ -32,6 +33,8 @@ class FaultPlan:
     pg_crash_at: float | None = 0.62
     pause_at: float | None = 0.78
     pause_for: float = 4.5  # > lease (2 s) + a sweep (0.5 s), with margin
+    web_kill_at: float | None = 0.55  # SIGKILL a web process with streams open
+    web_down: float = 1.0
 
 
 @dataclass
@@ -85,6 +88,7 @@ class Chaos:
             (p.pg_stop_at, lambda: self.dep.stop_postgres("fast", p.pg_down)),
             (p.pg_crash_at, lambda: self.dep.stop_postgres("immediate", 0.0)),
             (p.pause_at, self._pause),
+            (p.web_kill_at, lambda: self.dep.kill_web(0, p.web_down)),
         ]
         reaper = asyncio.create_task(self._reaper())
         try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import asyncpg
 
-from chaos import batches, cron
+from chaos import batches, cron, ops
 from chaos.api import Api
 from chaos.checks import Check, check_all
 from chaos.deployment import Deployment
@@ -25,6 +25,7 @@ from chaos.report import render
 from chaos.snapshot import snapshot
 from chaos.tasktypes import STEP_RUNS_DDL
 from chaos.workload import TaskSpec, make_specs, submit_all
+from taskstream.core.constants import ANONYMOUS_OWNER
 from taskstream.core.db import create_pool
 
 
@@ -78,9 +79,12 @@ class Result:
 async def run_chaos(cfg: ChaosConfig, say: Callable[[str], None] = print) -> Result:
     rng = random.Random(cfg.seed)  # noqa: S311 - a reproducible schedule
     root = cfg.root or Path(tempfile.mkdtemp(prefix="taskstream-chaos-"))
+    prom = root / "prometheus"
+    prom.mkdir(parents=True, exist_ok=True)
     dep = Deployment(root, cfg.webs, cfg.workers,
                      extra_env={"TASKSTREAM_STREAM_KEEPALIVE": "2",
-                                "TASKSTREAM_TASKS": "chaos.tasktypes"})
+                                "TASKSTREAM_TASKS": "chaos.tasktypes",
+                                "PROMETHEUS_MULTIPROC_DIR": str(prom), **ops.ENV})
     t0 = time.time()
     result: Result | None = None
     try:
@@ -111,6 +115,8 @@ async def _run(cfg: ChaosConfig, rng: random.Random, dep: Deployment, pool: asyn
                api: Api, say: Callable[[str], None], t0: float) -> Result:
     specs = make_specs(cfg.tasks, rng)
     batch_specs = batches.make_batches(cfg.batches, cfg.batch_size, rng)
+    hooks = ops.Ops()
+    await hooks.start(api, pool)
     sampler = Sampler(pool)
     chaos = Chaos(dep, cfg.plan, sampler, rng)
     fol = Followers(api, rng, calm_since=dep.calm_since)
@@ -128,10 +134,13 @@ async def _run(cfg: ChaosConfig, rng: random.Random, dep: Deployment, pool: asyn
         return probe
 
     async def tenant_probe(cursor: int) -> tuple[int, float | None]:
-        last = await pool.fetchval("SELECT coalesce(max(last_seq), 0) FROM tenants")
+        # The followed tenant only (the retention check seeds another one).
+        last = await pool.fetchval(
+            "SELECT coalesce(max(last_seq), 0) FROM tenants WHERE owner = $1", ANONYMOUS_OWNER)
         at = await pool.fetchval(
             """SELECT extract(epoch FROM created_at)::float8 FROM task_events
-               WHERE tenant_seq > $1 ORDER BY tenant_seq LIMIT 1""", cursor)
+               WHERE owner = $2 AND tenant_seq > $1 ORDER BY tenant_seq LIMIT 1""", cursor,
+            ANONYMOUS_OWNER)
         return int(last), at
 
     followers = [asyncio.create_task(fol.task_follower(i % cfg.patient_every == 0, task_probe))
@@ -164,7 +173,10 @@ async def _run(cfg: ChaosConfig, rng: random.Random, dep: Deployment, pool: asyn
         left = await _drain(pool, ids, cfg.drain_timeout)
         say(f"chaos: drained at {time.time() - t0:.0f}s ({left} not terminal)")
         final_tenant_seq.append(int(await pool.fetchval(
-            "SELECT coalesce(max(tenant_seq), 0) FROM task_events")))
+            "SELECT coalesce(max(tenant_seq), 0) FROM task_events WHERE owner = $1",
+            ANONYMOUS_OWNER)))
+        await hooks.settle(pool, 60)
+        await hooks.scrape(dep.urls)
         _, pending = await asyncio.wait(followers, timeout=30)
         fol.hard_stop.set()
         if pending:
@@ -173,9 +185,10 @@ async def _run(cfg: ChaosConfig, rng: random.Random, dep: Deployment, pool: asyn
         for t in [*followers, *background]:
             t.cancel()
         await asyncio.gather(*followers, *background, return_exceptions=True)
+        await hooks.close()
     snap = await snapshot(pool)
     lost = losses(snap, dep.lives, sampler.owners, dep.faults)
-    checks = check_all(snap, specs, fol.follows, lost)
+    checks = check_all(snap, specs, fol.follows, lost) + await hooks.checks(snap, pool)
     checks.append(await batches.check_batches(pool, batch_specs))
     _dump(dep, specs, fol, chaos)
     title = (f"Taskstream chaos run ({_code_version()}): seed {cfg.seed}, {cfg.tasks} tasks, "
@@ -183,6 +196,7 @@ async def _run(cfg: ChaosConfig, rng: random.Random, dep: Deployment, pool: asyn
              f"{time.time() - t0:.0f}s in all")
     summary = render(title=title, dep=dep, chaos=chaos, specs=specs, api=api,
                      follows=fol.follows, snap=snap, checks=checks, lost=lost, t0=t0)
+    summary += "\n" + "\n".join(hooks.summary())
     result = Result(checks, summary, dep.root)
     verdict = "OK: no violations" if result.ok else f"FAILED: {result.violations} violations"
     say(summary + f"\n\nRESULT: {verdict}; logs and chaos.json in {dep.root}"

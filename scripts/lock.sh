@@ -16,5 +16,5 @@ common=(--quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-
 "$tool" "${common[@]}" --extra server -o requirements.txt pyproject.toml
 # The dev lock starts from the deploy lock's pins, so both name the same versions.
 cp requirements.txt requirements-dev.txt
-"$tool" "${common[@]}" --extra server --extra dev --extra local -o requirements-dev.txt \
+"$tool" "${common[@]}" --extra server --extra dev --extra local --extra otel -o requirements-dev.txt \
     pyproject.toml

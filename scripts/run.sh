@@ -30,5 +30,10 @@ fi
 mapfile -t procs < <(sed -nE 's/^([A-Za-z0-9_-]+):.*/\1/p' Procfile | grep -vx release)
 
 export PORT="${PORT:-8000}"
+# /metrics sums the web and worker processes of this host (prometheus-client's multiprocess
+# mode): their shared directory starts empty on every run.
+export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-$PWD/.data/prometheus}"
+mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -delete
 export PATH="$PWD/.venv/bin:$PATH"
 exec .venv/bin/honcho start -f Procfile "${procs[@]}"

@@ -23,7 +23,7 @@ from service.limits import BodyLimit, InflightGauge, StreamSlots, SubmitRate
 from service.routes import router
 from service.submissions import Submissions
 from service.worker_types import WorkerTypes
-from taskstream.core import queue, redisconn, store
+from taskstream.core import logs, metrics, queue, redisconn, store, tracing
 from taskstream.core.auth import KeyCache
 from taskstream.core.constants import control_channel
 from taskstream.core.db import TRANSIENT_DB_ERRORS, create_engine, create_pool
@@ -73,9 +73,11 @@ async def _open(stack: AsyncExitStack, settings: Settings) -> Resources:
     """The process's pools and background writers, each registered on ``stack`` as soon as
     it exists, so they close in reverse order — also when start-up fails half-way."""
     pool = await create_pool(settings.database_url, min_size=settings.db_pool_min,
-                             max_size=settings.db_pool_max)
+                             max_size=settings.db_pool_max,
+                             statement_cache_size=settings.db_statement_cache_size)
     stack.push_async_callback(pool.close)
-    engine = create_engine(settings.database_url, pool_size=settings.db_engine_pool_size)
+    engine = create_engine(settings.database_url, pool_size=settings.db_engine_pool_size,
+                           statement_cache_size=settings.db_statement_cache_size)
     stack.push_async_callback(engine.dispose)
     arq = await queue.connect(settings)
     stack.push_async_callback(arq.aclose)
@@ -114,10 +116,16 @@ async def _open(stack: AsyncExitStack, settings: Settings) -> Resources:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    if settings.log_format == "json":
+        logs.configure("json")
+    tracing.setup(settings.tracing, "taskstream-web")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            metrics.reap_dead()  # live gauges of web processes that were SIGKILLed
+            stack.callback(metrics.process_exit)
+            stack.callback(tracing.shutdown)
             app.state.resources = res = await _open(stack, settings)
             _end_streams_on_signal(res.hub)
             # Everything built so far lives as long as the process: out of the collector's
@@ -138,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    tracing.instrument_app(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes)
     app.include_router(router)
 

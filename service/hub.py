@@ -26,6 +26,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from service.sse import HubEvent
+from taskstream.core import metrics
 from taskstream.core.backoff import Backoff
 from taskstream.core.events import Event
 from taskstream.core.states import EventType
@@ -136,10 +137,12 @@ class Hub:
             raise HubUnavailable("this server is shutting down")
         sub = Subscription(channel, self._buffer)
         self._subs.setdefault(channel, set()).add(sub)
+        metrics.OPEN_STREAMS.inc()
         try:
             await self._confirm(channel)
             yield sub
         finally:
+            metrics.OPEN_STREAMS.dec()
             subs = self._subs.get(channel)
             if subs is not None:
                 subs.discard(sub)
@@ -205,6 +208,7 @@ class Hub:
                 await self._connect()
                 if not first:
                     self.reconnects += 1
+                    metrics.HUB_RECONNECTS.inc()
                     for subs in self._subs.values():
                         for sub in subs:
                             sub.push(RESYNC)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from service.errors import Conflict, TooManyRequests, Unprocessable
 from service.limits import InflightGauge, SubmitRate, json_depth
 from service.worker_types import WorkerTypes
-from taskstream.core import queue, store
+from taskstream.core import metrics, queue, store, tracing
 from taskstream.core.batcher import Batcher
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import Event
@@ -94,6 +94,9 @@ class Submissions(Batcher[store.NewTask, Result]):
             stored = with_concurrency_key(spec, clean, owner, options)
         except ConcurrencyKeyError as exc:
             raise Unprocessable(str(exc)) from None
+        traceparent = tracing.current_traceparent()  # the worker's spans join this trace
+        if traceparent is not None:
+            stored = {**stored, tracing.TRACEPARENT: traceparent}
         return store.NewTask(owner=owner, task_type=task_type, params=clean,
                              max_attempts=options.get("max_attempts") or spec.max_attempts,
                              options=scheduled(stored, spec))
@@ -124,6 +127,9 @@ class Submissions(Batcher[store.NewTask, Result]):
     async def _commit(self, items: list[store.NewTask]) -> list[Result]:
         results = await store.create_tasks(self._pool, items)
         created = [ev for _, ev in results if ev is not None]
+        for task, ev in results:
+            if ev is not None:
+                metrics.task_event(metrics.SUBMITTED, task.task_type)
         await self._eventlog.publish(created)  # durable first, then on Redis
         await enqueue_pending(self._arq, self._settings, [
             queue.Job.of(ev.task_id, ev.seq, task.options) for task, ev in results if ev])

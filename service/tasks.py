@@ -6,7 +6,7 @@ from typing import Any
 
 from service.deps import Resources
 from service.errors import Conflict, NotFound, parse_id
-from taskstream.core import control, store, store_batches
+from taskstream.core import control, metrics, store, store_batches
 from taskstream.core.events import NewEvent
 from taskstream.core.pending import append_pending
 from taskstream.core.states import EventType, Outcome, Status, is_terminal
@@ -52,7 +52,9 @@ async def cancel(res: Resources, owner: str, task_id: str) -> store.Task:
             message=None if pending else "cancellation requested",
         ))
         if done.outcome == Outcome.OK:
-            if not pending:
+            if pending:  # a running one is counted by its worker when it stops
+                metrics.task_event(metrics.CANCELLED, task.task_type)
+            else:
                 await control.publish_cancel(res.arq, res.settings.namespace, task.task_id)
             break
         task = await load_task(res, owner, task_id)  # it moved on meanwhile: look again

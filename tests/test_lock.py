@@ -13,7 +13,8 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 #: lock file -> the pyproject extras it holds beside the base dependencies
-LOCKS = {"requirements.txt": ("server",), "requirements-dev.txt": ("server", "dev", "local")}
+LOCKS = {"requirements.txt": ("server",),
+         "requirements-dev.txt": ("server", "dev", "local", "otel")}
 _PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s\\;]+)")
 
 

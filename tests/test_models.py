@@ -38,6 +38,7 @@ PG_TYPES = {
     "BYTEA": ("bytea", "bytea"),
     "REAL[]": ("ARRAY", "_float4"),
     "VECTOR": ("USER-DEFINED", "vector"),
+    "TEXT[]": ("ARRAY", "_text"),
 }
 
 

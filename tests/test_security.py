@@ -136,7 +136,10 @@ async def test_credentials_are_required_everywhere_but_health_and_docs(as_: Any,
                          ("POST", f"/tasks/{tid}/cancel"), ("POST", f"/tasks/{tid}/retry"),
                          ("GET", "/stream"), ("POST", "/upload"), ("GET", "/dead-letters"),
                          ("GET", "/task-types"), ("POST", "/stream-tickets"),
-                         ("GET", "/admin/dead-letters")]:
+                         ("GET", "/admin/dead-letters"), ("DELETE", f"/tasks/{tid}"),
+                         ("GET", "/webhooks"), ("POST", "/webhooks"),
+                         ("GET", f"/webhooks/{tid}/deliveries"), ("GET", "/metrics"),
+                         ("PUT", "/tenants/x/retention")]:
         r = await anon.request(method, path)
         assert r.status_code == 401, (method, path, r.status_code)
         assert r.headers["WWW-Authenticate"] == "Bearer"
@@ -172,6 +175,30 @@ async def test_admin_only_operations(as_: Any) -> None:
     everyone = (await admin.get("/admin/dead-letters", params={"limit": 200})).json()["items"]
     assert r.json()["task_id"] in [d["task"]["task_id"] for d in everyone]
     assert (await alice.get("/dead-letters")).status_code == 200
+    # Operations: metrics and retention settings are the operator's.
+    assert (await alice.get("/metrics")).status_code == 403
+    assert (await admin.get("/metrics")).status_code == 200
+    assert (await alice.put("/tenants/alice/retention", json={"days": 1})).status_code == 403
+    assert (await admin.put("/tenants/alice/retention", json={"days": None})).status_code == 204
+    assert (await as_(None).get("/readyz")).status_code == 200  # orchestrators send no key
+
+
+async def test_tenants_cannot_see_each_others_webhooks(as_: Any) -> None:
+    alice, bob = as_("alice"), as_("bob")
+    # A public address literal: no DNS needed; the hook is gone before any event it wants.
+    r = await alice.post("/webhooks", json={"url": "https://1.1.1.1/hook"})
+    assert r.status_code == 201, r.text
+    hook = r.json()["webhook_id"]
+    assert hook not in [h["webhook_id"] for h in (await bob.get("/webhooks")).json()]
+    assert (await bob.get(f"/webhooks/{hook}/deliveries")).status_code == 404
+    assert (await bob.delete(f"/webhooks/{hook}")).status_code == 404
+    assert (await alice.get(f"/webhooks/{hook}/deliveries")).status_code == 200
+    assert (await alice.delete(f"/webhooks/{hook}")).status_code == 204
+    # A finished task of Alice's cannot be deleted by Bob.
+    t = (await alice.post("/tasks", json={"type": "noop"})).json()["task_id"]
+    await wait_terminal(alice, t)
+    assert (await bob.delete(f"/tasks/{t}")).status_code == 404
+    assert (await alice.delete(f"/tasks/{t}")).status_code == 204
 
 
 async def test_stream_tickets(as_: Any, secure: WebServer, keys: dict[str, str],

@@ -3,6 +3,7 @@ real worker processes: a SIGKILL inside step 3, a retry, a re-drive, an order ch
 suspended run resumed by a signal or a signed URL, and a wait that times out."""
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,25 @@ async def test_wait_suspends_without_a_slot_and_a_signal_resumes_once(
         assert (await api.post("/tasks/nope/signals/approval")).status_code == 404
     finally:
         await pool.close()
+
+
+async def test_a_signal_whose_sender_died_is_resumed_by_the_sweeper(
+        cluster: Cluster, api: httpx.AsyncClient, tmp_path: Path) -> None:
+    from taskstream.core import store_steps
+
+    tid = await submit(api, "approval", dir=str(tmp_path))
+    await eventually(lambda: _suspended(api, tid))
+    pool = await create_pool(cluster.database_url, min_size=1, max_size=2)
+    try:  # stored, as the web process does, which then dies before it re-queues the run
+        delivered = await store_steps.deliver_signal(pool, uuid.UUID(tid), None, "approval",
+                                                     {"late": True})
+        assert delivered is not None and delivered.suspended
+    finally:
+        await pool.close()
+    done = await wait_terminal(api, tid, timeout=30)
+    assert done["status"] == "completed" and done["result"]["decision"] == {"late": True}
+    resumed = [e for e in await events(api, tid) if e["type"] == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["data"]["timed_out"] is False
 
 
 async def test_a_signal_sent_before_the_wait_is_kept(api: httpx.AsyncClient,

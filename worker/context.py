@@ -25,7 +25,7 @@ import asyncpg
 from pydantic import BaseModel
 
 from taskstream.context import AttemptSuperseded, SoftTimeLimitExceeded, TextStream
-from taskstream.core import store, store_steps
+from taskstream.core import store, store_steps, tracing
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import NewEvent
 from taskstream.core.settings import Settings
@@ -100,12 +100,14 @@ class WorkerContext:
         # ran, even in an attempt that died inside it, has its step_started on the record.
         await self.flush()
         started = datetime.now(UTC)
-        if inspect.iscoroutinefunction(fn):
-            out: Any = await fn(*args, **kwargs)
-        else:
-            out = await asyncio.to_thread(fn, *args, **kwargs)
-            if inspect.isawaitable(out):
-                out = await out
+        with tracing.span(f"step {name}", **{"taskstream.step": name,
+                                             "taskstream.step_index": idx}):
+            if inspect.iscoroutinefunction(fn):
+                out: Any = await fn(*args, **kwargs)
+            else:
+                out = await asyncio.to_thread(fn, *args, **kwargs)
+                if inspect.isawaitable(out):
+                    out = await out
         result = _json_roundtrip(out, name)
         await self._record_step(idx, name, result, started)
         await self._emit(EventType.STEP_COMPLETED, data={"step": name, "index": idx})

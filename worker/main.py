@@ -17,7 +17,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
-from taskstream.core import control, queue, store
+from taskstream.core import control, logs, metrics, queue, store, tracing
 from taskstream.core.backoff import Backoff
 from taskstream.core.constants import control_channel
 from taskstream.core.db import TRANSIENT_DB_ERRORS, create_pool
@@ -25,7 +25,7 @@ from taskstream.core.eventlog import EventLog
 from taskstream.core.settings import Settings
 from taskstream.core.states import RunOutcome
 from taskstream.core.tasktypes import Catalogue
-from worker import batches, scheduler, sweeper
+from worker import batches, retention, scheduler, sweeper, webhooks
 from worker.runtime import Runtime
 
 log = logging.getLogger("worker")
@@ -74,7 +74,8 @@ async def _start(ctx: dict[str, Any], stack: AsyncExitStack, settings: Settings,
     """Everything a job needs, each piece registered on ``stack`` as soon as it exists."""
     redis: ArqRedis = ctx["redis"]  # arq's own connection
     pool = await create_pool(settings.database_url, min_size=settings.db_pool_min,
-                             max_size=settings.db_pool_max)
+                             max_size=settings.db_pool_max,
+                             statement_cache_size=settings.db_statement_cache_size)
     stack.push_async_callback(pool.close)
     eventlog = EventLog(pool, redis, settings.namespace, max_batch=settings.eventlog_max_batch)
     eventlog.start()
@@ -94,7 +95,9 @@ async def _start(ctx: dict[str, Any], stack: AsyncExitStack, settings: Settings,
     for loop in (_listen_control(redis, settings, runtime),
                  sweeper.run_forever(pool, redis, eventlog, runtime, settings),
                  scheduler.run_forever(pool, redis, eventlog, catalogue, settings),
-                 batches.run_forever(pool, eventlog, redis, settings)):
+                 batches.run_forever(pool, eventlog, redis, settings),
+                 webhooks.run_forever(pool, settings),
+                 retention.run_forever(pool, settings)):
         stack.push_async_callback(_stop, asyncio.create_task(loop))
 
 
@@ -131,10 +134,15 @@ def use_uvloop() -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    logs.configure(settings.log_format)
+    tracing.setup(settings.tracing, "taskstream-worker")
     use_uvloop()
-    build_worker(Settings()).run()
+    try:
+        build_worker(settings).run()
+    finally:
+        tracing.shutdown()
+        metrics.process_exit()
 
 
 if __name__ == "__main__":

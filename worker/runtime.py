@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +23,7 @@ from arq.connections import ArqRedis
 from pydantic import BaseModel, ValidationError
 
 from taskstream.context import AttemptSuperseded, SoftTimeLimitExceeded
-from taskstream.core import queue, store, store_steps, waits
+from taskstream.core import metrics, queue, store, store_steps, tracing, waits
 from taskstream.core.batcher import Batcher
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import NewEvent
@@ -91,12 +92,16 @@ class Runtime:
 
     async def run(self, task_id: str) -> RunOutcome:
         """Run one job; returns how it ended (for arq's log only: PostgreSQL has the truth)."""
+        seen = Observed()
+        outcome: RunOutcome | None = None
         try:
-            return await self._run(task_id)
+            outcome = await self._run(task_id, seen)
+            return outcome
         finally:
             self._cancel_requested.discard(task_id)
+            seen.finish(outcome)
 
-    async def _run(self, task_id: str) -> RunOutcome:
+    async def _run(self, task_id: str, seen: "Observed") -> RunOutcome:
         tid = _uuid(task_id)
         task = await self.loader.load(tid) if tid else None
         if task is None:
@@ -104,6 +109,7 @@ class Runtime:
             return RunOutcome.MISSING
         if is_terminal(task.status):
             return RunOutcome.ALREADY_FINISHED
+        seen.task_type = task.task_type
         if task.cancel_requested and task.status == Status.PENDING:
             await self._append(task.owner, task_id, EventType.CANCELLED,
                                error="cancelled by request")
@@ -127,6 +133,17 @@ class Runtime:
             # Cancelled while queued, or another worker holds it: not ours to run.
             return RunOutcome.NOT_OURS
         attempt = started.event.attempt
+        seen.started(task, started.event.created_at)
+        with tracing.task_run(task.options, task_id, task.task_type, attempt,
+                              task.updated_at) as span:
+            outcome = await self._attempt(task_id, task, spec, attempt)
+            if span is not None:
+                span.set_attribute("taskstream.outcome", outcome.value)
+            return outcome
+
+    async def _attempt(self, task_id: str, task: store.Task, spec: "TaskDef[Any, Any] | None",
+                       attempt: int) -> RunOutcome:
+        """One attempt of a started task, to its outcome."""
         opts = task.options
         soft = opts.get("soft_timeout") or (spec.soft_timeout if spec else None)
         ctx = WorkerContext(task_id=task_id, owner=task.owner, attempt=attempt,
@@ -254,6 +271,37 @@ class Runtime:
     async def _append(self, owner: str, task_id: str, etype: EventType, **kw: Any
                       ) -> store.Appended:
         return await self.eventlog.append(NewEvent(task_id=task_id, owner=owner, type=etype, **kw))
+
+
+class Observed:
+    """What one job's run tells the metrics (and the trace): its type, when it started."""
+
+    __slots__ = ("t0", "task_type")
+
+    def __init__(self) -> None:
+        self.task_type = ""
+        self.t0: float | None = None
+
+    def started(self, task: store.Task, at: datetime) -> None:
+        self.t0 = time.monotonic()
+        metrics.task_event(metrics.STARTED, task.task_type)
+        # Queue wait: from when the task last became pending (submission, retry, re-queue)
+        # to its start, both on the database's clock.
+        metrics.per_type(task.task_type)[1].observe(
+            max(0.0, (at - task.updated_at).total_seconds()))
+
+    def finish(self, outcome: RunOutcome | None) -> None:
+        if outcome is None or not self.task_type:
+            return  # an exception: the attempt is re-queued or recovered, not ended
+        event = _OUTCOME_EVENTS.get(outcome)
+        if event is not None:
+            metrics.task_event(event, self.task_type)
+        if self.t0 is not None:
+            metrics.per_type(self.task_type)[0].observe(time.monotonic() - self.t0)
+
+
+_OUTCOME_EVENTS = {RunOutcome.COMPLETED: metrics.COMPLETED, RunOutcome.FAILED: metrics.FAILED,
+                   RunOutcome.CANCELLED: metrics.CANCELLED, RunOutcome.RETRYING: metrics.RETRIED}
 
 
 def backoff(failures: int, base: float, cap: float) -> float:

@@ -9,7 +9,8 @@
   ``worker_lost``; a pending task whose job is missing from the queue (a web process died
   between insert and enqueue, or Redis lost its data) is enqueued again under its
   deterministic job id, so two sweepers cannot enqueue it twice — unless it is suspended in
-  ``ctx.wait_for`` on purpose; a suspended run whose wait timed out is queued again.
+  ``ctx.wait_for`` on purpose; a suspended run whose wait timed out, or whose signal came
+  but whose sender died before re-queueing it, is queued again.
 """
 
 import asyncio
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import asyncpg
 from arq.connections import ArqRedis
 
-from taskstream.core import queue, store, store_steps, waits
+from taskstream.core import metrics, queue, store, store_steps, waits
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import NewEvent
 from taskstream.core.pending import append_pending
@@ -58,13 +59,16 @@ async def sweep_once(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
     when live workers have not had the chance to renew theirs yet)."""
     report = SweepReport()
     for lost in await store.expired_leases(pool) if leases else []:
+        metrics.LEASE_EXPIRIES.inc()
         if lost.cancel_requested:
             # Its worker died before it could honour the cancel: honour it here.
             res = await eventlog.append(NewEvent(
                 task_id=lost.task_id, owner=lost.owner, type=EventType.CANCELLED,
                 attempt=lost.attempts, error="cancelled by request (its worker was lost)",
             ))
-            report.failed += res.outcome == Outcome.OK
+            if res.outcome == Outcome.OK:
+                report.failed += 1
+                metrics.task_event(metrics.CANCELLED, lost.task_type)
             continue
         if lost.crashes + 1 >= settings.max_crashes:
             res = await eventlog.append(NewEvent(
@@ -72,7 +76,9 @@ async def sweep_once(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
                 attempt=lost.attempts, data={"reason": FailureReason.WORKER_LOST},
                 error=f"worker lost {lost.crashes + 1} times running this task; giving up",
             ))
-            report.failed += res.outcome == Outcome.OK
+            if res.outcome == Outcome.OK:
+                report.failed += 1
+                metrics.task_event(metrics.FAILED, lost.task_type)
             continue
         res = await append_pending(eventlog, arq, settings, NewEvent(
             task_id=lost.task_id, owner=lost.owner, type=EventType.REQUEUED,
@@ -80,7 +86,9 @@ async def sweep_once(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
             data={"reason": FailureReason.WORKER_LOST, "attempt": lost.attempts},
             message=f"attempt {lost.attempts} lost with its worker; re-queued",
         ), options=lost.options)
-        report.requeued += res.outcome == Outcome.OK
+        if res.outcome == Outcome.OK:
+            report.requeued += 1
+            metrics.LEASE_RECOVERIES.inc()
     for task_id, seq, options in await store.stale_pending(pool, settings.pending_stale_seconds):
         jid = queue.job_id(task_id, seq)
         job = queue.Job.of(task_id, seq, options)  # with its priority, deferred to its run_at
@@ -102,10 +110,12 @@ async def sweep_once(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
                     report.reenqueued += 1
                 break
     report.failed += await fail_unknown_types(pool, eventlog, settings)
-    for waiting, name, _owner in await store_steps.due_waits(pool):
-        # A suspended run's wait timed out: run it again; its wait_for times out there.
+    for waiting, name, timed_out in await store_steps.due_waits(
+            pool, signal_grace=settings.pending_stale_seconds):
+        # A suspended run whose wait timed out (its wait_for times out when it runs again),
+        # or whose signal's sender died before re-queueing it.
         report.resumed += await waits.resume(pool, eventlog, arq, settings, waiting, name,
-                                             timed_out=True)
+                                             timed_out=timed_out)
     if report.requeued or report.failed or report.reenqueued:
         log.warning("sweep: %s", report)
     return report

@@ -3,6 +3,7 @@ from fastapi import APIRouter
 from service.routes import (
     batches,
     dashboard,
+    ops,
     schedules,
     search,
     signals,
@@ -10,6 +11,7 @@ from service.routes import (
     tasks,
     uploads,
     usage,
+    webhooks,
 )
 
 router = APIRouter()
@@ -21,4 +23,6 @@ router.include_router(batches.router)
 router.include_router(search.router)
 router.include_router(signals.router)
 router.include_router(dashboard.router)
+router.include_router(ops.router)
+router.include_router(webhooks.router)
 router.include_router(usage.router)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Response
 from service.auth import Admin, Caller, Owner
 from service.batches import cancel_batch, redrive_batch
 from service.deps import Res, Resources
-from service.errors import BadRequest, NotFound
+from service.errors import BadRequest, Conflict, NotFound
 from service.schemas import (
     DeadLetter,
     DeadLetterPage,
@@ -23,7 +23,7 @@ from service.schemas import (
 )
 from service.search import check_submitter
 from service.tasks import cancel, load_task, parse_task_id, redrive, task_json
-from taskstream.core import batches, store_batches, store_llm, store_read
+from taskstream.core import batches, store_batches, store_llm, store_ops, store_read
 from taskstream.core.constants import BATCH_TASK_TYPE
 from taskstream.core.models import StepRead
 from taskstream.core.states import Status
@@ -176,6 +176,18 @@ async def cancel_task(task_id: str, res: Res, owner: Owner) -> dict[str, Any]:
         await cancel_batch(res, owner, uuid.UUID(task.task_id))
         return task_json(await load_task(res, owner, task_id))
     return task_json(await cancel(res, owner, task_id))
+
+
+@router.delete("/tasks/{task_id}", status_code=204, responses=ERRORS, tags=["tasks"])
+async def delete_task(task_id: str, res: Res, owner: Owner) -> None:
+    """Delete a finished task with its events and its upload (unless an unfinished task
+    still uses that upload). A pending or running task is 409: cancel it first."""
+    refused = await store_ops.delete_finished_task(res.pool, owner, parse_task_id(task_id))
+    if refused == "missing":
+        raise NotFound(f"task {task_id!r} not found")
+    if refused is not None:
+        raise Conflict(f"task is {refused}; only a finished task can be deleted (cancel it "
+                       "first)")
 
 
 @router.post("/tasks/{task_id}/retry", response_model=TaskRead, responses=ERRORS,

@@ -2,6 +2,7 @@
 SQLAlchemy async engine (SQLModel reads and key management); jsonb is orjson in both. Also
 what counts as the database being briefly away."""
 
+import uuid
 from typing import Any
 
 import asyncpg
@@ -66,10 +67,23 @@ def async_url(dsn: str) -> URL:
     return url.set(drivername="postgresql+asyncpg", query=query)
 
 
-def create_engine(dsn: str, *, pool_size: int = 5) -> AsyncEngine:
+def create_engine(dsn: str, *, pool_size: int = 5,
+                  statement_cache_size: int = 100) -> AsyncEngine:
     """The SQLModel read side's engine (over asyncpg). Connections open on first use, so a
-    process starts while PostgreSQL is away; jsonb goes through orjson as in the pool."""
+    process starts while PostgreSQL is away; jsonb goes through orjson as in the pool.
+
+    ``statement_cache_size=0`` (behind PgBouncer in transaction mode): neither asyncpg nor
+    SQLAlchemy's dialect keeps prepared statements, and the dialect names each one uniquely,
+    so a statement never meets a server connection that has another of the same name."""
+    connect_args: dict[str, Any] = {}
+    if statement_cache_size == 0:
+        connect_args = {"statement_cache_size": 0, "prepared_statement_cache_size": 0,
+                        "prepared_statement_name_func": _unique_statement_name}
     return create_async_engine(
         async_url(dsn), pool_size=pool_size, max_overflow=0,
-        json_serializer=_encode, json_deserializer=orjson.loads,
+        json_serializer=_encode, json_deserializer=orjson.loads, connect_args=connect_args,
     )
+
+
+def _unique_statement_name() -> str:
+    return f"__ts_{uuid.uuid4().hex}__"

@@ -21,7 +21,7 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from taskstream.core import store
+from taskstream.core import metrics, store
 from taskstream.core.backoff import Backoff
 from taskstream.core.batcher import Batcher
 from taskstream.core.constants import task_channel, tenant_channel
@@ -84,6 +84,8 @@ class EventLog(Batcher[NewEvent, store.Appended]):
                     await store.flush(self._pool)
                     self.batches += 1
                     self.events += len(events)
+                    metrics.EVENTS.inc(len(events))  # per batch, not per event
+                    metrics.BATCH_SIZE.observe(len(events))
                     return results
                 # The flush failed: PostgreSQL may have restarted before our asynchronous
                 # commit reached the disk. Whatever is not there any more is written again.

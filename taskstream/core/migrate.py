@@ -28,22 +28,26 @@ def migration_files() -> list[tuple[int, str, str]]:
     return sorted(files)
 
 
-async def migrate(dsn: str) -> list[str]:
-    """Apply pending migrations; returns the names applied."""
-    conn = await asyncpg.connect(dsn)
+async def migrate(dsn: str, statement_cache_size: int = 100) -> list[str]:
+    """Apply pending migrations; returns the names applied.
+
+    Each migration is one transaction that first takes a transaction-scoped advisory lock
+    (released by its commit), so concurrent migrators take turns and nothing outlives a
+    transaction: this also works through PgBouncer in transaction mode."""
+    conn = await asyncpg.connect(dsn, statement_cache_size=statement_cache_size)
     applied: list[str] = []
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
         for version, name, sql in migration_files():
-            if version in done:
-                continue
             async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                if await conn.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1",
+                                       version):
+                    continue
                 await conn.execute(sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
@@ -51,15 +55,15 @@ async def migrate(dsn: str) -> list[str]:
             applied.append(name)
             log.info("applied migration %s", name)
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
         await conn.close()
     return applied
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = Settings()
     try:
-        applied = asyncio.run(migrate(Settings().database_url))
+        applied = asyncio.run(migrate(settings.database_url, settings.db_statement_cache_size))
     except asyncpg.PostgresError as exc:  # say why (and what to do), not a traceback
         hint = getattr(exc, "hint", None)
         print(f"migration failed: {exc}" + (f"\nhint: {hint}" if hint else ""), file=sys.stderr)

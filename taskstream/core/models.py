@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, DateTime, Double, Integer, LargeBinary, Text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, UserDefinedType
 from sqlmodel import Field, SQLModel
@@ -60,6 +60,8 @@ class Tenant(SQLModel, table=True):
     owner: str = Field(primary_key=True, sa_type=Text)
     last_seq: int = Field(sa_type=BigInteger)  # the tenant stream's cursor
     created_at: datetime = Field(sa_type=TIMESTAMPTZ)
+    #: Finished tasks and uploads older than this are pruned (None: the deployment's default).
+    retention_days: float | None = Field(sa_type=Double)
 
 
 # --- tasks -----------------------------------------------------------------------------------
@@ -399,6 +401,44 @@ class BatchEnd(SQLModel, table=True):
     seq: int = Field(primary_key=True, sa_type=BigInteger)
     status: str = Field(sa_type=Text)
     error: str | None = Field(sa_type=Text)
+
+
+# --- webhooks (migration 120) ----------------------------------------------------------------
+
+class Webhook(SQLModel, table=True):
+    """A tenant's URL that receives its tasks' events of ``event_types``, signed with
+    ``secret`` (shown to the tenant once)."""
+
+    __tablename__ = "webhooks"
+
+    webhook_id: uuid.UUID = Field(primary_key=True)
+    owner: str = Field(sa_type=Text, foreign_key="tenants.owner")
+    url: str = Field(sa_type=Text)
+    secret: str = Field(sa_type=Text)
+    event_types: list[str] = Field(sa_type=ARRAY(Text))
+    created_at: datetime = Field(sa_type=TIMESTAMPTZ)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """The outbox: one event for one webhook, its attempts and their outcome."""
+
+    __tablename__ = "webhook_deliveries"
+
+    delivery_id: int = Field(primary_key=True, sa_type=BigInteger)
+    webhook_id: uuid.UUID = Field(foreign_key="webhooks.webhook_id")
+    owner: str = Field(sa_type=Text)
+    task_id: uuid.UUID
+    seq: int = Field(sa_type=BigInteger)
+    event_type: str = Field(sa_type=Text)
+    status: str = Field(sa_type=Text)  # pending | delivered | failed
+    attempts: int = Field(sa_type=Integer)
+    next_attempt_at: datetime = Field(sa_type=TIMESTAMPTZ)
+    locked_until: datetime | None = Field(sa_type=TIMESTAMPTZ)
+    response_code: int | None = Field(sa_type=Integer)
+    error: str | None = Field(sa_type=Text)
+    history: list[dict[str, Any]] = Field(sa_type=JSONB)
+    created_at: datetime = Field(sa_type=TIMESTAMPTZ)
+    finished_at: datetime | None = Field(sa_type=TIMESTAMPTZ)
 
 
 # --- language-model token usage --------------------------------------------------------------

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     db_pool_max: int = 10
     #: Connections of the SQLModel engine (task and event reads, key management).
     db_engine_pool_size: int = 5
+    #: asyncpg's prepared-statement cache per connection; 0 behind PgBouncer in transaction
+    #: mode (a statement prepared on one server connection is unknown on the next).
+    db_statement_cache_size: int = 100
 
     # Task types. Both processes load the same modules (see taskstream.discovery).
     #: Comma-separated modules that declare task types: ``myapp.tasks,otherpkg.jobs``.
@@ -162,6 +165,35 @@ class Settings(BaseSettings):
     max_streams_per_tenant: int = 1_000  # per web process
     max_streams_per_process: int = 20_000
     stream_max_lifetime: float = 3600.0  # then the stream closes and the client resumes
+
+    # Operations (README: Operations).
+    #: /metrics in Prometheus format. Several processes on a host share their figures through
+    #: prometheus-client's multiprocess mode: set PROMETHEUS_MULTIPROC_DIR (run.sh does).
+    metrics: bool = True
+    #: "json": one JSON object per log line (web and worker); "text": human-readable.
+    log_format: Literal["text", "json"] = "text"
+    #: OpenTelemetry tracing (the ``otel`` extra): "otlp" exports with the SDK's OTLP
+    #: exporter configured by the standard OTEL_EXPORTER_OTLP_* variables, "console" prints.
+    tracing: Literal["off", "otlp", "console"] = "off"
+    #: Finished tasks (with their events) and uploads older than this are pruned; a tenant's
+    #: own ``retention_days`` wins. 0: kept forever (unless the tenant sets one).
+    retention_days: float = 0.0
+    retention_interval: float = 60.0
+    #: Rows per pruning transaction: each holds its locks for one short batch.
+    retention_batch: int = 200
+    #: Webhook deliveries: per-attempt timeout, attempts before a delivery is failed, and
+    #: the exponential backoff between attempts (with jitter).
+    webhook_timeout: float = 10.0
+    webhook_max_attempts: int = 8
+    webhook_backoff: float = 5.0
+    webhook_backoff_max: float = 3600.0
+    #: How often each worker looks for due deliveries when it has nothing in flight.
+    webhook_poll_interval: float = 1.0
+    webhook_concurrency: int = 16
+    #: Hosts (names or addresses, comma-separated) that webhook URLs may name although they
+    #: resolve to loopback, private or link-local addresses (refused otherwise).
+    webhook_allow_hosts: str = ""
+    webhooks_per_tenant: int = 20
 
     @field_validator("database_url")
     @classmethod

@@ -525,18 +525,20 @@ class Lost:
     crashes: int
     cancel_requested: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    task_type: str = ""
 
 
 async def expired_leases(db: Executor, limit: int = 100) -> list[Lost]:
     """Running tasks whose worker stopped renewing its lease (killed, or paused)."""
     rows = await db.fetch(
-        """SELECT task_id, owner, attempts, crashes, cancel_requested, options FROM tasks
-           WHERE status = 'running' AND lease_expires_at < now() AND task_type <> $2
+        """SELECT task_id, owner, attempts, crashes, cancel_requested, options, task_type
+           FROM tasks WHERE status = 'running' AND lease_expires_at < now()
+             AND task_type <> $2
            ORDER BY lease_expires_at LIMIT $1""",
         limit, BATCH_TASK_TYPE,
     )
     return [Lost(str(r["task_id"]), r["owner"], r["attempts"], r["crashes"],
-                 r["cancel_requested"], r["options"]) for r in rows]
+                 r["cancel_requested"], r["options"], r["task_type"]) for r in rows]
 
 
 async def stale_pending(db: Executor, older_than: float, limit: int = 500

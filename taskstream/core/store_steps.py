@@ -141,14 +141,19 @@ async def deliver_signal(db: Executor, task_id: uuid.UUID, owner: str | None, na
         return Delivered(suspended=bool(row["suspended"]))
 
 
-async def due_waits(db: Executor, limit: int = 100) -> list[tuple[uuid.UUID, str, str]]:
-    """Suspended waits past their deadline with no signal: (task_id, name, owner)."""
+async def due_waits(db: Executor, signal_grace: float, limit: int = 100
+                    ) -> list[tuple[uuid.UUID, str, bool]]:
+    """Suspended runs nobody re-queued: (task_id, name, timed_out). Timed out: the deadline
+    passed without a signal. Not timed out: the signal came more than ``signal_grace``
+    seconds ago, but whoever delivered it died (or lost the database) before re-queueing."""
     rows = await db.fetch(
-        """SELECT w.task_id, w.name, t.owner FROM task_waits w JOIN tasks t USING (task_id)
-           WHERE w.suspended AND w.resumed_at IS NULL AND w.signalled_at IS NULL
-             AND w.deadline <= now() AND t.status = 'pending'
-           ORDER BY w.deadline LIMIT $1""", limit)
-    return [(r["task_id"], r["name"], r["owner"]) for r in rows]
+        """SELECT w.task_id, w.name, w.signalled_at IS NULL AS timed_out
+           FROM task_waits w JOIN tasks t USING (task_id)
+           WHERE w.suspended AND w.resumed_at IS NULL AND t.status = 'pending'
+             AND (w.deadline <= now() OR
+                  w.signalled_at < now() - make_interval(secs => $1))
+           ORDER BY coalesce(w.signalled_at, w.deadline) LIMIT $2""", signal_grace, limit)
+    return [(r["task_id"], r["name"], r["timed_out"]) for r in rows]
 
 
 async def task_state(db: Executor, task_id: uuid.UUID) -> tuple[str, str, dict[str, Any]] | None:

@@ -16,7 +16,7 @@ CREATE TABLE task_waits (
     created_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (task_id, name)
 );
--- The sweeper's two questions: which suspended runs passed their deadline, and (for the
+-- The sweeper's questions: which suspended runs are due (their deadline passed, or their
+-- signal came but whoever delivered it died before re-queueing the run), and (for the
 -- stale-pending rescue) which pending tasks are suspended on purpose.
-CREATE INDEX task_waits_due ON task_waits (deadline)
-    WHERE suspended AND resumed_at IS NULL AND signalled_at IS NULL;
+CREATE INDEX task_waits_suspended ON task_waits (task_id) WHERE suspended AND resumed_at IS NULL;
