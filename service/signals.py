@@ -12,9 +12,9 @@ from service.deps import Resources
 from service.errors import BadRequest, Conflict, NotFound
 from service.tasks import parse_task_id
 from taskstream.core import auth, store_steps, waits
+from taskstream.core.constants import SIGNAL_NAME_PATTERN
 
-#: Signal names: short labels, safe in a URL path.
-NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+NAME_RE = re.compile(SIGNAL_NAME_PATTERN)
 #: A signal URL's lifetime bounds, in seconds.
 MIN_URL_TTL, MAX_URL_TTL = 60, 30 * 24 * 3600
 

@@ -151,9 +151,10 @@ async def test_a_signal_whose_sender_died_is_resumed_by_the_sweeper(
     from taskstream.core import store_steps
 
     tid = await submit(api, "approval", dir=str(tmp_path))
-    await eventually(lambda: _suspended(api, tid))
     pool = await create_pool(cluster.database_url, min_size=1, max_size=2)
     try:  # stored, as the web process does, which then dies before it re-queues the run
+        await eventually(lambda: pool.fetchval(  # parked: its wait is marked suspended
+            "SELECT suspended FROM task_waits WHERE task_id = $1::uuid", tid))
         delivered = await store_steps.deliver_signal(pool, uuid.UUID(tid), None, "approval",
                                                      {"late": True})
         assert delivered is not None and delivered.suspended

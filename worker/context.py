@@ -13,6 +13,7 @@ cancelled or re-run elsewhere) surfaces as ``AttemptSuperseded`` at the next rep
 import asyncio
 import inspect
 import json
+import re
 import time
 import uuid
 from collections import deque
@@ -27,6 +28,7 @@ from redis.asyncio import Redis
 
 from taskstream.context import AttemptSuperseded, SoftTimeLimitExceeded, TextStream
 from taskstream.core import store, store_steps, tracing
+from taskstream.core.constants import SIGNAL_NAME_PATTERN
 from taskstream.core.eventlog import EventLog
 from taskstream.core.events import NewEvent
 from taskstream.core.live import LiveWriter
@@ -123,6 +125,8 @@ class WorkerContext:
             raise ValueError(f"on_timeout must be 'fail' or 'continue', got {on_timeout!r}")
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
+        if not re.match(SIGNAL_NAME_PATTERN, name):
+            raise ValueError(f"a signal's name is 1-100 letters, digits and _ . : -, got {name!r}")
         step_name = WAIT_STEP_PREFIX + name
         idx, recorded = await self._claim_step(step_name)
         if recorded is not None:

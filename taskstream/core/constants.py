@@ -53,3 +53,7 @@ def live_index_key(namespace: str, task_id: str) -> str:
     """The live lane's index of one task: stream name -> its latest attempt ("3", or
     "3:done" once its durable ``text`` event is stored)."""
     return f"{namespace}:live:{task_id}"
+
+#: A signal's name (``ctx.wait_for(name)``, ``POST /tasks/{id}/signals/{name}``): a short label
+#: that is safe in a URL path.
+SIGNAL_NAME_PATTERN: Final = r"^[A-Za-z0-9_.:-]{1,100}$"

@@ -553,7 +553,8 @@ async def stale_pending(db: Executor, older_than: float, limit: int = 500
              AND task_type <> $3
              AND NOT EXISTS (SELECT 1 FROM task_waits w WHERE w.task_id = tasks.task_id
                              AND w.suspended AND w.resumed_at IS NULL)
-           ORDER BY greatest(updated_at, (options->>'run_at')::timestamptz) LIMIT $2""",
+           ORDER BY greatest(updated_at, (options->>'run_at')::timestamptz), updated_at
+           LIMIT $2""",
         older_than, limit, BATCH_TASK_TYPE,
     )
     return [(str(r["task_id"]), r["last_seq"], r["options"]) for r in rows]
