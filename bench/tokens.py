@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 import websockets
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from bench.common import (
     Outcome,
@@ -309,16 +310,21 @@ async def _redis_probe(redis_url: str, channels: list[str], out: list[float]) ->
     """Latency per token as published: receive time on a plain subscriber - the stamp."""
     r = Redis.from_url(redis_url)
     try:
-        async with r.pubsub() as ps:
-            await ps.subscribe(*channels)
-            while True:
-                msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if msg is None:
-                    continue
-                now, data = time.time(), msg["data"]
-                if is_token_message(data):
-                    out.extend(now - float(t) for t in STAMP.findall(
-                        TokenFrame.decode(data[1:]).delta))
+        while True:
+            try:
+                async with r.pubsub() as ps:
+                    await ps.subscribe(*channels)
+                    while True:
+                        msg = await ps.get_message(ignore_subscribe_messages=True,
+                                                   timeout=1.0)
+                        if msg is None:
+                            continue
+                        now, data = time.time(), msg["data"]
+                        if is_token_message(data):
+                            out.extend(now - float(t) for t in STAMP.findall(
+                                TokenFrame.decode(data[1:]).delta))
+            except (RedisError, OSError):
+                await asyncio.sleep(0.1)  # the shared server dropped us: subscribe again
     finally:
         await r.aclose()
 
