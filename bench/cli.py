@@ -25,7 +25,7 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from bench import batches, celery_env, limits, search, streams, tasks, tokens, tutorial
+from bench import batches, celery_env, limits, llm, search, streams, tasks, tokens, tutorial
 from bench.common import SIZES, Outcome, Row, Run
 from bench.env import RESULTS_DIR, make_env, raise_fd_limit
 from bench.net import set_token
@@ -43,6 +43,7 @@ SCENARIOS: dict[str, Callable[[Run], Awaitable[Outcome]]] = {
     "tokens": tokens.tokens,
     "batches": batches.batches,
     "search": search.search,
+    "summaries": llm.summaries,
 }
 #: Not in ``--tiny`` unless asked for (it runs a whole second stack: too slow for a smoke run).
 NOT_TINY = {"tutorial"}

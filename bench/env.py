@@ -132,7 +132,8 @@ class BenchEnv:
             for attempt in range(5):
                 try:
                     await conn.execute(
-                        "TRUNCATE tasks, task_events, document_chunks, bench_events CASCADE")
+                        "TRUNCATE tasks, task_events, document_chunks, bench_events, "
+                        "llm_usage, llm_usage_tenants CASCADE")
                     return
                 except asyncpg.DeadlockDetectedError:
                     if attempt == 4:

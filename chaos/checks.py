@@ -5,9 +5,11 @@ self-explanatory.
 
 import itertools
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from chaos.followers import Follow
 from chaos.leases import Loss
@@ -45,8 +47,8 @@ def check_all(snap: Snapshot, specs: list[TaskSpec], follows: list[Follow],
             clients_exactly_once(snap, follows), clients_only_durable(snap, follows),
             not_before_run_at(snap), schedule_slots_once(snap),
             limits_held(snap, {LIMITED: LIMIT}, {LIMITED: KEY_LIMIT}),
-            steps_once(snap), waits_resume_once(snap), documents_stored_once(snap),
-            token_streams_exact(snap, specs, follows)]
+            steps_once(snap), waits_resume_once(snap), agent_tokens(snap, specs),
+            documents_stored_once(snap), token_streams_exact(snap, specs, follows)]
 
 
 def steps_once(snap: Snapshot) -> Check:
@@ -251,10 +253,53 @@ def outcomes(snap: Snapshot, specs: list[TaskSpec]) -> Check:
         if got not in s.allowed:
             c.violations.append(f"task {row.task_id} ({s.kind}, {json.dumps(s.body)}) ended "
                                 f"{got}; allowed {sorted(s.allowed, key=str)}")
-        elif row.status == "completed" and row.result != s.result:
+        elif row.status == "completed" and _result(s, row.result) != s.result:
             c.violations.append(f"task {row.task_id} completed with {row.result!r}, "
                                 f"expected {s.result!r}")
         c.violations.extend(f"task {row.task_id}: {n}" for n in s.notes)
+    return c
+
+
+def _result(spec: TaskSpec, result: Any) -> Any:
+    """The part of a result the spec predicts (an agent's token count depends on its
+    prompts: agent_tokens checks it against the usage record instead)."""
+    if spec.kind == "agent" and isinstance(result, dict):
+        return {k: v for k, v in result.items() if k != "tokens_used"}
+    return result
+
+
+_MODEL_STEP = re.compile(r"^(plan|decide-\d+|answer)$")
+
+
+def agent_tokens(snap: Snapshot, specs: list[TaskSpec]) -> Check:
+    """Each model call an agent run recorded as a step was paid for once, by the attempt that
+    recorded it: its usage row exists, no later attempt called the model for it again, and
+    the run's ``tokens_used`` is the sum of those rows."""
+    c = Check("agent runs: each recorded model step called the model once, tokens add up")
+    for s in specs:
+        row = snap.tasks.get(s.task_id or "")
+        if s.kind != "agent" or row is None or row.status != "completed":
+            continue
+        c.checked += 1
+        tid, total = row.task_id, 0
+        model_steps = [(st, a) for (t, st), a in snap.steps.items()
+                       if t == tid and _MODEL_STEP.match(st)]
+        if len(model_steps) != 4:  # plan, decide-0, decide-1, answer
+            c.violations.append(f"agent {tid}: model steps {sorted(model_steps)}")
+        for step, attempt in model_steps:
+            tokens = snap.usage.get((tid, step, attempt))
+            if tokens is None:
+                c.violations.append(f"agent {tid}: step {step!r} (attempt {attempt}) has no "
+                                    "usage row")
+                continue
+            total += tokens
+            again = [a for (t, st, a) in snap.usage if t == tid and st == step and a > attempt]
+            if again:
+                c.violations.append(f"agent {tid}: step {step!r} recorded by attempt "
+                                    f"{attempt} but called the model again in {again}")
+        used = row.result.get("tokens_used") if isinstance(row.result, dict) else None
+        if used != total:
+            c.violations.append(f"agent {tid}: tokens_used {used}, recorded steps {total}")
     return c
 
 

@@ -18,8 +18,15 @@ from pathlib import Path
 from typing import Literal
 
 from taskstream import devservices
+from taskstream.devservices.llmserver import LLMServer
 from taskstream.devservices.processes import Proc, WebServer, WorkerProc, fast_env, free_port
 from taskstream.devservices.scratch import create_database
+
+#: What the model server does wrong, per request, all run long: rate limits (Retry-After),
+#: server errors, streams cut before or after their first token, slow first tokens.
+MODEL_FAULTS: dict[str, object] = {
+    "rates": {"429": 0.04, "503": 0.04, "cut": 0.03, "cut_early": 0.03, "slow_first": 0.05},
+    "retry_after": 0.2, "slow_first_seconds": 0.5, "token_delay": 0.01}
 
 
 @dataclass(slots=True)
@@ -72,14 +79,20 @@ class Deployment:
         services = self.root / "services"
         self.pg = devservices.Postgres(services, pg_port)
         self.redis = devservices.Redis(services, redis_port)
+        #: The model server the agent runs call; it misbehaves too (MODEL_FAULTS).
+        self.llm = LLMServer(self.logs / "llmserver.log")
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         await asyncio.to_thread(self.redis.start)
         await asyncio.to_thread(self.pg.start)
         self.database_url = await create_database(self.pg.url, "chaos")
+        await asyncio.to_thread(self.llm.start)
+        await asyncio.to_thread(self.llm.faults, **MODEL_FAULTS)
         self.env = fast_env(self.database_url, self.redis.url,
-                            f"chaos{uuid.uuid4().hex[:6]}", **self.extra_env)
+                            f"chaos{uuid.uuid4().hex[:6]}", TASKSTREAM_LLM_BASE_URL=self.llm.url,
+                            TASKSTREAM_LLM_RETRY_BACKOFF="0.05", TASKSTREAM_LLM_READ_TIMEOUT="5",
+                            **self.extra_env)
         self.web_procs = [WebServer(self.env, self.logs / f"web{i}.log") for i in range(self.webs)]
         await asyncio.gather(*(asyncio.to_thread(w.start) for w in self.web_procs))
         self.worker_procs = [WorkerProc(self.env, self.logs / f"worker{i}.log")
@@ -98,7 +111,8 @@ class Deployment:
             *((f"worker {i}", lambda w=w: w.stop(signal.SIGTERM, 10))
               for i, w in enumerate(self.worker_procs)),
             *((f"web {i}", w.stop) for i, w in enumerate(self.web_procs)),
-            ("Redis", self.redis.stop), ("PostgreSQL", self._stop_pg)]
+            ("Redis", self.redis.stop), ("PostgreSQL", self._stop_pg),
+            ("the model server", self.llm.stop)]
         for name, step in steps:
             try:
                 await asyncio.to_thread(step)
@@ -232,5 +246,5 @@ class Deployment:
                                  f"pg_ctl stop -m {mode}, down {time.time() - t0:.1f}s"))
 
     def log_files(self) -> list[Path]:
-        procs: list[Proc] = [*self.web_procs, *self.worker_procs]
+        procs: list[Proc] = [*self.web_procs, *self.worker_procs, self.llm]
         return [p.log for p in procs]

@@ -54,6 +54,8 @@ class Snapshot:
     steps: dict[tuple[str, str], int] = field(default_factory=dict)
     #: (task, step) -> the attempts that began executing it (chaos_step_runs)
     step_runs: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    #: (task, step, attempt) -> the tokens that model call cost (llm_usage)
+    usage: dict[tuple[str, str, int], int] = field(default_factory=dict)
     #: document_process task -> (chunks, distinct chunk indexes, vectors, vector spaces)
     documents: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
 
@@ -96,6 +98,10 @@ async def snapshot(pool: asyncpg.Pool) -> Snapshot:
         for r in await pool.fetch(
                 "SELECT task_id, step, attempt FROM chaos_step_runs ORDER BY at"):
             step_runs[(str(r["task_id"]), r["step"])].append(int(r["attempt"]))
+    usage = {(str(r["task_id"]), r["step"], int(r["attempt"])): int(r["tokens"])
+             for r in await pool.fetch("""SELECT task_id, step, attempt,
+                                                 prompt_tokens + completion_tokens AS tokens
+                                          FROM llm_usage""")}
     documents = {str(r["task_id"]): (r["chunks"], r["distinct"], r["vectors"], r["spaces"])
                  for r in await pool.fetch(
         """SELECT c.task_id, count(*) AS chunks, count(DISTINCT c.chunk_index) AS distinct,
@@ -104,4 +110,4 @@ async def snapshot(pool: asyncpg.Pool) -> Snapshot:
                     WHERE v.task_id = c.task_id) AS spaces
              FROM document_chunks c GROUP BY c.task_id""")}
     return Snapshot(tasks, dict(events), by_tseq, int(last), fired, texts=texts, steps=steps,
-                    step_runs=dict(step_runs), documents=documents)
+                    step_runs=dict(step_runs), usage=usage, documents=documents)

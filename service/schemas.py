@@ -12,13 +12,23 @@ from pydantic import BaseModel, Field
 # Re-exported: the API's names for them.
 from taskstream.core.models import EventRead as EventRead
 from taskstream.core.models import Links as Links
+from taskstream.core.models import RunUsage
 from taskstream.core.models import TaskRead as TaskRead
+from taskstream.core.models import TenantUsage as TenantUsage
 from taskstream.core.tasktypes import TaskOptions
 
 
 class SubmitTask(TaskOptions):
     type: str = Field(min_length=1, max_length=100, description="A name from GET /task-types.")
     params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskSnapshot(TaskRead):
+    """``GET /tasks/{id}``: the snapshot plus what only a single task's read shows."""
+
+    usage: RunUsage | None = Field(
+        None, description="Language-model tokens of the run (all attempts); null: no model "
+        "call was made.")
 
 
 class TaskPage(BaseModel):

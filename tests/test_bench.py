@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {"throughput", "events", "latency", "capacity", "waiting", "submission", "scaleout",
-             "limits", "batches", "search", "tokens"}
+             "limits", "summaries", "batches", "search", "tokens"}
 
 
 @pytest.mark.timeout(1200)

@@ -10,6 +10,7 @@ from service.routes import (
     streams,
     tasks,
     uploads,
+    usage,
     webhooks,
 )
 
@@ -24,3 +25,4 @@ router.include_router(signals.router)
 router.include_router(dashboard.router)
 router.include_router(ops.router)
 router.include_router(webhooks.router)
+router.include_router(usage.router)

@@ -18,11 +18,12 @@ from service.schemas import (
     SubmitTask,
     TaskPage,
     TaskRead,
+    TaskSnapshot,
     TaskTypeOut,
 )
 from service.search import check_submitter
 from service.tasks import cancel, load_task, parse_task_id, redrive, task_json
-from taskstream.core import batches, store_batches, store_ops, store_read
+from taskstream.core import batches, store_batches, store_llm, store_ops, store_read
 from taskstream.core.constants import BATCH_TASK_TYPE
 from taskstream.core.models import StepRead
 from taskstream.core.states import Status
@@ -118,9 +119,11 @@ async def task_types(res: Res, _: Owner) -> list[dict[str, Any]]:
     return [t.schema() for t in res.catalogue.all()]
 
 
-@router.get("/tasks/{task_id}", response_model=TaskRead, responses=ERRORS, tags=["tasks"])
-async def get_task(task_id: str, res: Res, owner: Owner) -> TaskRead:
-    """A snapshot of one task: status, progress, result or error."""
+@router.get("/tasks/{task_id}", response_model=TaskSnapshot, responses=ERRORS,
+            tags=["tasks"])
+async def get_task(task_id: str, res: Res, owner: Owner) -> TaskSnapshot:
+    """A snapshot of one task: status, progress, result or error, and the language-model
+    tokens its run used (``usage``)."""
     task = await store_read.get_task(res.engine, parse_task_id(task_id), owner)
     if task is None:
         raise NotFound(f"task {task_id!r} not found")
@@ -129,7 +132,8 @@ async def get_task(task_id: str, res: Res, owner: Owner) -> TaskRead:
         if b is not None and b.aggregate is not None:
             task.batch = {**batches.state(b, b.aggregate),
                           "children_url": f"/batches/{b.batch_id}/children"}
-    return task
+    usage = await store_llm.run_usage(res.pool, task.task_id)
+    return TaskSnapshot.model_validate(task, update={"usage": usage})
 
 
 @router.get("/tasks/{task_id}/events", response_model=EventPage, responses=ERRORS,

