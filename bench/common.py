@@ -146,6 +146,25 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / _TICK
 
 
+def sched_seconds(pid: int) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) so far, over all the
+    process's threads (Linux /proc/PID/schedstat of each task; (0, 0) if unavailable)."""
+    run = wait = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0, 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                a, b, _ = fh.read().split()
+        except (OSError, ValueError):
+            continue
+        run += int(a)
+        wait += int(b)
+    return run / 1e9, wait / 1e9
+
+
 async def backend_pids(pool: asyncpg.Pool, *, wal_writers: bool = False) -> list[int]:
     """Server processes of every connection to our database (the product's pools too), and
     with ``wal_writers`` those that write and flush the WAL for them."""

@@ -14,6 +14,7 @@ by C SSE clients (C/R per run) and R WebSocket clients (one per run) on one web 
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -22,6 +23,8 @@ from typing import Any
 
 import asyncpg
 import websockets
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from bench.common import (
     Outcome,
@@ -34,12 +37,15 @@ from bench.common import (
     percentile,
     quiet_gc,
     ratio,
+    sched_seconds,
     submit_many,
     wait_for,
 )
 from bench.net import SSEPool, SSEProtocol, Stream
 from bench.streams import WORKER_ENV, rss
 from bench.ticks import TOKENS
+from taskstream.core.constants import task_channel
+from taskstream.core.live import TokenFrame, is_token_message
 from taskstream.devservices.processes import WebServer, WorkerProc
 
 RATE = 50.0
@@ -99,13 +105,16 @@ async def tokens(run: Run) -> Outcome:
                         if row[k] is not None:
                             per[k].append(row[k])
                 run.log(f"tokens {rate:g}/s round {r}: CPU share {row['cpu_share']}, "
+                        f"CPU wait share {row['cpu_wait_share']}, "
                         f"web CPU/frame {row['web_cpu_us_per_frame']} µs, load "
                         f"{row['load_average']:.1f}, tokens received/s "
                         f"{row['tokens_received_per_s']:.0f}; "
                         f"commits/s {row['commits_per_s']:.1f}, "
                         f"rows written/s {row['rows_written_per_s']:.1f}, "
                         f"WAL {row['wal_kb_per_s']:.1f} KB/s"
-                        + (f", SSE p50 {row['sse_p50']:.1f} p99 {row['sse_p99']:.1f} ms, "
+                        + (f", Redis-direct p50 {row['redis_p50']:.1f} "
+                           f"p99 {row['redis_p99']:.1f} ms"
+                           f", SSE p50 {row['sse_p50']:.1f} p99 {row['sse_p99']:.1f} ms, "
                            f"WS p50 {row['ws_p50']:.1f} p99 {row['ws_p99']:.1f} ms"
                            if rate else ""))
         c0, c50 = median(per["commits_0"]), median(per["commits_50"])
@@ -172,6 +181,11 @@ async def _round(run: Run, out: Outcome, web: WebServer, worker: WorkerProc, hos
     streams_paths = [f"/tasks/{ids[i % n]}/stream" for i in range(clients)]
     ws_texts = Texts()
     ws_task = asyncio.create_task(_ws_clients(url, env.token, ids, ws_texts))
+    # A direct pub/sub reader on a few runs' channels: how late frames leave Redis, without
+    # the web process (worker write() -> script PUBLISH -> here).
+    redis_lat: list[float] = []
+    probe = asyncio.create_task(_redis_probe(env.redis_url, [
+        task_channel(env.namespace, i) for i in ids[:10]], redis_lat))
     rss0 = rss(web)
     pids = [web.pid, worker.pid, os.getpid()]
     with quiet_gc():
@@ -183,17 +197,22 @@ async def _round(run: Run, out: Outcome, web: WebServer, worker: WorkerProc, hos
             await asyncio.sleep(max(0.0, start_at + 1.0 - time.time()))
             s0, t0 = await _db_stats(conn, env.db_name), time.time()
             cpu0 = [cpu_seconds([p]) for p in pids]
+            sch0 = [sched_seconds(p) for p in pids]
             got0 = len(sse_texts.latencies) + len(ws_texts.latencies)
             frames0 = sse_texts.frames + ws_texts.frames
             await asyncio.sleep(max(0.0, start_at + secs - 0.5 - time.time()))
             s1, t1 = await _db_stats(conn, env.db_name), time.time()
             cpu1 = [cpu_seconds([p]) for p in pids]
+            sch1 = [sched_seconds(p) for p in pids]
             got1 = len(sse_texts.latencies) + len(ws_texts.latencies)
             frames1 = sse_texts.frames + ws_texts.frames
         finally:
             await conn.close()
         ok = await streams.wait(start_at + secs + 60 - time.time())
         frames_ws = await asyncio.wait_for(ws_task, 60)
+        probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probe
     rss1 = rss(web)
     streams.close()
     out.check(f"{name}: every SSE stream reached the terminal event",
@@ -223,10 +242,16 @@ async def _round(run: Run, out: Outcome, web: WebServer, worker: WorkerProc, hos
             "wal_kb_per_s": (s1[2] - s0[2]) / (t1 - t0) / 1024,
             "sse_samples": len(lat_sse), "ws_samples": len(lat_ws),
             "sse_p50": _ms(percentile(lat_sse, 50)), "sse_p99": _ms(percentile(lat_sse, 99)),
+            "redis_p50": _ms(percentile(redis_lat, 50)),
+            "redis_p99": _ms(percentile(redis_lat, 99)),
             "ws_p50": _ms(percentile(lat_ws, 50)), "ws_p99": _ms(percentile(lat_ws, 99)),
             "frames_s": frames_ws / secs, "web_rss_growth_mb": (rss1 - rss0) / 2**20,
             "cpu_share": {k: (b - a) / (t1 - t0) for k, a, b in zip(
                 ("web", "worker", "bench clients"), cpu0, cpu1, strict=True)},
+            # Seconds per second each process spent runnable but waiting for a CPU: high
+            # with a low cpu_share means the machine starved it, not that it slept.
+            "cpu_wait_share": {k: (b[1] - a[1]) / (t1 - t0) for k, a, b in zip(
+                ("web", "worker", "bench clients"), sch0, sch1, strict=True)},
             "tokens_received_per_s": (got1 - got0) / (t1 - t0),
             "frames_delivered_per_s": (frames1 - frames0) / (t1 - t0),
             "web_cpu_us_per_frame": (cpu1[0] - cpu0[0]) / (frames1 - frames0) * 1e6
@@ -279,6 +304,29 @@ async def _ws_clients(url: str, token: str | None, ids: list[str], texts: Texts)
 
     await asyncio.gather(*(one(i, tid) for i, tid in enumerate(ids)))
     return frames
+
+
+async def _redis_probe(redis_url: str, channels: list[str], out: list[float]) -> None:
+    """Latency per token as published: receive time on a plain subscriber - the stamp."""
+    r = Redis.from_url(redis_url)
+    try:
+        while True:
+            try:
+                async with r.pubsub() as ps:
+                    await ps.subscribe(*channels)
+                    while True:
+                        msg = await ps.get_message(ignore_subscribe_messages=True,
+                                                   timeout=1.0)
+                        if msg is None:
+                            continue
+                        now, data = time.time(), msg["data"]
+                        if is_token_message(data):
+                            out.extend(now - float(t) for t in STAMP.findall(
+                                TokenFrame.decode(data[1:]).delta))
+            except (RedisError, OSError):
+                await asyncio.sleep(0.1)  # the shared server dropped us: subscribe again
+    finally:
+        await r.aclose()
 
 
 def _ms(x: float | None) -> float | None:

@@ -27,6 +27,16 @@ Fetch = Callable[[int, int], Awaitable[list[Event]]]
 Snapshot = Callable[[], Awaitable[list[TokenFrame]]]
 
 
+class Flush:
+    """Yielded by ``follow(..., flush=True)`` when nothing more is queued: the caller may
+    write what it has gathered in one send (one write per burst, not per frame)."""
+
+    __slots__ = ()
+
+
+FLUSH = Flush()
+
+
 @dataclass(slots=True)
 class StreamSpec:
     channel: str
@@ -44,10 +54,12 @@ class StreamSpec:
         return ev.position(self.id_field)
 
 
-async def follow(hub: Hub, spec: StreamSpec) -> AsyncIterator[Event | TokenFrame | None]:
+async def follow(hub: Hub, spec: StreamSpec, *, flush: bool = False
+                 ) -> AsyncIterator[Event | TokenFrame | Flush | None]:
     """Yield events in order, and None when the stream has been idle for ``keepalive``
     seconds; returns after a terminal event (task streams), on overflow, or at the end of
-    its lifetime."""
+    its lifetime. With ``flush``, also ``FLUSH`` whenever the subscription's queue is empty
+    (before waiting for more), so the caller can batch what came in one burst."""
     cursor = spec.cursor
     loop = asyncio.get_running_loop()
     deadline = loop.time() + spec.lifetime if spec.lifetime else None
@@ -69,6 +81,8 @@ async def follow(hub: Hub, spec: StreamSpec) -> AsyncIterator[Event | TokenFrame
                 wait = min(wait, deadline - loop.time())
                 if wait <= 0:
                     return
+            if flush and not len(sub):
+                yield FLUSH
             item = await sub.get(wait)
             if item is None:
                 yield None  # idle: the response writes a keep-alive comment

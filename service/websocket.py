@@ -48,7 +48,7 @@ from service.auth import ANONYMOUS, verify_key
 from service.deps import Resources
 from service.errors import ApiError, BadRequest, Forbidden, TooManyRequests, Unavailable
 from service.hub import HubUnavailable
-from service.streams import StreamSpec, follow
+from service.streams import Flush, StreamSpec, follow
 from taskstream.core import auth
 from taskstream.core.auth import KeyRole, Principal
 from taskstream.core.db import TRANSIENT_DB_ERRORS
@@ -211,7 +211,7 @@ class Connection:
         try:
             with self.res.streams.hold(self.owner):
                 async for item in follow(self.res.hub, spec):
-                    if item is None or self.closed:
+                    if item is None or isinstance(item, Flush) or self.closed:
                         continue
                     if isinstance(item, TokenFrame):
                         await self.send(prefix_token + item.encode() + "}")

@@ -1,9 +1,16 @@
 """The hub's per-stream buffer: a slow consumer is coalesced, then cut off — never blocks."""
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import cast
 
-from service.hub import RESYNC, Subscription
+from redis.asyncio import Redis
+
+from service.hub import RESYNC, Hub, Subscription
+from service.streams import StreamSpec, follow
 from taskstream.core.events import Event
+from taskstream.core.live import TextTracker, TokenFrame
 
 
 def ev(seq: int, etype: str = "progress", task: str = "t") -> Event:
@@ -38,3 +45,30 @@ async def test_resync_marker_is_delivered_in_order() -> None:
     sub.push(ev(1))
     sub.push(RESYNC)
     assert [await sub.get(), await sub.get()][1] == RESYNC
+
+
+async def test_follow_marks_each_burst_so_sse_writes_it_at_once() -> None:
+    """``follow(flush=True)`` yields FLUSH only when the subscription's queue is empty: the
+    frames that came in one burst are written together (one send), never held back."""
+    sub = Subscription("c", limit=100)
+
+    class FakeHub:
+        @contextlib.asynccontextmanager
+        async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
+            yield sub
+
+    async def fetch(cursor: int, limit: int) -> list[Event]:
+        return []
+
+    spec = StreamSpec("c", 0, "seq", fetch, ends_on_terminal=True, keepalive=5,
+                      tracker=TextTracker(cast(Redis, None), "ns"))  # no gap: no I/O
+    for i in range(3):
+        sub.push(TokenFrame("t", "s", 1, i, "x"))
+    it = follow(cast(Hub, FakeHub()), spec, flush=True)
+    got = [type(await anext(it)).__name__ for _ in range(4)]
+    assert got == ["TokenFrame", "TokenFrame", "TokenFrame", "Flush"]
+    for i in range(3, 5):
+        sub.push(TokenFrame("t", "s", 1, i, "x"))
+    sub.push(Event("t", 1, 1, "completed", "completed", 1.0, None, None, 1, datetime.now(UTC)))
+    got = [type(x).__name__ async for x in it]
+    assert got == ["TokenFrame", "TokenFrame", "Event"]  # the end follows at once

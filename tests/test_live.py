@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from service.hub import Subscription
 from taskstream.builtin.demo import demo_text
+from taskstream.core import live
 from taskstream.core.constants import live_text_key, task_channel
 from taskstream.core.live import (
     LiveWriter,
@@ -135,6 +136,34 @@ async def test_writer_coalesces_and_survives_a_lost_text(redis: Redis,
     assert await live_snapshot(redis, ns, "t1") == [TokenFrame("t1", "s", 2, 0, "abcdéf")]
     await w.mark_done()
     assert await live_snapshot(redis, ns, "t1") == []  # stored durably: no snapshot
+
+
+async def test_writers_share_one_round_trip_and_survive_a_lost_script(
+        redis: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames of many streams made in one loop turn leave as one pipeline (one round trip,
+    not one per stream); when Redis no longer knows the script (a restart, SCRIPT FLUSH)
+    the batch loads it again and every frame still lands."""
+    ns = f"{settings.namespace}b"
+    writers = [LiveWriter(redis, ns, task_id=f"t{i}", owner="o", attempt=1, stream="s")
+               for i in range(20)]
+    executes = 0
+    real = type(redis.pipeline()).execute
+
+    async def counting(self: object, *a: object, **k: object) -> object:
+        nonlocal executes
+        executes += 1
+        return await real(self, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(redis.pipeline()), "execute", counting)
+    live._batcher(redis)._sha = "0" * 40  # a script Redis does not have
+    for i, w in enumerate(writers):
+        w.write(f"x{i}")
+    for w in writers:
+        await w.close()
+    assert executes == 2  # the batch, and its retry after loading the script
+    for i in range(20):
+        assert (await redis.get(live_text_key(ns, f"t{i}", 1, "s"))) == f"x{i}".encode()
+    assert all(w.frames == 1 and w.failures == 0 for w in writers)
 
 
 async def test_tracker_passes_each_character_once(redis: Redis, settings: Settings) -> None:
