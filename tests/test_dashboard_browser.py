@@ -342,3 +342,63 @@ async def test_steps_text_and_a_signal_sent_from_the_task_page(
         assert 'text stream "answer"' in await item.inner_text()
         assert "word0 word1 word2" in await item.inner_text()
     assert not page.js_errors, page.js_errors
+
+
+@pytest.fixture
+async def hooks_cluster(backing: tuple[str, str], tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = await start_cluster(backing[0], backing[1], tmp_path / "cluster", workers=1,
+                            TASKSTREAM_WEBHOOK_ALLOW_HOSTS="127.0.0.1",
+                            TASKSTREAM_WEBHOOK_POLL_INTERVAL="0.1")
+    yield c
+    await drop_cluster(backing[0], c)
+
+
+async def test_webhooks_view_registers_and_shows_deliveries(
+        chromium: Any, hooks_cluster: Cluster) -> None:
+    """Register a webhook from the page (its secret shown once); a task's terminal event is
+    delivered to a real local receiver, and the page lists the delivery with its response."""
+    from chaos.receiver import Receiver
+
+    rx = await Receiver().start()
+    url = hooks_cluster.web.url
+    page = await new_page(chromium, viewport={"width": 1280, "height": 900})
+    try:
+        await page.goto(f"{url}/#/webhooks")
+        await live(page)
+        await page.fill("#hooks-url", rx.url)
+        await page.click("#hooks-form button[type=submit]")
+        await page.locator("#hooks-secret:has-text('whsec_')").wait_for(timeout=10_000)
+        await page.locator(f"#hooks-list code:has-text('{rx.url}')").wait_for()
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            tid = await submit(c, duration=0.2, steps=1)
+            await wait_terminal(c, tid)
+        row = page.locator("#hooks-list tbody tr", has_text="delivered")
+        await row.first.wait_for(timeout=20_000)  # refreshed by the terminal event, live
+        text = await row.first.inner_text()
+        assert "completed" in text and "200" in text, text
+        assert len(rx.received) == 1
+        await shot(page, "webhooks")
+        await page.click("#hooks-list button:has-text('Remove')")
+        await page.locator("#hooks-list :text('no webhooks registered')").wait_for()
+        assert not page.js_errors, page.js_errors
+    finally:
+        await rx.close()
+
+
+async def test_a_real_batch_shows_its_children_live(browser: Any, web: WebServer,
+                                                    client: httpx.AsyncClient) -> None:
+    r = await client.post("/batches", json={"tasks": [
+        {"type": "demo", "params": {"duration": 1.5, "steps": 3}} for _ in range(3)]})
+    assert r.status_code == 202, r.text
+    parent = r.json()["task_id"]
+    page = await new_page(browser, viewport={"width": 1280, "height": 900})
+    await page.goto(f"{web.url}/#/task/{parent}")
+    await live(page)
+    rows = page.locator("#batch-children tr")
+    await rows.nth(2).wait_for(timeout=15_000)
+    assert await rows.count() == 3
+    assert (await wait_terminal(client, parent))["status"] == "completed"
+    await page.locator("#batch-children .status.completed").nth(2).wait_for(timeout=15_000)
+    await page.locator("#task-body .status.completed").first.wait_for(timeout=15_000)
+    await shot(page, "task-batch-real")
+    assert not page.js_errors, page.js_errors

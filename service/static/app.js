@@ -1,16 +1,17 @@
 // The dashboard's entry point: sign-in, the tenant picker (admin keys), hash routing
-// (#/, #/tasks, #/task/<id>, #/dead-letters) and the tab's one tenant stream.
+// (#/, #/tasks, #/task/<id>, #/dead-letters, #/webhooks) and the tab's one tenant stream.
 
 import { ApiError, api, session, setKey, setTenant } from "./api.js";
 import { openTenantStream } from "./live.js";
 import * as dead from "./dead.js";
 import * as explorer from "./explorer.js";
+import * as hooks from "./hooks.js";
 import * as overview from "./overview.js";
 import * as task from "./task.js";
 import { el, flash } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
-const views = { overview, explorer, task, dead };
+const views = { overview, explorer, task, dead, hooks };
 let active = null;
 
 function route() {
@@ -19,6 +20,7 @@ function route() {
   if (m) return ["task", decodeURIComponent(m[1])];
   if (hash === "/tasks") return ["explorer"];
   if (hash === "/dead-letters") return ["dead"];
+  if (hash === "/webhooks") return ["hooks"];
   return ["overview"];
 }
 
@@ -88,7 +90,7 @@ async function setupTenants() {
 }
 
 async function start() {
-  overview.mount(); explorer.mount(); task.mount(); dead.mount();
+  overview.mount(); explorer.mount(); task.mount(); dead.mount(); hooks.mount();
   $("signout").addEventListener("click", () => {
     setKey(""); setTenant("");
     location.hash = "#/";
