@@ -20,7 +20,8 @@ from taskstream.builtin.llm import (
     resolve_provider,
 )
 from taskstream.builtin.llm.extractive import ExtractiveSummarizer, summarize
-from taskstream.builtin.llm.openai import OpenAICompatible, _retry_after
+from taskstream.builtin.llm.openai import OpenAICompatible
+from taskstream.client.errors import parse_retry_after as _retry_after
 from taskstream.core.settings import Settings
 from taskstream.devservices.llmserver import LLMServer, answer
 

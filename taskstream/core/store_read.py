@@ -143,10 +143,7 @@ async def task_events(engine: AsyncEngine, task_id: uuid.UUID, owner: str, after
     a transaction that commits) before anyone sees them, as store.events_after does.
     """
     async with _session(engine) as s:
-        found = (await s.exec(
-            select(Task.task_id).where(Task.task_id == task_id, Task.owner == owner)
-        )).first()
-        if found is None:
+        if not await _owns(s, task_id, owner):
             return None
         events = [EventRead.of(r) for r in await s.exec(
             select(TaskEvent).where(TaskEvent.task_id == task_id, TaskEvent.seq > after)
@@ -158,14 +155,18 @@ async def task_events(engine: AsyncEngine, task_id: uuid.UUID, owner: str, after
         return events
 
 
+async def _owns(s: AsyncSession, task_id: uuid.UUID, owner: str) -> bool:
+    """Whether the task exists and is the owner's (else the caller answers 404)."""
+    found = (await s.exec(
+        select(Task.task_id).where(Task.task_id == task_id, Task.owner == owner))).first()
+    return found is not None
+
+
 async def task_steps(engine: AsyncEngine, task_id: uuid.UUID, owner: str
                      ) -> list[StepRead] | None:
     """The owner's task's recorded durable steps, in run order; None: no such task."""
     async with _session(engine) as s:
-        found = (await s.exec(
-            select(Task.task_id).where(Task.task_id == task_id, Task.owner == owner)
-        )).first()
-        if found is None:
+        if not await _owns(s, task_id, owner):
             return None
         return [StepRead.model_validate(r, from_attributes=True) for r in await s.exec(
             select(TaskStep).where(TaskStep.task_id == task_id).order_by(col(TaskStep.idx)))]

@@ -19,10 +19,8 @@ broken. Other 4xx: ``LLMRequestError``, no retry.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import random
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -36,6 +34,7 @@ from taskstream.builtin.llm.base import (
     Usage,
     estimate_tokens,
 )
+from taskstream.client.errors import parse_retry_after
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -122,7 +121,7 @@ class OpenAICompatible:
                     detail = resp.text[:300]
                     if resp.status_code in RETRY_STATUS:
                         raise _Retry(f"HTTP {resp.status_code}",
-                                     _retry_after(resp.headers.get("retry-after")))
+                                     parse_retry_after(resp.headers.get("retry-after")))
                     raise LLMRequestError(f"{url}: HTTP {resp.status_code}: {detail}")
                 async for line in resp.aiter_lines():
                     if not line.startswith("data:"):
@@ -153,18 +152,3 @@ class OpenAICompatible:
             prompt = sum(estimate_tokens(m["content"]) for m in body["messages"])
             usage = Usage(prompt, deltas, estimated=True)
         yield usage
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
