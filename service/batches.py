@@ -69,15 +69,17 @@ async def submit_batch(res: Resources, owner: str, kids: list[Child], policy: st
             exc.args = (exc.detail,)
             raise
     await sub.admit(owner, len(items))
+    # The request's hash only matters with an Idempotency-Key (a replay must match it):
+    # without one, 1,000 children are not hashed for nothing.
     digest = request_hash(BATCH_TASK_TYPE, {
         "policy": policy, "threshold": threshold,
         "tasks": [[k.task_type, k.fingerprint or it.params, k.options]
-                  for k, it in zip(kids, items, strict=True)]})
+                  for k, it in zip(kids, items, strict=True)]}) if idempotency_key else None
     parent = store.NewTask(owner=owner, task_type=BATCH_TASK_TYPE,
                            params={"total": len(items), "policy": policy,
                                    "threshold": threshold},
                            max_attempts=1, idempotency_key=idempotency_key,
-                           request_hash=digest if idempotency_key else None)
+                           request_hash=digest)
     try:
         task, made = await store_batches.create_batch(res.pool, parent, items, policy,
                                                       threshold)
