@@ -17,36 +17,19 @@ from taskstream.core.batches import Policy
 
 router = APIRouter(tags=["uploads"])
 
-BATCH_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {"files": {"type": "array",
-                                             "items": {"type": "string", "format": "binary"}}},
-                }
-            }
-        },
-    }
-}
+BINARY: dict[str, Any] = {"type": "string", "format": "binary"}
 
-MULTIPART_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                }
-            }
-        },
-    }
-}
+
+def multipart_body(field: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI for a route that reads its multipart body itself (streamed, not a form
+    parameter): one required ``field`` of ``schema``."""
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": [field], "properties": {field: schema}}}}}}
+
+
+#: ``POST /upload``: one ``file`` (several parts: a batch); ``/batch-process``: ``files``.
+MULTIPART_BODY = multipart_body("file", BINARY)
+BATCH_BODY = multipart_body("files", {"type": "array", "items": BINARY})
 
 
 @router.post("/upload", status_code=202, response_model=None,
