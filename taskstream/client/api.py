@@ -42,7 +42,7 @@ from taskstream.client.models import (
 )
 from taskstream.client.retry import DEFAULT_POLICY, RetryPolicy
 from taskstream.client.streams import EventStream
-from taskstream.client.uploads import FileSource, MultipartFile, MultipartFiles, prepare
+from taskstream.client.uploads import FileSource, MultipartFiles, prepare
 from taskstream.declaration import Params, Priority, TaskDef
 
 P = TypeVar("P", bound=Params)
@@ -155,7 +155,7 @@ class AsyncClient:
                      idempotency_key: str | None = None) -> Upload:
         """Upload a file (a path, bytes or a binary file object), streamed from where it is,
         and start the ``document_process`` task on it."""
-        body = await asyncio.to_thread(prepare, file, filename, content_type)
+        body = MultipartFiles([await asyncio.to_thread(prepare, file, filename, content_type)])
         key = idempotency_key or str(uuid.uuid4())
         r = await self.request("POST", "/upload", body=body,
                                headers={"Idempotency-Key": key}, idempotent=body.replayable)
@@ -342,7 +342,7 @@ class AsyncClient:
     async def request(self, method: str, path: str, *, idempotent: bool | None = None,
                       json: Any = None, params: Any = None,
                       headers: Mapping[str, str] | None = None,
-                      body: MultipartFile | MultipartFiles | None = None) -> httpx.Response:
+                      body: MultipartFiles | None = None) -> httpx.Response:
         """Send a request, retrying what is safe to retry; returns a 2xx response or raises
         the typed error. ``idempotent`` defaults to true for GET."""
         if idempotent is None:

@@ -32,44 +32,17 @@ def _quote(value: str) -> str:
 
 @dataclass(slots=True)
 class MultipartFile:
-    """The body of one upload; ``chunks()`` gives a fresh stream for each attempt."""
+    """One file part of an upload body; ``content()`` gives a fresh stream for each attempt."""
 
     source: FileSource
     filename: str
     content_type: str
     size: int | None  # bytes of file content, when known
     start: int = 0  # a file object's position when handed to us
-    boundary: str = ""
-
-    def __post_init__(self) -> None:
-        self.boundary = self.boundary or f"taskstream-{uuid.uuid4().hex}"
-
-    @property
-    def header(self) -> str:
-        return f"multipart/form-data; boundary={self.boundary}"
-
-    def _head(self) -> bytes:
-        return part_head(self.boundary, self.filename, self.content_type)
-
-    def _tail(self) -> bytes:
-        return f"\r\n--{self.boundary}--\r\n".encode()
-
-    @property
-    def length(self) -> int | None:
-        """The whole body's length, when the file's size is known."""
-        if self.size is None:
-            return None
-        return len(self._head()) + self.size + len(self._tail())
 
     @property
     def replayable(self) -> bool:
         return not _is_fileobj(self.source) or self.size is not None
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        yield self._head()
-        async for piece in self.content():
-            yield piece
-        yield self._tail()
 
     async def content(self) -> AsyncIterator[bytes]:
         """The file's bytes alone, read as they are sent."""
@@ -102,7 +75,7 @@ def part_head(boundary: str, filename: str, content_type: str) -> bytes:
 
 @dataclass(slots=True)
 class MultipartFiles:
-    """Several files in one body (several ``file`` parts: one batch), each streamed."""
+    """The body of an upload: one ``file`` part, or several (one batch), each streamed."""
 
     parts: list[MultipartFile]
     boundary: str = ""
