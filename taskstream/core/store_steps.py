@@ -40,14 +40,6 @@ async def record_step(db: Executor, task_id: uuid.UUID, attempt: int, idx: int, 
     return row is not None
 
 
-async def forget_steps(db: Executor, task_id: uuid.UUID) -> int:
-    """Drop a task's recorded steps and waits (a re-drive that asks to start over)."""
-    async with transaction(db) as conn:
-        await conn.execute("DELETE FROM task_waits WHERE task_id = $1", task_id)
-        res = await conn.execute("DELETE FROM task_steps WHERE task_id = $1", task_id)
-    return int(res.split()[-1])
-
-
 # --- waits and signals ---------------------------------------------------------------------
 
 @dataclass(slots=True, frozen=True)
