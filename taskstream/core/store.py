@@ -303,13 +303,17 @@ async def _insert_tasks(pool: asyncpg.Pool, items: Sequence[NewTask]
             out.append(made[tid])
             continue
         # An idempotent replay (maybe of an item in this very batch).
-        existing = await pool.fetchrow(
-            f"SELECT {_TASK_COLS} FROM tasks WHERE owner = $1 AND idempotency_key = $2",
-            item.owner, item.idempotency_key,
-        )
-        assert existing is not None
-        out.append((Task.from_row(existing), None))
+        out.append((await task_by_key(pool, item.owner, item.idempotency_key), None))
     return out
+
+
+async def task_by_key(db: Executor, owner: str, idempotency_key: str | None) -> Task:
+    """The task an idempotency key already made (the caller knows one exists)."""
+    row = await db.fetchrow(
+        f"SELECT {_TASK_COLS} FROM tasks WHERE owner = $1 AND idempotency_key = $2",
+        owner, idempotency_key)
+    assert row is not None
+    return Task.from_row(row)
 
 
 async def _insert_new(db: Executor, ids: Sequence[uuid.UUID], items: Sequence[NewTask]

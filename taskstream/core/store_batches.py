@@ -17,6 +17,7 @@ from taskstream.core.store import (
     NewTask,
     Task,
     ensure_tenant,
+    task_by_key,
     transaction,
 )
 
@@ -117,11 +118,8 @@ async def create_batch(pool: asyncpg.Pool, parent: NewTask, children: Sequence[N
             [i.request_hash for i in items], [i.options for i in items])
         made = {r["task_id"]: r for r in rows}
         if ids[0] not in made:
-            existing = await conn.fetchrow(
-                f"SELECT {_TASK_COLS} FROM tasks WHERE owner = $1 AND idempotency_key = $2",
-                parent.owner, parent.idempotency_key)
-            assert existing is not None
-            raise BatchExists(Task.from_row(existing))  # rolls the children back
+            # rolls the children back
+            raise BatchExists(await task_by_key(conn, parent.owner, parent.idempotency_key))
         await conn.execute(
             """INSERT INTO batches (batch_id, owner, total, policy, threshold)
                VALUES ($1, $2, $3, $4, $5)""", ids[0], parent.owner, len(children), policy,
