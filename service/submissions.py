@@ -75,10 +75,12 @@ class Submissions(Batcher[store.NewTask, Result]):
         if not admitted:
             await self.admit(owner)
         options = options or {}
-        digest = request_hash(task_type, {"p": fingerprint or clean, "o": options})
+        # Only a replay compares the hash, and only a request with a key can be one.
+        digest = request_hash(task_type, {"p": fingerprint or clean, "o": options}) \
+            if idempotency_key else None
         item = self.new_task(owner, task_type, clean, options)
         item.idempotency_key = idempotency_key
-        item.request_hash = digest if idempotency_key else None
+        item.request_hash = digest
         task, created = await self._submit(item)
         if created is None:
             if task.request_hash != digest:
