@@ -19,7 +19,7 @@ class SendTimeout(TimeoutError):
 
 
 class SendGuard:
-    __slots__ = ("_send", "_timeout", "_since", "_timer", "_task", "_fired")
+    __slots__ = ("_fired", "_send", "_since", "_task", "_timeout", "_timer")
 
     def __init__(self, send: Send, timeout: float) -> None:
         self._send = send
