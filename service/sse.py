@@ -9,8 +9,9 @@ streams is encoded once per id field: encoding costs ~2 µs, passing bytes on ~0
 Both responses send those bytes as they are, so they are the same on the wire:
 
 * ``starlette`` (default): sse-starlette's ``EventSourceResponse`` — its disconnect and
-  shutdown watchers and its per-send timeout — with its ping task off (``ping=0``): the
-  keep-alive comes from the stream's own wait, which times out every ``stream_keepalive``.
+  shutdown watchers — with its ping task off (``ping=0``): the keep-alive comes from the
+  stream's own wait, which times out every ``stream_keepalive``. The send timeout is
+  ``service.send_guard`` around the ASGI send (one timer per stream, not one per send).
 * ``lean``: ``service.sse_lean``, one watcher task per stream: ~16 KB less per idle stream
   (35 vs 51 KB in the capacity bench), for processes that hold many thousands of streams.
 """
