@@ -9,8 +9,9 @@ streams is encoded once per id field: encoding costs ~2 µs, passing bytes on ~0
 Both responses send those bytes as they are, so they are the same on the wire:
 
 * ``starlette`` (default): sse-starlette's ``EventSourceResponse`` — its disconnect and
-  shutdown watchers and its per-send timeout — with its ping task off (``ping=0``): the
-  keep-alive comes from the stream's own wait, which times out every ``stream_keepalive``.
+  shutdown watchers — with its ping task off (``ping=0``): the keep-alive comes from the
+  stream's own wait, which times out every ``stream_keepalive``. The send timeout is
+  ``service.send_guard`` around the ASGI send (one timer per stream, not one per send).
 * ``lean``: ``service.sse_lean``, one watcher task per stream: ~16 KB less per idle stream
   (35 vs 51 KB in the capacity bench), for processes that hold many thousands of streams.
 """
@@ -24,6 +25,7 @@ from sse_starlette.sse import AppStatus, SendTimeoutError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from service.send_guard import SendGuard, SendTimeout
 from service.sse_lean import LeanEventStream
 from taskstream.core.events import Event, IdField
 from taskstream.core.live import TOKEN_EVENT, TokenFrame
@@ -78,22 +80,29 @@ def any_frame(item: Event | TokenFrame | None, id_field: IdField) -> bytes:
 
 class StarletteEventStream(EventSourceResponse):
     """sse-starlette's response with no ping task; a client that stops reading is cut off
-    after ``send_timeout`` seconds (its TCP window full) and resumes with Last-Event-ID."""
+    after ``send_timeout`` seconds (its TCP window full) and resumes with Last-Event-ID.
+
+    The timeout is ours (``SendGuard`` around the ASGI send), not sse-starlette's
+    ``send_timeout``, which arms a timer for every send."""
 
     media_type = "text/event-stream"  # read by FastAPI for the OpenAPI document
 
     def __init__(self, frames: AsyncIterator[bytes], status_code: int = 200,
                  send_timeout: float | None = None) -> None:
-        super().__init__(frames, status_code=status_code, ping=0, sep=SEP,
-                         send_timeout=send_timeout)
+        super().__init__(frames, status_code=status_code, ping=0, sep=SEP)
+        self.guard_timeout = send_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        guard = None if self.guard_timeout is None else SendGuard(send, self.guard_timeout)
         try:
-            await super().__call__(scope, receive, send)
-        except SendTimeoutError:
+            await super().__call__(scope, receive, guard or send)
+        except (SendTimeout, SendTimeoutError):
             # Returning with the response unfinished makes the server close the connection.
             log.warning("SSE client stopped reading for %ss; closing its stream",
-                        self.send_timeout)
+                        self.guard_timeout)
+        finally:
+            if guard is not None:
+                guard.close()
 
 
 def server_exiting() -> None:

@@ -15,7 +15,9 @@ import logging
 from collections.abc import AsyncIterator
 
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
+
+from service.send_guard import SendGuard, SendTimeout
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,6 @@ HEADERS = [
 ]
 
 
-class SendTimeout(Exception):
-    """The client did not take a frame within ``send_timeout`` (its TCP window stayed full)."""
-
-
 class LeanEventStream(Response):
     media_type = "text/event-stream"
 
@@ -42,19 +40,11 @@ class LeanEventStream(Response):
         self.frames = frames
         self.send_timeout = send_timeout
 
-    async def _send(self, send: Send, message: Message) -> None:
-        if self.send_timeout is None:
-            await send(message)
-            return
-        try:
-            async with asyncio.timeout(self.send_timeout):
-                await send(message)
-        except TimeoutError:
-            raise SendTimeout from None
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": HEADERS})
+        guard = None if self.send_timeout is None else SendGuard(send, self.send_timeout)
+        send = guard or send
         me = asyncio.current_task()
         assert me is not None
         gone = False
@@ -69,10 +59,8 @@ class LeanEventStream(Response):
         watcher = asyncio.create_task(watch())
         try:
             async for chunk in self.frames:
-                await self._send(send, {"type": "http.response.body", "body": chunk,
-                                        "more_body": True})
-            await self._send(send, {"type": "http.response.body", "body": b"",
-                                    "more_body": False})
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         except SendTimeout:
             # Returning with the response unfinished makes the server close the connection.
             log.warning("SSE client stopped reading for %ss; closing its stream",
@@ -83,6 +71,8 @@ class LeanEventStream(Response):
             me.uncancel()  # the client left; that is a normal end for a stream
         finally:
             watcher.cancel()
+            if guard is not None:
+                guard.close()
             aclose = getattr(self.frames, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):
