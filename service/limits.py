@@ -35,10 +35,9 @@ class BodyLimit:
         if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
             await self.app(scope, receive, send)
             return
-        too_large = PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await error_response(too_large)(scope, receive, send)
+                await error_response(self._too_large())(scope, receive, send)
                 return
         seen = 0
 
@@ -48,10 +47,13 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise too_large
+                    raise self._too_large()
             return message
 
         await self.app(scope, counted, send)
+
+    def _too_large(self) -> PayloadTooLarge:  # built only when needed: not per request
+        return PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
 
 
 def json_depth(value: Any) -> int:
