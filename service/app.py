@@ -15,12 +15,13 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi.telemetry import TelemetryConfig
 
 from service import errors, sse
 from service.deps import Resources
 from service.hub import Hub
 from service.limits import BodyLimit, InflightGauge, StreamSlots, SubmitRate
-from service.routes import router
+from service.routes import routers
 from service.submissions import Submissions
 from service.worker_types import WorkerTypes
 from taskstream.core import logs, metrics, queue, redisconn, store, tracing
@@ -32,6 +33,8 @@ from taskstream.core.settings import Settings
 from taskstream.core.tasktypes import Catalogue
 
 log = logging.getLogger(__name__)
+
+_NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 async def _with_retry(call: Callable[[], Awaitable[str]], attempts: int = 30) -> str:
@@ -140,6 +143,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
 
     app = FastAPI(
+        # Request spans come from our own instrumentation (core.tracing) when tracing is on;
+        # FastAPI's native telemetry would otherwise ask the OpenTelemetry providers (and
+        # the environment) on every request whether it is configured.
+        telemetry=None if tracing.enabled() else _NO_TELEMETRY,
         title="Taskstream",
         version="0.1.0",
         description="Long-running tasks behind a REST API, with progress pushed over SSE.",
@@ -148,7 +155,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     tracing.instrument_app(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes)
-    app.include_router(router)
+    for router in routers:
+        app.include_router(router)
 
     @app.get("/health", tags=["operations"])
     async def health() -> dict[str, object]:

@@ -87,12 +87,17 @@ TenantHeader = Annotated[
 ]
 
 
-async def _owner(principal: Caller, x_tenant: TenantHeader = None) -> str:
+def acting_for(principal: Principal, x_tenant: str | None) -> str:
+    """The tenant a request acts for: the caller's own, or (admin keys only) X-Tenant's."""
     if x_tenant is None or x_tenant == principal.tenant:
         return principal.tenant
     if not principal.is_admin:
         raise Forbidden("only an admin key may act for another tenant (X-Tenant)")
     return x_tenant
+
+
+async def _owner(principal: Caller, x_tenant: TenantHeader = None) -> str:
+    return acting_for(principal, x_tenant)
 
 
 Owner = Annotated[str, Depends(_owner)]

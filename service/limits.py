@@ -7,10 +7,11 @@
 * concurrent streams per tenant and per web process, and a stream's lifetime.
 """
 
+import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from redis.asyncio import Redis
@@ -35,10 +36,9 @@ class BodyLimit:
         if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
             await self.app(scope, receive, send)
             return
-        too_large = PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await error_response(too_large)(scope, receive, send)
+                await error_response(self._too_large())(scope, receive, send)
                 return
         seen = 0
 
@@ -48,10 +48,13 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise too_large
+                    raise self._too_large()
             return message
 
         await self.app(scope, counted, send)
+
+    def _too_large(self) -> PayloadTooLarge:  # built only when needed: not per request
+        return PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
 
 
 def json_depth(value: Any) -> int:
@@ -137,6 +140,26 @@ class InflightGauge(TtlCache[str, int]):
 
     def __init__(self, ttl: float = 0.5) -> None:
         super().__init__(ttl)
+        self._reads: dict[str, asyncio.Future[int]] = {}
+
+    async def count(self, tenant: str, read: Callable[[str], Awaitable[int]]) -> int:
+        """The tenant's count: cached, else ONE read shared by every submission that asks
+        while it runs (at each expiry, 32 concurrent submissions made 32 count queries)."""
+        cached = self.get(tenant)
+        if cached is not None:
+            return cached
+        pending = self._reads.get(tenant)
+        if pending is None:
+            pending = self._reads[tenant] = asyncio.ensure_future(self._read(tenant, read))
+        return await asyncio.shield(pending)  # one caller cancelled: the others still get it
+
+    async def _read(self, tenant: str, read: Callable[[str], Awaitable[int]]) -> int:
+        try:
+            count = await read(tenant)
+            self.put(tenant, count)
+            return count
+        finally:
+            del self._reads[tenant]
 
     def admitted(self, tenant: str, tasks: int = 1) -> None:
         count = self.get(tenant)

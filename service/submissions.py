@@ -49,15 +49,15 @@ class Submissions(Batcher[store.NewTask, Result]):
         one request for the rate and ``tasks`` tasks for the in-flight limit."""
         limit = self._settings.max_inflight_per_tenant
         await self._rate.check(owner, self._settings.submit_rate_per_tenant)
-        inflight = self._inflight.get(owner)
-        if inflight is None:
-            inflight = await store.inflight_count(self._pool, owner)
-            self._inflight.put(owner, inflight)
+        inflight = await self._inflight.count(owner, self._inflight_count)
         if inflight + tasks > limit:
             raise TooManyRequests(f"{inflight} tasks already pending or running, {tasks} more "
                                   f"would pass the limit of {limit}; wait for some to finish",
                                   retry_after=5)
         self._inflight.admitted(owner, tasks)
+
+    async def _inflight_count(self, owner: str) -> int:
+        return await store.inflight_count(self._pool, owner)
 
     async def submit(self, owner: str, task_type: str, params: dict[str, Any],
                      idempotency_key: str | None, *, fingerprint: dict[str, Any] | None = None,

@@ -2,12 +2,16 @@
 it, cancel it, re-drive it. Routes call these and stay thin."""
 
 import uuid
+from datetime import datetime
 from typing import Any
+
+import orjson
 
 from service.deps import Resources
 from service.errors import Conflict, NotFound, parse_id
 from taskstream.core import control, metrics, store, store_batches
 from taskstream.core.events import NewEvent
+from taskstream.core.models import TaskRead
 from taskstream.core.pending import append_pending
 from taskstream.core.states import EventType, Outcome, Status, is_terminal
 
@@ -20,6 +24,25 @@ def task_json(task: store.Task) -> dict[str, Any]:
     base = f"/tasks/{task.task_id}"
     out["links"] = {"self": base, "stream": f"{base}/stream", "events": f"{base}/events"}
     return out
+
+
+#: TaskRead's fields in its order, as FastAPI writes a response_model (UTC as "Z").
+_TASK_READ_FIELDS = tuple(TaskRead.model_fields)
+_JSON_OPTIONS = orjson.OPT_UTC_Z
+_TIMES = ("created_at", "updated_at", "started_at", "finished_at")
+
+
+def task_read_json(task: store.Task) -> bytes:
+    """``task_json`` as the JSON FastAPI writes for it through ``response_model=TaskRead``,
+    without validating a model per request (POST /tasks); tests/test_models.py holds the
+    two together."""
+    out = task_json(task)
+    for name in _TIMES:  # datetimes, not to_json's text: orjson writes UTC as "Z"
+        out[name] = getattr(task, name)
+    run_at = out["run_at"]
+    if run_at is not None:  # stored as ISO text; TaskRead writes it as a datetime
+        out["run_at"] = datetime.fromisoformat(run_at)
+    return orjson.dumps({k: out[k] for k in _TASK_READ_FIELDS}, option=_JSON_OPTIONS)
 
 
 def parse_task_id(task_id: str) -> uuid.UUID:

@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql
 from sqlmodel import SQLModel
 
 from service import schemas
+from service.tasks import task_json, task_read_json
 from taskstream import client
 from taskstream.core import models, store, store_read
 from taskstream.core.db import create_engine
@@ -151,6 +152,19 @@ async def test_submit_json_equals_the_sqlmodel_read(pool: asyncpg.Pool,
         await engine.dispose()
     assert events == [EventRead.model_validate_json(done.event.encode())]
     assert events[0].error == "stop"
+
+
+async def test_submit_response_is_the_task_read_json(pool: asyncpg.Pool) -> None:
+    """POST /tasks writes its body with task_read_json: the JSON that response_model=TaskRead
+    makes of task_json, field for field (a UTC time as "Z", run_at as a datetime)."""
+    owner = f"models-{uuid.uuid4().hex[:8]}"
+    for options in ({}, {"priority": "high", "run_at": "2031-01-02T03:04:05.5+01:00"},
+                    {"run_at": datetime(2031, 1, 2, tzinfo=UTC).isoformat()}):
+        task, _ = await store.create_task(pool, owner=owner, task_type="noop",
+                                          params={"n": 1.5, "s": "é", "l": [None, True]},
+                                          max_attempts=2, options=options)
+        fastapi_json = TaskRead.model_validate(task_json(task)).model_dump_json()
+        assert task_read_json(task) == fastapi_json.encode()
 
 
 # --- the client's light copies ---------------------------------------------------------------

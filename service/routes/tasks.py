@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
-from service.auth import Admin, Caller, Owner
+from service.auth import Admin, Caller, Owner, TenantHeader, acting_for
 from service.batches import cancel_batch, redrive_batch
 from service.deps import Res, Resources
 from service.errors import BadRequest, Conflict, NotFound
@@ -22,7 +22,7 @@ from service.schemas import (
     TaskTypeOut,
 )
 from service.search import check_submitter
-from service.tasks import cancel, load_task, parse_task_id, redrive, task_json
+from service.tasks import cancel, load_task, parse_task_id, redrive, task_json, task_read_json
 from taskstream.core import batches, store_batches, store_llm, store_ops, store_read
 from taskstream.core.constants import BATCH_TASK_TYPE
 from taskstream.core.models import StepRead
@@ -43,17 +43,20 @@ IdempotencyKey = Annotated[
 @router.post("/tasks", status_code=202, response_model=TaskRead, tags=["tasks"],
              responses={**ERRORS, 200: {"model": TaskRead,
                                         "description": "Idempotent replay: the same task."}})
-async def create_task(body: SubmitTask, res: Res, owner: Owner, principal: Caller,
-                      response: Response, idempotency_key: IdempotencyKey = None
-                      ) -> dict[str, Any]:
+async def create_task(body: SubmitTask, res: Res, principal: Caller,
+                      idempotency_key: IdempotencyKey = None, x_tenant: TenantHeader = None
+                      ) -> Response:
     """Submit a task of a registered type; returns at once with its id and links."""
+    # The hottest route: the same contract as Owner + a TaskRead response_model, with fewer
+    # dependencies to solve and the body written by task_read_json (no model validation
+    # per request). Measured by `python -m bench --scenario submission`.
+    owner = acting_for(principal, x_tenant)
     check_submitter(principal, body.type, body.params)
     task, created = await res.submissions.submit(owner, body.type, body.params,
                                                  idempotency_key, options=body.options())
-    response.headers["Location"] = f"/tasks/{task.task_id}"
-    if not created:
-        response.status_code = 200
-    return task_json(task)
+    return Response(task_read_json(task), status_code=202 if created else 200,
+                    headers={"Location": f"/tasks/{task.task_id}"},
+                    media_type="application/json")
 
 
 @router.get("/tasks", response_model=TaskPage, responses=ERRORS, tags=["tasks"])

@@ -190,8 +190,10 @@ for i = 3, #ARGV, 6 do
 end
 return n
 """
-#: From this many jobs on, one script call per ``_MANY_CHUNK`` jobs.
-_MANY_FROM = 32
+#: From this many jobs on, one script call per ``_MANY_CHUNK`` jobs: also the few of one
+#: group commit of POST /tasks (redis-py's packing of one command per job cost the web
+#: process more than the script's work).
+_MANY_FROM = 2
 _MANY_CHUNK = 500
 
 
