@@ -19,7 +19,11 @@ echo "== mypy"
 
 echo "== pytest"
 pytest_rc=0
-.venv/bin/pytest "$@" || pytest_rc=$?
+# Two pytest processes (pytest-xdist), whole files each (--dist loadfile keeps a file's
+# fixtures in one process): most tests wait on servers, so two overlap well even on two cores.
+# Each process has its own database and Redis namespace (tests/conftest.py).
+# TASKSTREAM_TEST_PROCESSES=0 runs them in this process.
+.venv/bin/pytest -n "${TASKSTREAM_TEST_PROCESSES:-2}" --dist loadfile "$@" || pytest_rc=$?
 if [[ $pytest_rc -eq 5 ]]; then
     echo "test.sh: pytest collected no tests" >&2
     failed+=("pytest (no tests collected)")
