@@ -108,6 +108,8 @@ def check_streams(out: Outcome, name: str, pool_: SSEPool, expect_last_seq: int 
 #: Opening a round's streams (submit, then every stream's headers and replay) may take up to
 #: this many times the last measured time before the first tick is due; the rest is margin.
 LEAD_MARGIN = 1.5
+#: Opening times are scaled by the stream count only when measured on this many or more.
+MIN_STREAMS_TO_SCALE = 100
 #: A round whose streams were not all open before the first tick is run again (at most this
 #: many times in all), with the lead from the opening time it measured.
 OPEN_ATTEMPTS = 3
@@ -198,7 +200,9 @@ async def _latency_round(run: Run, out: Outcome, web: WebServer, pool: asyncpg.P
     lead = 2.0 + n / 400
     if opened_before is not None:  # as long as last time, or longer per stream if more
         seconds, streams_then = opened_before
-        lead = max(lead, 1.0 + LEAD_MARGIN * seconds * max(1.0, n / streams_then))
+        # a round of a few streams measures the fixed cost (submitting, the tasks starting)
+        per = n / streams_then if streams_then >= MIN_STREAMS_TO_SCALE else 1.0
+        lead = max(lead, 1.0 + LEAD_MARGIN * seconds * max(1.0, per))
     lead *= attempt  # measured, yet late: the machine is busier than it was
     t0 = time.time()
     ids, start_at = await start_ticks(run, web, pool, tasks, count=count,
