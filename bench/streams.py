@@ -105,59 +105,65 @@ def check_streams(out: Outcome, name: str, pool_: SSEPool, expect_last_seq: int 
                   all(s.last_seq == expect_last_seq for s in ss))
 
 
+#: Opening a round's streams (submit, then every stream's headers and replay) may take up to
+#: this many times the last measured time before the first tick is due; the rest is margin.
+LEAD_MARGIN = 1.5
+#: Opening times are scaled by the stream count only when measured on this many or more.
+MIN_STREAMS_TO_SCALE = 100
+#: A round whose streams were not all open before the first tick is run again (at most this
+#: many times in all), with the lead from the opening time it measured.
+OPEN_ATTEMPTS = 3
+
+
+async def all_replayed(streams: SSEPool, at_least: int, within: float) -> bool:
+    """Wait until every stream has received ``at_least`` messages (its replay: then it is
+    subscribed, and every later event reaches it live)."""
+    async def replayed() -> bool:
+        return all(s.messages >= at_least or s.closed for s in streams.streams)
+
+    return await wait_for(replayed, within, 0.02)
+
+
 async def latency(run: Run) -> Outcome:
     """p50/p95/p99 push latency with 1, 1,000 and 5,000 concurrent streams on one web process.
 
     With N streams: T = min(N, 100) tasks, N/T streams each, one event per task per second
     (so every stream receives one event a second); with one stream, 20 events a second.
+    Every stream is open (headers received and its replay of the task's 'created' and
+    'started' events read) before the first tick: the lead before the ticks start comes from
+    the opening time measured in the previous round, and a round that still opened late is
+    run again with a longer one — so the figure is push latency, not the cost of opening.
     """
     env, sz, out = run.env, run.sizes, Outcome()
     web = await env.web("web-latency")
     workers = await env.workers(1, "worker-latency", **WORKER_ENV)
-    host, port = host_port(web.url)
     pool = await run.pool()
+    opened: tuple[float, int] | None = None  # seconds to submit and open n streams, measured
     try:
         for n in sz.latency_streams:
-            per: dict[str, list[float]] = {"p50": [], "p95": [], "p99": [], "commit_max": []}
+            per: dict[str, list[float]] = {"p50": [], "p95": [], "p99": [], "commit_max": [],
+                                           "late": []}
             for r in range(sz.stream_rounds):
-                await env.reset()
-                tasks = 1 if n == 1 else min(n, 100)
-                interval = 0.05 if n == 1 else 1.0
-                count = max(1, round(sz.latency_seconds / interval))
-                ids, start_at = await start_ticks(run, web, pool, tasks, count=count,
-                                                  interval=interval, lead=2.0 + n / 400)
-                rss0 = rss(web)
-                streams = SSEPool(host, port)
-                with quiet_gc():
-                    async with CommitProbe(env.database_url) as probe:
-                        await streams.open(
-                            [f"/tasks/{ids[i % tasks]}/stream" for i in range(n)], parallel=200)
-                        late = time.time() - start_at
-                        rss1 = rss(web)
-                        ok = await streams.wait(start_at + count * interval + 60 - time.time())
-                streams.close()
-                lat = streams.latencies()
-                check_streams(out, f"latency {n}", streams, count + 3)
-                out.check(f"latency {n}: streams finished in time", ok)
-                row: dict[str, Any] = {
-                       "streams": n, "round": r, "tasks": tasks, "interval": interval,
-                       "samples": len(lat), "opened_late_s": max(0.0, late),
-                       "p50_ms": _ms(percentile(lat, 50)), "p95_ms": _ms(percentile(lat, 95)),
-                       "p99_ms": _ms(percentile(lat, 99)), "max_ms": _ms(max(lat or [0])),
-                       "rss_per_stream_kb": (rss1 - rss0) / n / 1024,
-                       "commit_p50_ms": _ms(percentile(probe.latencies, 50)),
-                       "commit_max_ms": _ms(max(probe.latencies or [0]))}
+                for attempt in range(1, OPEN_ATTEMPTS + 1):
+                    row, opened_s = await _latency_round(run, out, web, pool, n, r, attempt,
+                                                         opened)
+                    opened = (opened_s, n)
+                    if row["opened_late_s"] == 0 or attempt == OPEN_ATTEMPTS:
+                        break
+                    run.log(f"latency n={n} round {r}: streams opened "
+                            f"{row['opened_late_s']:.1f}s after the first tick; again with "
+                            "a longer lead")
                 out.rounds.append(row)
-                run.log(f"latency n={n} round {r}: p50 {row['p50_ms']:.1f} ms, p99 "
-                        f"{row['p99_ms']:.1f} ms ({len(lat)} samples); durable commit "
-                        f"meanwhile: p50 {row['commit_p50_ms'] or 0:.1f} ms, "
-                        f"max {row['commit_max_ms'] or 0:.1f} ms")
+                out.check(f"latency {n}: every stream open before the first tick",
+                          row["opened_late_s"] == 0)
                 for k in ("p50", "p95", "p99", "commit_max"):
                     v = row[f"{k}_ms"]
                     if isinstance(v, float):
                         per[k].append(v)
+                per["late"].append(row["opened_late_s"])
             target = {1000: 10.0, 5000: 25.0}.get(n)
             p99 = median(per["p99"])
+            late = max(per["late"])
             out.rows += [
                 Row("3 push latency", f"p50, {n} streams", median(per["p50"]), "ms"),
                 Row("3 push latency", f"p95, {n} streams", median(per["p95"]), "ms"),
@@ -166,14 +172,72 @@ async def latency(run: Run) -> Outcome:
                     met=(p99 is not None and p99 <= target) if target else None),
                 Row("3 push latency", f"slowest durable commit meanwhile, {n} streams",
                     median(per["commit_max"]), "ms"),
+                Row("3 push latency", f"streams opened after the first tick, {n} streams "
+                    "(worst round)", late, "s", target="0 s (all open first)", met=late == 0),
             ]
         out.notes.append("push latency includes the event's durable commit (persist, then "
                          "publish): a probe commits every 20 ms during each round, and its "
                          "slowest commit is the disk's stall in that round")
+        out.notes.append("every stream is open (headers and replay received) before the "
+                         "first tick: the lead is measured, and a round that opened late "
+                         "is run again (opened_late_s, open_attempts in the rounds)")
     finally:
         await pool.close()
         env.stop([*workers, web])
     return out
+
+
+async def _latency_round(run: Run, out: Outcome, web: WebServer, pool: asyncpg.Pool, n: int,
+                         r: int, attempt: int, opened_before: tuple[float, int] | None
+                         ) -> tuple[dict[str, Any], float]:
+    """One round: (its row, seconds from submitting the ticks to every stream open)."""
+    env, sz = run.env, run.sizes
+    host, port = host_port(web.url)
+    await env.reset()
+    tasks = 1 if n == 1 else min(n, 100)
+    interval = 0.05 if n == 1 else 1.0
+    count = max(1, round(sz.latency_seconds / interval))
+    lead = 2.0 + n / 400
+    if opened_before is not None:  # as long as last time, or longer per stream if more
+        seconds, streams_then = opened_before
+        # a round of a few streams measures the fixed cost (submitting, the tasks starting)
+        per = n / streams_then if streams_then >= MIN_STREAMS_TO_SCALE else 1.0
+        lead = max(lead, 1.0 + LEAD_MARGIN * seconds * max(1.0, per))
+    lead *= attempt  # measured, yet late: the machine is busier than it was
+    t0 = time.time()
+    ids, start_at = await start_ticks(run, web, pool, tasks, count=count,
+                                      interval=interval, lead=lead)
+    rss0 = rss(web)
+    streams = SSEPool(host, port)
+    with quiet_gc():
+        async with CommitProbe(env.database_url) as probe:
+            await streams.open(
+                [f"/tasks/{ids[i % tasks]}/stream" for i in range(n)], parallel=200)
+            # 'created' and 'started' (the tick tasks are running): replayed, so subscribed
+            await all_replayed(streams, 2, start_at + count * interval + 60 - time.time())
+            opened = time.time()
+            late = opened - start_at
+            rss1 = rss(web)
+            ok = await streams.wait(start_at + count * interval + 60 - time.time())
+    streams.close()
+    lat = streams.latencies()
+    check_streams(out, f"latency {n}", streams, count + 3)
+    out.check(f"latency {n}: streams finished in time", ok)
+    row: dict[str, Any] = {
+        "streams": n, "round": r, "tasks": tasks, "interval": interval,
+        "samples": len(lat), "lead_s": lead, "open_attempts": attempt,
+        "open_s": opened - t0, "opened_late_s": max(0.0, late),
+        "p50_ms": _ms(percentile(lat, 50)), "p95_ms": _ms(percentile(lat, 95)),
+        "p99_ms": _ms(percentile(lat, 99)), "max_ms": _ms(max(lat or [0])),
+        "rss_per_stream_kb": (rss1 - rss0) / n / 1024,
+        "commit_p50_ms": _ms(percentile(probe.latencies, 50)),
+        "commit_max_ms": _ms(max(probe.latencies or [0]))}
+    run.log(f"latency n={n} round {r}: p50 {row['p50_ms']:.1f} ms, p99 "
+            f"{row['p99_ms']:.1f} ms ({len(lat)} samples); streams open "
+            f"{opened - t0:.1f}s after submitting, {-late:.1f}s before the first tick; "
+            f"durable commit meanwhile: p50 {row['commit_p50_ms'] or 0:.1f} ms, "
+            f"max {row['commit_max_ms'] or 0:.1f} ms")
+    return row, opened - t0
 
 
 #: The web process's SSE responses (TASKSTREAM_SSE_RESPONSE); capacity measures each.

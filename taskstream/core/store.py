@@ -369,29 +369,37 @@ def _event(r: asyncpg.Record) -> Event:
     )
 
 
+def _flushed(select: str, order: str = "seq") -> str:
+    """``select`` (of events), made durable before it returns, in one round trip: when it
+    finds rows, ts_flush() runs in the same statement, whose implicit transaction commits
+    synchronously after it read them — so every commit it saw is on disk before the rows
+    reach us (asyncpg hands them over only after that COMMIT). No rows: no flush (a stream
+    opened on a quiet task costs no fsync)."""
+    return (f"WITH ev AS MATERIALIZED ({select}), "
+            "f AS MATERIALIZED (SELECT count(*) FROM ts_flush() "
+            "WHERE EXISTS (SELECT 1 FROM ev)) "
+            f"SELECT ev.* FROM ev, f ORDER BY ev.{order}")
+
+
 async def events_after(
     db: Executor, task_id: uuid.UUID | str, after: int, limit: int
 ) -> list[Event]:
     """A task's events after ``after``, durable before anyone sees them (writers commit
     asynchronously; a crash must not take back an event a client was shown)."""
     rows = await db.fetch(
-        f"""SELECT {_EVENT_COLS} FROM task_events WHERE task_id = $1 AND seq > $2
-            ORDER BY seq LIMIT $3""",
+        _flushed(f"""SELECT {_EVENT_COLS} FROM task_events WHERE task_id = $1 AND seq > $2
+                     ORDER BY seq LIMIT $3"""),
         task_id if isinstance(task_id, uuid.UUID) else uuid.UUID(task_id), after, limit,
     )
-    if rows:
-        await flush(db)
     return [_event(r) for r in rows]
 
 
 async def tenant_events_after(db: Executor, owner: str, after: int, limit: int) -> list[Event]:
     rows = await db.fetch(
-        f"""SELECT {_EVENT_COLS} FROM task_events WHERE owner = $1 AND tenant_seq > $2
-            ORDER BY tenant_seq LIMIT $3""",
+        _flushed(f"""SELECT {_EVENT_COLS} FROM task_events WHERE owner = $1
+                     AND tenant_seq > $2 ORDER BY tenant_seq LIMIT $3""", "tenant_seq"),
         owner, after, limit,
     )
-    if rows:
-        await flush(db)  # as in events_after
     return [_event(r) for r in rows]
 
 
