@@ -90,9 +90,10 @@ async def submit_batch(res: Resources, owner: str, kids: list[Child], policy: st
         await res.eventlog.publish([])  # what we read is on disk before we answer
         return exists.task, await store_batches.children(
             res.pool, uuid.UUID(exists.task.task_id)), False
-    await res.eventlog.publish([ev for _, ev in made])  # durable first, then on Redis
-    await enqueue_pending(res.arq, res.settings, [
-        queue.Job.of(ev.task_id, ev.seq, t.options) for t, ev in made[1:]])
+    jobs = [queue.Job.of(ev.task_id, ev.seq, t.options) for t, ev in made[1:]]
+    # Durable first; then published and queued at once.
+    await res.eventlog.publish([ev for _, ev in made], then=lambda: enqueue_pending(
+        res.arq, res.settings, jobs))
     return task, [t for t, _ in made[1:]], True
 
 

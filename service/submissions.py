@@ -132,9 +132,10 @@ class Submissions(Batcher[store.NewTask, Result]):
         for task, ev in results:
             if ev is not None:
                 metrics.task_event(metrics.SUBMITTED, task.task_type)
-        await self._eventlog.publish(created)  # durable first, then on Redis
-        await enqueue_pending(self._arq, self._settings, [
-            queue.Job.of(ev.task_id, ev.seq, task.options) for task, ev in results if ev])
+        jobs = [queue.Job.of(ev.task_id, ev.seq, task.options) for task, ev in results if ev]
+        # Durable first; then published and queued at once.
+        await self._eventlog.publish(created, then=lambda: enqueue_pending(
+            self._arq, self._settings, jobs))
         return results
 
 

@@ -1,5 +1,7 @@
 """How a task becomes pending: its pending event is durable (and published) first, then its
-job goes on the queue. Submission, re-drive, retry and re-queue all take this path.
+job goes on the queue. Submission, re-drive, retry and re-queue all take this path (a
+submission publishes and queues at the same time, once durable: ``EventLog.publish``'s
+``then``).
 
 The order matters: a worker that takes the job must find the pending state in PostgreSQL.
 If Redis refuses the job, the task stays pending and the sweeper enqueues it under the same
