@@ -6,7 +6,7 @@ import time
 import uuid
 
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 
 from taskstream.core import queue
@@ -136,32 +136,3 @@ async def test_a_job_run_again_later_owes_its_priority_again(settings: Settings)
 def _score(value: float | None) -> float:
     assert value is not None
     return value
-
-
-async def test_claim_and_read_does_what_arq_run_job_does_first(settings: Settings) -> None:
-    """The claim also reads each taken job's record and counts its try (arq's GET, INCR,
-    EXPIRE); the batched finish then leaves nothing of a finished job behind."""
-    s = settings.model_copy(update={"namespace": f"q{uuid.uuid4().hex[:8]}"})
-    arq = await queue.connect(s)
-    try:
-        task_id = str(uuid.uuid4())
-        assert await queue.enqueue(arq, s, [(task_id, 1)]) == 1
-        q, jid = queue_name(s.namespace), queue.job_id(task_id, 1)
-        (c,) = await queue.claim_and_read(arq, q, [jid], 5, 30_000)
-        assert (c.job_id, c.job_try) == (jid, 1) and c.score > 0
-        assert c.record == await arq.get(job_key_prefix + jid)
-        assert 0 < await arq.ttl(retry_key_prefix + jid) <= 88_400
-        assert await queue.claim_and_read(arq, q, [jid], 5, 30_000) == []  # held now
-
-        async def noop(ctx: dict[str, object], task_id: str) -> None: ...
-
-        w = queue.build_worker(s, noop, on_startup=noop, on_shutdown=noop, burst=True)
-        w._pool = arq  # what arq's main() sets up
-        await w.finish_job(jid, True, None, None, False, None, None)
-        assert not await arq.exists(job_key_prefix + jid, retry_key_prefix + jid,
-                                    in_progress_key_prefix + jid)
-        assert await arq.zscore(q, jid) is None
-        assert w._finisher is not None
-        await w._finisher.close()
-    finally:
-        await arq.aclose()

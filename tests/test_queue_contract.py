@@ -146,15 +146,3 @@ def test_priorities_ride_on_the_score_as_arq_reads_it() -> None:
     assert uses == ["'score': score,", "if (start_ms - score) > 1200:",
                     "extra += f' delayed={(start_ms - score) / 1000:0.2f}s'",
                     "incr_score = e.defer_score + (timestamp_ms() - score)"]
-
-
-def test_the_claim_reads_a_job_as_run_job_would() -> None:
-    """``claim_and_read`` does in its script what arq's run_job does first (and the batched
-    run_job then skips): GET the record, INCR the try counter, EXPIRE it 88,400 s; with
-    abort off, nothing else."""
-    run_job = inspect.getsource(Worker.run_job)
-    for line in ("pipe.get(job_key_prefix + job_id)", "pipe.incr(retry_key_prefix + job_id)",
-                 "pipe.expire(retry_key_prefix + job_id, 88400)",
-                 "if self.allow_abort_jobs:"):
-        assert line in run_job, line
-    assert queue._RETRY_KEY_TTL_S == 88400

@@ -64,20 +64,6 @@ def event_error(type: str, message: str | None) -> str | None:
     return message if type in (EventType.FAILED, EventType.CANCELLED) else None
 
 
-#: The last timestamp formatted, and its text: the events of one batch share their
-#: transaction's ``now()``, and ``isoformat`` was ~40% of encoding an event.
-_last_iso: tuple[datetime | None, str] = (None, "")
-
-
-def _iso(at: datetime) -> str:
-    global _last_iso
-    last, text = _last_iso
-    if last is None or at != last or at.tzinfo != last.tzinfo:
-        text = at.isoformat()
-        _last_iso = (at, text)
-    return text
-
-
 class IdField(StrEnum):
     """Which counter a stream's SSE ids (and resume cursor) follow."""
 
@@ -121,7 +107,7 @@ class Event:
             "result": event_result(self.type, self.data),
             "error": event_error(self.type, self.message),
             "attempt": self.attempt,
-            "created_at": _iso(self.created_at),
+            "created_at": self.created_at.isoformat(),
         }
 
     def position(self, id_field: "IdField") -> int:

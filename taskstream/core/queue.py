@@ -37,10 +37,10 @@ from arq.constants import (
     result_key_prefix,
     retry_key_prefix,
 )
-from arq.jobs import SerializationError, deserialize_job_raw, serialize_job
+from arq.jobs import serialize_job
 from arq.typing import StartupShutdown, WorkerCoroutine
-from arq.utils import ms_to_datetime, timestamp_ms, to_ms
-from arq.worker import Retry, RetryJob, Worker, func
+from arq.utils import timestamp_ms, to_ms
+from arq.worker import Retry, Worker, func
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
@@ -51,16 +51,12 @@ from taskstream.core.settings import Settings
 from taskstream.declaration import Priority
 
 log = logging.getLogger(__name__)
-arq_log = logging.getLogger("arq.worker")  # a failed job is logged where arq logs it
 
 #: Raise ``RunAgainLater(defer=seconds)`` from a job to have arq run it again later.
 RunAgainLater: Final = Retry
 
 #: arq keeps a job's in-progress marker this long past its job timeout.
 IN_PROGRESS_MARGIN_S: Final = 10
-
-#: arq's run_job keeps a job's try counter this long (seconds).
-_RETRY_KEY_TTL_S: Final = 88400
 
 #: How far before its due time a job of each priority is scored (see the module docstring).
 PRIORITY_OFFSET_MS: Final[Mapping[Priority, int]] = {
@@ -258,10 +254,8 @@ async def held_for(arq: ArqRedis, settings: Settings, jid: str) -> float | None:
 #: one job after another) as one atomic script for every job id a poll found: a job is
 #: taken when no worker holds it and it is due; at most ARGV[3] are taken. First, deferred
 #: jobs that fell due get their priority offsets (see the module docstring). KEYS: queue,
-#: offsets hash, promote set; ARGV: now ms, in-progress marker ttl ms, limit, read (1: also
-#: do what arq's run_job does first for each taken job — GET its record, INCR its try
-#: counter, EXPIRE that — so the run needs no transaction of its own), then the job ids.
-#: Returns id, score pairs (with read: id, score, record or false, try).
+#: offsets hash, promote set; ARGV: now ms, in-progress marker ttl ms, limit, then the job
+#: ids. Returns id, score pairs.
 _CLAIM_LUA = """
 local out = {}
 local limit = tonumber(ARGV[3])
@@ -273,25 +267,16 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0
         redis.call('ZINCRBY', KEYS[1], -tonumber(offset), id)
     end
 end
-local read = ARGV[4] == '1'
-local taken = 0
-for i = 5, #ARGV do
-    if taken >= limit then break end
+for i = 4, #ARGV do
+    if #out >= 2 * limit then break end
     local id = ARGV[i]
     local marker = '""" + in_progress_key_prefix + """' .. id
     if redis.call('EXISTS', marker) == 0 then
         local score = redis.call('ZSCORE', KEYS[1], id)
         if score and tonumber(score) <= now then
             redis.call('PSETEX', marker, ARGV[2], '1')
-            taken = taken + 1
             out[#out + 1] = id
             out[#out + 1] = score
-            if read then
-                local retry = '""" + retry_key_prefix + """' .. id
-                out[#out + 1] = redis.call('GET', '""" + job_key_prefix + """' .. id)
-                out[#out + 1] = redis.call('INCR', retry)
-                redis.call('EXPIRE', retry, """ + str(_RETRY_KEY_TTL_S) + """)
-            end
         end
     end
 end
@@ -304,44 +289,13 @@ async def claim(redis: ArqRedis, queue: str, job_ids: Sequence[bytes | str], lim
     """Take up to ``limit`` of these jobs for this worker, as arq's ``start_jobs`` would,
     in one round trip; returns (job id, score) of those taken. Runs with no ids too: the
     promotion of deferred jobs must not wait for the poll to reach them."""
-    return [(c.job_id, c.score) for c in
-            await _claim(redis, queue, job_ids, limit, in_progress_ms, read=False)]
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A job taken by ``claim_and_read``: its record (None: expired) and its try number."""
-
-    job_id: str
-    score: int
-    record: bytes | None = None
-    job_try: int = 0
-
-
-async def claim_and_read(redis: ArqRedis, queue: str, job_ids: Sequence[bytes | str],
-                         limit: int, in_progress_ms: int) -> list[Claimed]:
-    """``claim``, plus the first step of arq's run_job for each job taken (its record read,
-    its try counted), in the same round trip."""
-    return await _claim(redis, queue, job_ids, limit, in_progress_ms, read=True)
-
-
-async def _claim(redis: ArqRedis, queue: str, job_ids: Sequence[bytes | str], limit: int,
-                 in_progress_ms: int, *, read: bool) -> list[Claimed]:
     if limit <= 0:
         return []
     script = redis.register_script(_CLAIM_LUA)
     raw = await script(keys=[queue, offsets_key(queue), promote_key(queue)],
-                       args=[timestamp_ms(), in_progress_ms, limit, int(read), *job_ids])
-    step = 4 if read else 2
-    out = []
-    for i in range(0, len(raw), step):
-        jid = raw[i].decode() if isinstance(raw[i], bytes) else str(raw[i])
-        score = int(float(raw[i + 1]))
-        if read:
-            out.append(Claimed(jid, score, raw[i + 2] or None, int(raw[i + 3])))
-        else:
-            out.append(Claimed(jid, score))
-    return out
+                       args=[timestamp_ms(), in_progress_ms, limit, *job_ids])
+    pairs = [x.decode() if isinstance(x, bytes) else str(x) for x in raw]
+    return [(pairs[i], int(float(pairs[i + 1]))) for i in range(0, len(pairs), 2)]
 
 
 #: arq's re-deferral of a job (its ``Retry``: ZINCRBY to now + defer, as arq computes the
@@ -355,73 +309,31 @@ end
 """
 
 
-#: arq's end-of-run commands for many jobs in one script call (atomic, as arq's MULTI):
-#: redis-py packs one command for the batch instead of five or six per job. Per job: drop
-#: the in-progress marker; then finished ("f"): drop the record and try counter and the job
-#: from the queue, abort set, offsets hash and promote set; or re-deferred (an increment in
-#: ms): ``_REDEFER_LUA``'s effect; or ("0") nothing more (arq runs it again when due).
-#: KEYS: queue, offsets hash, promote set, abort set; ARGV: pairs of job id, what.
-_FINISH_MANY_LUA = """
-for i = 1, #ARGV, 2 do
-    local id = ARGV[i]
-    local what = ARGV[i + 1]
-    redis.call('DEL', '""" + in_progress_key_prefix + """' .. id)
-    if what == 'f' then
-        redis.call('DEL', '""" + retry_key_prefix + """' .. id, '""" + job_key_prefix + """' .. id)
-        redis.call('ZREM', KEYS[4], id)
-        redis.call('ZREM', KEYS[1], id)
-        redis.call('HDEL', KEYS[2], id)
-        redis.call('ZREM', KEYS[3], id)
-    elseif what ~= '0' then
-        local due = redis.call('ZINCRBY', KEYS[1], what, id)
-        if redis.call('HEXISTS', KEYS[2], id) == 1 then
-            redis.call('ZADD', KEYS[3], due, id)
-        end
-    end
-end
-return #ARGV / 2
-"""
-
-#: A job's end for the finisher: (job id, "f" | "0" | increment ms) for ``_FINISH_MANY_LUA``,
-#: or, for what that script does not cover (a result to keep, a marker to keep), the
-#: commands to queue into a transaction.
-_End = tuple[str, str] | Callable[[Pipeline], None]
-
-
-class _Finisher(Batcher[_End, None]):
+class _Finisher(Batcher[Callable[[Pipeline], None], None]):
     """arq's per-job end-of-run transaction, for every job that ends meanwhile in one."""
 
-    def __init__(self, redis: ArqRedis, queue: str) -> None:
+    def __init__(self, redis: ArqRedis) -> None:
         super().__init__("arq-finish", 500)
         self._redis = redis
-        self._keys = [queue, offsets_key(queue), promote_key(queue), abort_jobs_ss]
-        self._script = redis.register_script(_FINISH_MANY_LUA)
 
-    async def finish(self, end: _End) -> None:
-        await self._submit(end)
+    async def finish(self, add: Callable[[Pipeline], None]) -> None:
+        await self._submit(add)
 
-    async def _commit(self, items: list[_End]) -> list[None]:
-        args = [x for it in items if isinstance(it, tuple) for x in it]
-        if args:
-            await self._script(keys=self._keys, args=args)
-        rest = [it for it in items if not isinstance(it, tuple)]
-        if rest:
-            async with self._redis.pipeline(transaction=True) as tr:
-                for add in rest:
-                    add(tr)
-                await tr.execute()
+    async def _commit(self, items: list[Callable[[Pipeline], None]]) -> list[None]:
+        async with self._redis.pipeline(transaction=True) as tr:
+            for add in items:
+                add(tr)
+            await tr.execute()
         return [None] * len(items)
 
 
 class BatchingWorker(Worker):
     """arq's worker, except that Redis going away does not kill it (polling pauses and
     running tasks keep going: they write to PostgreSQL, not Redis), and that its per-job
-    Redis bookkeeping is batched: a poll claims all the jobs it can take, with their
-    records, in one round trip, and jobs that end together are finished in one script
-    call."""
+    Redis bookkeeping is batched: a poll claims all the jobs it can take in one round trip,
+    and jobs that end together are finished in one transaction."""
 
     _finisher: _Finisher | None = None
-    _claimed: dict[str, Claimed]
 
     async def _poll_iteration(self) -> None:
         try:
@@ -432,104 +344,47 @@ class BatchingWorker(Worker):
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """arq's start_jobs with the same checks and markers (``claim``), batched."""
-        claimed = await claim_and_read(self.pool, self.queue_name, job_ids,
-                                       self.max_jobs - self.job_counter,
-                                       int(self.in_progress_timeout_s * 1000))
-        if not hasattr(self, "_claimed"):
-            self._claimed = {}
-        for c in claimed:
+        claimed = await claim(self.pool, self.queue_name, job_ids,
+                              self.max_jobs - self.job_counter,
+                              int(self.in_progress_timeout_s * 1000))
+        for jid, score in claimed:
             await self.sem.acquire()  # free: at most max_jobs - job_counter were claimed
             self.job_counter += 1
-            self._claimed[c.job_id] = c
-            t = self.loop.create_task(self.run_job(c.job_id, c.score))
+            t = self.loop.create_task(self.run_job(jid, score))
             t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[c.job_id] = t
-
-    async def run_job(self, job_id: str, score: int) -> None:
-        """arq's run_job for a job whose record the claim read: the same steps but its
-        first transaction (GET, INCR, EXPIRE), for the one kind of job this worker runs
-        (one function, no result kept, no abort, no job hooks). Anything else — a job
-        taken another way, an expired or unreadable record, a try arq would refuse — goes
-        to arq's own run_job (which then counts the try a second time: harmless, the
-        limit is a million)."""
-        c = getattr(self, "_claimed", {}).pop(job_id, None)
-        fn = self.functions.get(RUN_TASK_FUNCTION)
-        if c is None or c.record is None or fn is None or self.allow_abort_jobs \
-                or self.on_job_start or self.on_job_end or self.after_job_end:
-            return await super().run_job(job_id, score)
-        try:
-            name, args, kwargs, enqueue_try, enqueue_ms = deserialize_job_raw(
-                c.record, deserializer=self.job_deserializer)
-        except SerializationError:
-            return await super().run_job(job_id, score)
-        max_tries = self.max_tries if fn.max_tries is None else fn.max_tries
-        if name != RUN_TASK_FUNCTION or (enqueue_try and enqueue_try > c.job_try) \
-                or c.job_try > max_tries:
-            return await super().run_job(job_id, score)
-        ctx = {**self.ctx, "job_id": job_id, "job_try": c.job_try,
-               "enqueue_time": ms_to_datetime(enqueue_ms), "score": score}
-        timeout_s = self.job_timeout_s if fn.timeout_s is None else fn.timeout_s
-        finish, incr_score = False, None
-        self.job_tasks[job_id] = task = self.loop.create_task(fn.coroutine(ctx, *args, **kwargs))
-        try:
-            try:
-                await asyncio.wait_for(task, timeout_s)
-            finally:
-                del self.job_tasks[job_id]
-        except (Exception, asyncio.CancelledError) as e:  # arq's outcomes, in its order
-            if self.retry_jobs and isinstance(e, Retry):
-                incr_score = e.defer_score
-                if e.defer_score:
-                    incr_score = e.defer_score + (timestamp_ms() - score)
-                self.jobs_retried += 1
-            elif self.retry_jobs and isinstance(e, asyncio.CancelledError | RetryJob):
-                self.jobs_retried += 1  # run again (a shutdown)
-            else:
-                arq_log.exception("%s:%s failed, %s: %s", job_id, name,
-                                  e.__class__.__name__, e)
-                finish = True
-                self.jobs_failed += 1
-        else:
-            finish = True
-            self.jobs_complete += 1
-        await asyncio.shield(self.finish_job(job_id, finish, None, None, False, incr_score,
-                                             None))
+            self.tasks[jid] = t
 
     async def finish_job(self, job_id: str, finish: bool, result_data: bytes | None,
                          result_timeout_s: float | None, keep_result_forever: bool,
                          incr_score: int | None, keep_in_progress: float | None) -> None:
-        """arq's finish_job, the same commands, batched with other jobs' (one script call;
-        a transaction for the rare end the script does not cover)."""
-        end: _End
-        if keep_in_progress is None and not (finish and result_data):
-            end = (job_id, "f" if finish else str(incr_score) if incr_score else "0")
-        else:
-            def end(tr: Pipeline) -> None:
-                delete_keys = []
-                in_progress_key = in_progress_key_prefix + job_id
-                if keep_in_progress is None:
-                    delete_keys.append(in_progress_key)
-                else:
-                    tr.pexpire(in_progress_key, to_ms(keep_in_progress) or 0)
-                if finish:
-                    if result_data:
-                        expire = None if keep_result_forever else result_timeout_s
-                        tr.set(result_key_prefix + job_id, result_data, px=to_ms(expire))
-                    delete_keys += [retry_key_prefix + job_id, job_key_prefix + job_id]
-                    tr.zrem(abort_jobs_ss, job_id)
-                    tr.zrem(self.queue_name, job_id)
-                    tr.hdel(offsets_key(self.queue_name), job_id)
-                    tr.zrem(promote_key(self.queue_name), job_id)
-                elif incr_score:
-                    tr.eval(_REDEFER_LUA, 3, self.queue_name, offsets_key(self.queue_name),
-                            promote_key(self.queue_name), str(incr_score), job_id)
-                if delete_keys:
-                    tr.delete(*delete_keys)
+        """arq's finish_job, the same commands, queued into a shared transaction."""
+
+        def add(tr: Pipeline) -> None:
+            delete_keys = []
+            in_progress_key = in_progress_key_prefix + job_id
+            if keep_in_progress is None:
+                delete_keys.append(in_progress_key)
+            else:
+                tr.pexpire(in_progress_key, to_ms(keep_in_progress) or 0)
+            if finish:
+                if result_data:
+                    expire = None if keep_result_forever else result_timeout_s
+                    tr.set(result_key_prefix + job_id, result_data, px=to_ms(expire))
+                delete_keys += [retry_key_prefix + job_id, job_key_prefix + job_id]
+                tr.zrem(abort_jobs_ss, job_id)
+                tr.zrem(self.queue_name, job_id)
+                tr.hdel(offsets_key(self.queue_name), job_id)
+                tr.zrem(promote_key(self.queue_name), job_id)
+            elif incr_score:
+                tr.eval(_REDEFER_LUA, 3, self.queue_name, offsets_key(self.queue_name),
+                        promote_key(self.queue_name), str(incr_score), job_id)
+            if delete_keys:
+                tr.delete(*delete_keys)
 
         if self._finisher is None:
-            self._finisher = _Finisher(self.pool, self.queue_name)
+            self._finisher = _Finisher(self.pool)
             self._finisher.start()
-        await self._finisher.finish(end)
+        await self._finisher.finish(add)
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """arq's end of a job it could not run (expired, unreadable, out of tries), and the

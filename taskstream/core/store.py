@@ -497,14 +497,7 @@ class transaction:
         else:
             self._conn = self._db
         self._tr = self._conn.transaction()
-        try:
-            await self._tr.__aenter__()
-        except BaseException:
-            # Cancelled (a worker loop stopped at shutdown) or failed in BEGIN: __aexit__
-            # will not run, so give the connection back here, or pool.close() waits forever.
-            if self._ctx is not None:
-                await self._ctx.__aexit__(None, None, None)
-            raise
+        await self._tr.__aenter__()
         return self._conn  # type: ignore[no-any-return]
 
     async def __aexit__(self, *exc: Any) -> None:
