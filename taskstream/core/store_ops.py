@@ -150,8 +150,11 @@ async def record_attempt(db: Executor, delivery_id: int, *, delivered: bool,
 
 
 async def seconds_to_next_delivery(db: Executor) -> float | None:
+    """Seconds until the earliest pending delivery is due (<= 0: now); None: none pending.
+    Not ``greatest(0, ...)``: GREATEST skips a NULL, so an empty outbox read as "due now"
+    and every idle worker polled it 100 times a second."""
     return await db.fetchval(  # type: ignore[no-any-return]
-        """SELECT greatest(0, extract(epoch FROM min(next_attempt_at) - now()))::float8
+        """SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
              FROM webhook_deliveries WHERE status = 'pending'""")
 
 
