@@ -26,7 +26,7 @@ from service.submissions import Submissions
 from service.worker_types import WorkerTypes
 from taskstream.core import logs, metrics, queue, redisconn, store, tracing
 from taskstream.core.auth import KeyCache
-from taskstream.core.constants import control_channel
+from taskstream.core.constants import control_channel, hub_client_name
 from taskstream.core.db import TRANSIENT_DB_ERRORS, create_engine, create_pool
 from taskstream.core.eventlog import EventLog
 from taskstream.core.settings import Settings
@@ -85,7 +85,8 @@ async def _open(stack: AsyncExitStack, settings: Settings) -> Resources:
     arq = await queue.connect(settings)
     stack.push_async_callback(arq.aclose)
     hub = Hub(lambda: redisconn.connect(settings, socket_connect_timeout=2,
-                                        health_check_interval=10),
+                                        health_check_interval=10,
+                                        client_name=hub_client_name(settings.namespace)),
               control_channel=control_channel(settings.namespace),
               buffer=settings.stream_buffer)
     await hub.start()

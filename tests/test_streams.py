@@ -10,6 +10,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from taskstream.core.constants import hub_client_name
+from taskstream.core.settings import Settings
 from taskstream.devservices.processes import WebServer, WorkerProc
 from tests.conftest import eventually, wait_terminal
 from tests.sse import collect, messages, payload
@@ -129,9 +131,10 @@ async def test_tenant_stream_carries_all_tasks_and_resumes(client: httpx.AsyncCl
 
 
 async def test_hub_reconnects_and_streams_catch_up(client: httpx.AsyncClient,
-                                                    redis: Redis) -> None:
-    """Kill every pub/sub connection mid-stream: the hub resubscribes and the stream fills
-    the gap from PostgreSQL, so the client still sees every event exactly once."""
+                                                    redis: Redis, settings: Settings) -> None:
+    """Kill the hub's pub/sub connection mid-stream: the hub resubscribes and the stream
+    fills the gap from PostgreSQL, so the client still sees every event exactly once. Only
+    this namespace's hubs: the other pytest process's web servers share this Redis."""
     task = await submit(client, "demo", duration=2.0, steps=20)
     got: list[dict[str, Any]] = []
 
@@ -142,7 +145,11 @@ async def test_hub_reconnects_and_streams_catch_up(client: httpx.AsyncClient,
 
     reader = asyncio.create_task(read())
     await eventually(lambda: _ready(got, 4))
-    await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    name = hub_client_name(settings.namespace)
+    hubs = [c for c in await redis.client_list(_type="pubsub") if c["name"] == name]
+    assert hubs
+    for c in hubs:
+        await redis.client_kill_filter(_id=c["id"])
     await asyncio.wait_for(reader, 30)
     seqs = [g["seq"] for g in got]
     assert seqs == list(range(1, len(seqs) + 1))

@@ -39,6 +39,13 @@ def control_channel(namespace: str) -> str:
     return f"{namespace}:control"
 
 
+def hub_client_name(namespace: str) -> str:
+    """The name a web process's pub/sub connection gives itself (CLIENT SETNAME), so that
+    ``CLIENT LIST`` tells which connections are hubs and of which namespace. Redis refuses
+    spaces in a name."""
+    return "taskstream-hub:" + "".join("_" if c.isspace() else c for c in namespace)
+
+
 def rate_key(namespace: str, tenant: str, second: int) -> str:
     """Submissions a tenant made in one wall-clock second (the rate limit's window)."""
     return f"{namespace}:rate:{tenant}:{second}"
