@@ -4,6 +4,7 @@ claimed in one round trip per poll with arq's own checks (not held by another wo
 import asyncio
 import time
 import uuid
+import warnings
 
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
@@ -136,3 +137,50 @@ async def test_a_job_run_again_later_owes_its_priority_again(settings: Settings)
 def _score(value: float | None) -> float:
     assert value is not None
     return value
+
+
+async def test_a_poll_goes_on_claiming_as_slots_free_up(settings: Settings) -> None:
+    """A poll reads more due jobs than there are free slots: ``start_jobs`` goes on
+    claiming them as running jobs end, as arq's does (taking only the free slots once per
+    poll capped a worker at max_jobs per poll delay); while every slot stays busy it waits
+    at most one poll delay and leaves the rest for the next poll, so long jobs never stall
+    the poll loop."""
+    s = settings.model_copy(update={"namespace": f"q{uuid.uuid4().hex[:8]}",
+                                    "worker_max_jobs": 2, "worker_poll_delay": 0.2})
+    gate = asyncio.Event()
+    ran: list[str] = []
+
+    async def nothing(ctx: dict[str, object]) -> None: ...
+
+    async def run(ctx: dict[str, object], task_id: str) -> None:
+        await gate.wait()
+        ran.append(task_id)
+
+    arq = await queue.connect(s)
+    w = queue.build_worker(s, run, on_startup=nothing, on_shutdown=nothing, burst=True)
+    w._pool = arq  # what arq's main() would connect
+    w.ctx["redis"] = arq
+    try:
+        jobs = [(str(uuid.uuid4()), 1) for _ in range(6)]
+        await queue.enqueue(arq, s, jobs)
+        ids = await arq.zrangebyscore(queue_name(s.namespace), min=float("-inf"),
+                                      max=timestamp_ms())
+        assert len(ids) == 6
+
+        # Every slot busy: two start, the call returns after about one poll delay, the
+        # other four are left unclaimed (no in-progress marker) for the next poll.
+        await asyncio.wait_for(w.start_jobs(ids), 5)
+        assert w.job_counter == 2
+        marked = [await arq.exists(in_progress_key_prefix + j.decode()) for j in ids]
+        assert sum(marked) == 2
+
+        # Jobs that end free their slots, and one call takes the whole list.
+        gate.set()
+        await asyncio.wait_for(w.start_jobs(ids), 5)
+        await asyncio.wait_for(asyncio.gather(*w.tasks.values()), 5)
+        assert sorted(ran) == sorted(t for t, _ in jobs)
+        assert w.job_counter == 0
+    finally:
+        with warnings.catch_warnings():  # arq's close() calls redis-py's deprecated close()
+            warnings.simplefilter("ignore", DeprecationWarning)
+            await w.close()

@@ -64,6 +64,7 @@ async def test_worker_state_and_in_progress_lifetime(settings: Settings) -> None
     w = queue.build_worker(settings, run, on_startup=startup, on_shutdown=startup, burst=True)
     assert w.in_progress_timeout_s == queue.job_timeout(settings) + queue.IN_PROGRESS_MARGIN_S
     assert w.job_counter == 0 and w.tasks == {}
+    assert w.poll_delay_s == settings.worker_poll_delay  # start_jobs waits this for a slot
     assert w.sem._value == settings.worker_max_jobs + 1  # arq's BoundedSemaphore(max_jobs + 1)
     assert w.queue_name == queue_name(settings.namespace)
     assert list(w.functions) == [RUN_TASK_FUNCTION]

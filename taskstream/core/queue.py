@@ -255,7 +255,8 @@ async def held_for(arq: ArqRedis, settings: Settings, jid: str) -> float | None:
 #: taken when no worker holds it and it is due; at most ARGV[3] are taken. First, deferred
 #: jobs that fell due get their priority offsets (see the module docstring). KEYS: queue,
 #: offsets hash, promote set; ARGV: now ms, in-progress marker ttl ms, limit, then the job
-#: ids. Returns id, score pairs.
+#: ids. Returns id, score pairs, then how many of the ids it looked at (the rest are left
+#: for a later call).
 _CLAIM_LUA = """
 local out = {}
 local limit = tonumber(ARGV[3])
@@ -267,8 +268,10 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0
         redis.call('ZINCRBY', KEYS[1], -tonumber(offset), id)
     end
 end
+local used = 0
 for i = 4, #ARGV do
     if #out >= 2 * limit then break end
+    used = i - 3
     local id = ARGV[i]
     local marker = '""" + in_progress_key_prefix + """' .. id
     if redis.call('EXISTS', marker) == 0 then
@@ -280,6 +283,7 @@ for i = 4, #ARGV do
         end
     end
 end
+out[#out + 1] = used
 return out
 """
 
@@ -291,11 +295,19 @@ async def claim(redis: ArqRedis, queue: str, job_ids: Sequence[bytes | str], lim
     promotion of deferred jobs must not wait for the poll to reach them."""
     if limit <= 0:
         return []
+    return (await claim_from(redis, queue, job_ids, limit, in_progress_ms))[0]
+
+
+async def claim_from(redis: ArqRedis, queue: str, job_ids: Sequence[bytes | str], limit: int,
+                     in_progress_ms: int) -> tuple[list[tuple[str, int]], int]:
+    """``claim``, and how many of ``job_ids`` it looked at: it stops at ``limit`` taken, and
+    ``job_ids[n:]`` are still to try."""
     script = redis.register_script(_CLAIM_LUA)
     raw = await script(keys=[queue, offsets_key(queue), promote_key(queue)],
                        args=[timestamp_ms(), in_progress_ms, limit, *job_ids])
+    used = int(raw.pop())
     pairs = [x.decode() if isinstance(x, bytes) else str(x) for x in raw]
-    return [(pairs[i], int(float(pairs[i + 1]))) for i in range(0, len(pairs), 2)]
+    return [(pairs[i], int(float(pairs[i + 1]))) for i in range(0, len(pairs), 2)], used
 
 
 #: arq's re-deferral of a job (its ``Retry``: ZINCRBY to now + defer, as arq computes the
@@ -330,8 +342,9 @@ class _Finisher(Batcher[Callable[[Pipeline], None], None]):
 class BatchingWorker(Worker):
     """arq's worker, except that Redis going away does not kill it (polling pauses and
     running tasks keep going: they write to PostgreSQL, not Redis), and that its per-job
-    Redis bookkeeping is batched: a poll claims all the jobs it can take in one round trip,
-    and jobs that end together are finished in one transaction."""
+    Redis bookkeeping is batched: a poll claims the jobs it can take in one round trip (and
+    another each time running jobs free slots meanwhile), and jobs that end together are
+    finished in one transaction."""
 
     _finisher: _Finisher | None = None
 
@@ -343,16 +356,49 @@ class BatchingWorker(Worker):
             await asyncio.sleep(1.0)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's start_jobs with the same checks and markers (``claim``), batched."""
-        claimed = await claim(self.pool, self.queue_name, job_ids,
-                              self.max_jobs - self.job_counter,
-                              int(self.in_progress_timeout_s * 1000))
-        for jid, score in claimed:
-            await self.sem.acquire()  # free: at most max_jobs - job_counter were claimed
-            self.job_counter += 1
-            t = self.loop.create_task(self.run_job(jid, score))
-            t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[jid] = t
+        """arq's start_jobs with the same checks and markers (``claim``), batched.
+
+        Like arq's, it goes on through the ids a poll read as slots free up (arq waits on
+        its semaphore per job): taking only the free slots once per poll capped a worker at
+        max_jobs per poll delay (~900 short jobs/s at 50 and 50 ms). Unlike arq's, it waits
+        at most one poll delay for a slot, so long jobs never stall the poll loop."""
+        ids: Sequence[bytes | str] = job_ids
+        first = True
+        while first or ids:
+            free = self.max_jobs - self.job_counter
+            if free <= 0:
+                if not ids or not await self._slot_freed(self.poll_delay_s):
+                    return
+                continue
+            claimed, used = await claim_from(self.pool, self.queue_name, ids, free,
+                                             int(self.in_progress_timeout_s * 1000))
+            ids, first = ids[used:], False
+            for jid, score in claimed:
+                await self.sem.acquire()  # free: at most max_jobs - job_counter were claimed
+                self.job_counter += 1
+                t = self.loop.create_task(self.run_job(jid, score))
+                t.add_done_callback(self._job_done)
+                self.tasks[jid] = t
+
+    _slot: asyncio.Event | None = None
+
+    def _job_done(self, _: "asyncio.Task[None]") -> None:
+        self._release_sem_dec_counter_on_complete()
+        if self._slot is not None:
+            self._slot.set()
+
+    async def _slot_freed(self, within: float) -> bool:
+        """Wait up to ``within`` seconds for a running job to end; whether one did. Then one
+        loop turn more, so that jobs ending together are claimed for in one call."""
+        if self._slot is None:
+            self._slot = asyncio.Event()
+        self._slot.clear()
+        try:
+            await asyncio.wait_for(self._slot.wait(), within)
+        except TimeoutError:
+            return False
+        await asyncio.sleep(0)
+        return True
 
     async def finish_job(self, job_id: str, finish: bool, result_data: bytes | None,
                          result_timeout_s: float | None, keep_result_forever: bool,
