@@ -147,3 +147,77 @@ def test_priorities_ride_on_the_score_as_arq_reads_it() -> None:
     assert uses == ["'score': score,", "if (start_ms - score) > 1200:",
                     "extra += f' delayed={(start_ms - score) / 1000:0.2f}s'",
                     "incr_score = e.defer_score + (timestamp_ms() - score)"]
+
+
+def test_run_job_opens_as_the_claim_reads() -> None:
+    """The claim reads each job's record and counts its try (``_CLAIM_LUA`` with read), in
+    place of the transaction arq's ``run_job`` opens with: the same keys, the same TTL."""
+    src = inspect.getsource(Worker.run_job)
+    opening = src[:src.index("pipe.execute()")]
+    assert "pipe.get(job_key_prefix + job_id)" in opening
+    assert "pipe.incr(retry_key_prefix + job_id)" in opening
+    assert "pipe.expire(retry_key_prefix + job_id, 88400)" in opening
+    assert "if self.allow_abort_jobs:" in opening  # the abort ZREM: our fast run falls back
+    assert queue._RETRY_KEY_TTL_S == 88400
+    # what the fast run mirrors after that: timeout, Retry's re-score, the finish call
+    assert "asyncio.wait_for(task, timeout_s)" in src
+    assert "incr_score = e.defer_score + (timestamp_ms() - score)" in src
+    assert "self.finish_job(" in src
+
+
+async def test_our_run_of_a_claimed_job_leaves_what_arqs_run_job_leaves(
+        settings: Settings) -> None:
+    """The same jobs — one that completes, one that asks to run again later, one that
+    fails, one whose record is gone — through ``_run_claimed`` (what the claim read) and
+    through arq's own ``run_job``: the same keys, try counts, TTLs and scores afterwards."""
+    states = {}
+    for path in ("ours", "arq's"):
+        s = settings.model_copy(update={"namespace": f"qc{uuid.uuid4().hex[:8]}"})
+
+        async def nothing(ctx: dict[str, object]) -> None: ...
+
+        async def run(ctx: dict[str, object], task_id: str) -> str:
+            assert ctx["job_try"] == 1 and ctx["job_id"] == queue.job_id(task_id, 1)
+            if task_id.startswith("later"):
+                raise queue.RunAgainLater(defer=30)
+            if task_id.startswith("fail"):
+                raise ValueError("boom")
+            return task_id
+
+        redis = await queue.connect(s)
+        w = queue.build_worker(s, run, on_startup=nothing, on_shutdown=nothing, burst=True)
+        w._pool = redis  # what arq's main() would connect
+        w.ctx["redis"] = redis
+        q = queue_name(s.namespace)
+        try:
+            kinds = ["done", "later", "fail", "gone"]
+            tasks = [f"{k}-{uuid.uuid4()}" for k in kinds]  # arq's job keys are global
+            assert await queue.enqueue(redis, s, [(t, 1) for t in tasks]) == 4
+            await redis.delete(job_key_prefix + queue.job_id(tasks[3], 1))
+            ids = [queue.job_id(t, 1) for t in tasks]
+            claimed, used = await queue.claim_from(redis, q, ids, 10, 60_000,
+                                                   read=path == "ours")
+            assert used == 4 and [c.job_id for c in claimed] == ids
+            for c in claimed:
+                if path == "ours":
+                    assert c.job_try == 1 and (c.record is None) == (c.job_id == ids[3])
+                    await w._run_claimed(c)
+                else:
+                    await w.run_job(c.job_id, c.score)
+            state = {}
+            for t, jid in zip(kinds, ids, strict=True):
+                ttl = await redis.ttl(retry_key_prefix + jid)
+                score = await redis.zscore(q, jid)
+                state[t] = (await redis.get(retry_key_prefix + jid), ttl > 88_000,
+                            await redis.exists(job_key_prefix + jid),
+                            await redis.exists(in_progress_key_prefix + jid),
+                            score is not None and score > queue.timestamp_ms() + 20_000)
+            states[path] = state
+        finally:
+            if w._finisher is not None:
+                await w._finisher.close()
+            await redis.aclose()
+    assert states["ours"] == states["arq's"], states
+    # and what that state is: completed and failed jobs gone, the re-run one deferred 30 s
+    assert states["ours"]["done"] == (None, False, 0, 0, False)
+    assert states["ours"]["later"] == (b"1", True, 1, 0, True)

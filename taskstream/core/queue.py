@@ -2,10 +2,13 @@
 
 arq 0.28 is in maintenance-only mode, and we go past its public API for speed: enqueue and
 claim are Lua scripts on arq's key layout (one round trip for many jobs instead of three or
-four per job), and the worker's per-job bookkeeping is batched by overriding three of its
-methods. Everything that depends on that — key prefixes, the job record, the in-progress
-marker's lifetime, the overridden methods — is here, and ``tests/test_queue_contract.py``
-pins it, so an arq upgrade fails loudly in one place.
+four per job; the claim also reads each job's record and counts its try, as arq's
+``run_job`` would in a round trip of its own), and the worker's per-job bookkeeping is
+batched by overriding four of its methods (our one job kind runs in ``_run_claimed``, arq's
+``run_job`` for what the claim read; anything else still goes to arq's). Everything that
+depends on that — key prefixes, the job record, the in-progress marker's lifetime, the try
+counter, the overridden methods — is here, and ``tests/test_queue_contract.py`` pins it, so
+an arq upgrade fails loudly in one place.
 
 The surface: ``connect``, ``job_id``, ``Job``, ``enqueue``, ``job_known``, ``held_for`` and
 ``build_worker`` (whose worker claims and finishes jobs in batches). Jobs carry only a task
@@ -37,10 +40,10 @@ from arq.constants import (
     result_key_prefix,
     retry_key_prefix,
 )
-from arq.jobs import serialize_job
+from arq.jobs import SerializationError, deserialize_job_raw, serialize_job
 from arq.typing import StartupShutdown, WorkerCoroutine
-from arq.utils import timestamp_ms, to_ms
-from arq.worker import Retry, Worker, func
+from arq.utils import ms_to_datetime, timestamp_ms, to_ms
+from arq.worker import Function, Retry, RetryJob, Worker, func
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
@@ -51,12 +54,16 @@ from taskstream.core.settings import Settings
 from taskstream.declaration import Priority
 
 log = logging.getLogger(__name__)
+arq_log = logging.getLogger("arq.worker")  # our run of arq's jobs logs where arq's would
 
 #: Raise ``RunAgainLater(defer=seconds)`` from a job to have arq run it again later.
 RunAgainLater: Final = Retry
 
 #: arq keeps a job's in-progress marker this long past its job timeout.
 IN_PROGRESS_MARGIN_S: Final = 10
+
+#: arq's lifetime of a job's try counter (``run_job``: ``expire(retry_key, 88400)``).
+_RETRY_KEY_TTL_S: Final = 88400
 
 #: How far before its due time a job of each priority is scored (see the module docstring).
 PRIORITY_OFFSET_MS: Final[Mapping[Priority, int]] = {
@@ -253,14 +260,18 @@ async def held_for(arq: ArqRedis, settings: Settings, jid: str) -> float | None:
 #: arq's job claim (per job: WATCH, EXISTS, ZSCORE, MULTI/PSETEX/EXEC — four round trips,
 #: one job after another) as one atomic script for every job id a poll found: a job is
 #: taken when no worker holds it and it is due; at most ARGV[3] are taken. First, deferred
-#: jobs that fell due get their priority offsets (see the module docstring). KEYS: queue,
-#: offsets hash, promote set; ARGV: now ms, in-progress marker ttl ms, limit, then the job
-#: ids. Returns id, score pairs, then how many of the ids it looked at (the rest are left
-#: for a later call).
+#: jobs that fell due get their priority offsets (see the module docstring). With ARGV[4]
+#: '1' it also does, for each job taken, what arq's ``run_job`` opens with (GET the record,
+#: INCR the try count, EXPIRE it) — a round trip per job the worker no longer makes. KEYS:
+#: queue, offsets hash, promote set; ARGV: now ms, in-progress marker ttl ms, limit, read,
+#: then the job ids. Returns id, score (and with read: record or '', try) per job taken,
+#: then how many of the ids it looked at (the rest are left for a later call).
 _CLAIM_LUA = """
 local out = {}
 local limit = tonumber(ARGV[3])
 local now = tonumber(ARGV[1])
+local read = ARGV[4] == '1'
+local width = read and 4 or 2
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)) do
     redis.call('ZREM', KEYS[3], id)
     local offset = redis.call('HGET', KEYS[2], id)
@@ -269,9 +280,9 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0
     end
 end
 local used = 0
-for i = 4, #ARGV do
-    if #out >= 2 * limit then break end
-    used = i - 3
+for i = 5, #ARGV do
+    if #out >= width * limit then break end
+    used = i - 4
     local id = ARGV[i]
     local marker = '""" + in_progress_key_prefix + """' .. id
     if redis.call('EXISTS', marker) == 0 then
@@ -280,12 +291,28 @@ for i = 4, #ARGV do
             redis.call('PSETEX', marker, ARGV[2], '1')
             out[#out + 1] = id
             out[#out + 1] = score
+            if read then
+                local retry = '""" + retry_key_prefix + """' .. id
+                out[#out + 1] = redis.call('GET', '""" + job_key_prefix + """' .. id) or ''
+                out[#out + 1] = redis.call('INCR', retry)
+                redis.call('EXPIRE', retry, """ + str(_RETRY_KEY_TTL_S) + """)
+            end
         end
     end
 end
 out[#out + 1] = used
 return out
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job this worker took; with ``read``, its record (None: gone) and try number."""
+
+    job_id: str
+    score: int
+    record: bytes | None = None
+    job_try: int = 0
 
 
 async def claim(redis: ArqRedis, queue: str, job_ids: Sequence[bytes | str], limit: int,
@@ -295,19 +322,29 @@ async def claim(redis: ArqRedis, queue: str, job_ids: Sequence[bytes | str], lim
     promotion of deferred jobs must not wait for the poll to reach them."""
     if limit <= 0:
         return []
-    return (await claim_from(redis, queue, job_ids, limit, in_progress_ms))[0]
+    taken, _ = await claim_from(redis, queue, job_ids, limit, in_progress_ms)
+    return [(c.job_id, c.score) for c in taken]
 
 
 async def claim_from(redis: ArqRedis, queue: str, job_ids: Sequence[bytes | str], limit: int,
-                     in_progress_ms: int) -> tuple[list[tuple[str, int]], int]:
-    """``claim``, and how many of ``job_ids`` it looked at: it stops at ``limit`` taken, and
-    ``job_ids[n:]`` are still to try."""
+                     in_progress_ms: int, *, read: bool = False) -> tuple[list[Claimed], int]:
+    """``claim`` (with ``read``: and each job's record and try, counted as arq's
+    ``run_job`` counts it), and how many of ``job_ids`` it looked at: it stops at ``limit``
+    taken, and ``job_ids[n:]`` are still to try."""
     script = redis.register_script(_CLAIM_LUA)
     raw = await script(keys=[queue, offsets_key(queue), promote_key(queue)],
-                       args=[timestamp_ms(), in_progress_ms, limit, *job_ids])
+                       args=[timestamp_ms(), in_progress_ms, limit, int(read), *job_ids])
     used = int(raw.pop())
-    pairs = [x.decode() if isinstance(x, bytes) else str(x) for x in raw]
-    return [(pairs[i], int(float(pairs[i + 1]))) for i in range(0, len(pairs), 2)], used
+    taken: list[Claimed] = []
+    step = 4 if read else 2
+    for i in range(0, len(raw), step):
+        jid = raw[i].decode() if isinstance(raw[i], bytes) else str(raw[i])
+        score = int(float(raw[i + 1]))
+        if read:
+            taken.append(Claimed(jid, score, raw[i + 2] or None, int(raw[i + 3])))
+        else:
+            taken.append(Claimed(jid, score))
+    return taken, used
 
 
 #: arq's re-deferral of a job (its ``Retry``: ZINCRBY to now + defer, as arq computes the
@@ -371,16 +408,69 @@ class BatchingWorker(Worker):
                     return
                 continue
             claimed, used = await claim_from(self.pool, self.queue_name, ids, free,
-                                             int(self.in_progress_timeout_s * 1000))
+                                             int(self.in_progress_timeout_s * 1000),
+                                             read=True)
             ids, first = ids[used:], False
-            for jid, score in claimed:
+            for c in claimed:
                 await self.sem.acquire()  # free: at most max_jobs - job_counter were claimed
                 self.job_counter += 1
-                t = self.loop.create_task(self.run_job(jid, score))
+                t = self.loop.create_task(self._run_claimed(c))
                 t.add_done_callback(self._job_done)
-                self.tasks[jid] = t
+                self.tasks[c.job_id] = t
 
     _slot: asyncio.Event | None = None
+
+    async def _run_claimed(self, c: Claimed) -> None:
+        """arq's ``run_job`` for our one job kind, from what the claim read (arq's would
+        read it again in a transaction of its own). Anything else — a record gone or
+        unreadable, another function, a try past the limit, hooks or aborts configured —
+        goes to arq's own ``run_job``, which counts that try a second time."""
+        function = self.functions.get(RUN_TASK_FUNCTION)
+        try:
+            name, args, kwargs, enqueue_try, enqueue_ms = deserialize_job_raw(
+                c.record or b"", deserializer=self.job_deserializer)
+        except SerializationError:
+            name = ""
+        max_tries = self.max_tries if function is None or function.max_tries is None \
+            else function.max_tries
+        if (c.record is None or name != RUN_TASK_FUNCTION or not isinstance(function, Function)
+                or (enqueue_try and enqueue_try > c.job_try) or c.job_try > max_tries
+                or self.on_job_start or self.on_job_end or self.after_job_end
+                or self.allow_abort_jobs or self.keep_result_forever or self.keep_result_s
+                or function.keep_result_s is not None
+                or function.keep_result_forever is not None):
+            await self.run_job(c.job_id, c.score)
+            return
+        ctx = {**self.ctx, "job_id": c.job_id, "job_try": c.job_try,
+               "enqueue_time": ms_to_datetime(enqueue_ms), "score": c.score}
+        timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
+        finish, incr_score = False, None
+        ref = f"{c.job_id}:{name}"
+        start_ms = timestamp_ms()
+        task = self.loop.create_task(function.coroutine(ctx, *args, **kwargs))
+        self.job_tasks[c.job_id] = task
+        try:
+            try:
+                await asyncio.wait_for(task, timeout_s)
+            finally:
+                del self.job_tasks[c.job_id]
+        except (Exception, asyncio.CancelledError) as e:  # as arq's run_job sorts them
+            if self.retry_jobs and isinstance(e, Retry):
+                incr_score = e.defer_score + (timestamp_ms() - c.score) if e.defer_score else None
+                self.jobs_retried += 1
+            elif self.retry_jobs and isinstance(e, asyncio.CancelledError | RetryJob):
+                arq_log.info("%s cancelled, will be run again", ref)
+                self.jobs_retried += 1
+            else:
+                arq_log.exception("%s failed, %s: %s", ref, e.__class__.__name__, e)
+                finish = True
+                self.jobs_failed += 1
+        else:
+            finish = True
+            self.jobs_complete += 1
+            arq_log.debug("%6.2fs ← %s", (timestamp_ms() - start_ms) / 1000, ref)
+        await asyncio.shield(self.finish_job(c.job_id, finish, None, self.keep_result_s,
+                                             False, incr_score, None))
 
     def _job_done(self, _: "asyncio.Task[None]") -> None:
         self._release_sem_dec_counter_on_complete()
