@@ -187,13 +187,31 @@ async def test_tracker_passes_each_character_once(redis: Redis, settings: Settin
     assert await feed(2, 3, " te") == []
     assert tr.seen_event("t", "text", 2, {"stream": "s", "text": "new text"}) is None
     # A client's cursor: only what it lacks.
-    tr.seed("t", "u", 1, 4)
+    tr.seed("t2", "u", 1, 4)
     assert [(f.offset, f.delta) for f in await tr.accept(
-        TokenFrame("t", "u", 1, 0, "abcdef"))] == [(4, "ef")]
+        TokenFrame("t2", "u", 1, 0, "abcdef"))] == [(4, "ef")]
     for bad in ('{"s": [1]}', "[]", '{"s": [1, -1]}', "nope", '{"s": [true, 1]}'):
         with pytest.raises(ValueError):
             parse_cursor(bad)
     assert parse_cursor('{"answer": [2, 40]}') == {"answer": (2, 40)}
+
+
+async def test_a_superseded_attempts_frames_are_dropped_on_a_fresh_connection(
+        redis: Redis, settings: Settings) -> None:
+    """The lane is not fenced: a worker paused past its lease publishes frames of its
+    superseded attempt after the next attempt started (seen in the chaos run). A connection
+    that never held a text of the newer attempt drops them, once it knows that attempt
+    started: from the task row when it opens, or from any durable event of that attempt."""
+    tr = TextTracker(redis, f"{settings.namespace}k")
+    tr.seed_attempt("t", 2)  # opened while attempt 2 runs
+    assert tr.take(TokenFrame("t", "s", 1, 0, "zombie")) == []
+    assert tr.take(TokenFrame("t", "s", 2, 0, "new")) == [TokenFrame("t", "s", 2, 0, "new")]
+    other = TextTracker(redis, f"{settings.namespace}k")  # opened during attempt 1
+    assert other.take(TokenFrame("u", "a", 1, 0, "ab")) == [TokenFrame("u", "a", 1, 0, "ab")]
+    assert other.seen_event("u", "started", 2, None) is None
+    assert other.take(TokenFrame("u", "a", 1, 2, "cd")) == []  # attempt 1 is over
+    assert other.take(TokenFrame("u", "b", 1, 0, "x")) == []  # in every stream of the task
+    assert other.take(TokenFrame("v", "a", 1, 0, "y")) != []  # other tasks are not affected
 
 
 def test_a_full_subscription_merges_token_frames_instead_of_dropping() -> None:

@@ -163,6 +163,7 @@ def token_lane(res: Resources, task_id: str, attempt: int,
         raise BadRequest(str(exc)) from None
     ns = res.settings.namespace
     tracker = live.TextTracker(res.arq, ns)
+    tracker.seed_attempt(task_id, attempt)
     for stream, (att, offset) in held.items():
         tracker.seed(task_id, stream, att, offset)
 

@@ -363,18 +363,29 @@ class TextTracker:
         self._redis = redis
         self._ns = namespace
         self._pos: dict[tuple[str, str], _Pos] = {}
+        #: per task, the newest attempt known to have started: the lane is not fenced (a
+        #: worker paused past its lease still publishes its superseded attempt's frames),
+        #: so frames of an older attempt are dropped here
+        self._floor: dict[str, int] = {}
         self.gaps = 0
 
     def seed(self, task_id: str, stream: str, attempt: int, offset: int) -> None:
         """The client already holds ``offset`` characters of (stream, attempt)."""
         self._pos[(task_id, stream)] = _Pos(attempt, offset)
 
+    def seed_attempt(self, task_id: str, attempt: int) -> None:
+        """The task's attempt ``attempt`` has started: older attempts' frames are stale."""
+        if attempt > self._floor.get(task_id, 0):
+            self._floor[task_id] = attempt
+
     def seen_event(self, task_id: str, type: str, attempt: int,
                    data: Any) -> TokenFrame | None:
-        """A durable event goes out: a ``text`` event closes its (stream, attempt). If this
-        connection sent part of that text, the frame returned completes it first (its last
-        frames may have been dropped): a client holding a text when its ``text`` event
-        arrives holds all of it."""
+        """A durable event goes out: its attempt has started (durable writes are fenced, so
+        no older attempt writes again), and a ``text`` event closes its (stream, attempt).
+        If this connection sent part of that text, the frame returned completes it first
+        (its last frames may have been dropped): a client holding a text when its ``text``
+        event arrives holds all of it."""
+        self.seed_attempt(task_id, attempt)
         if type != EventType.TEXT or not isinstance(data, dict):
             return None
         stream, text = data.get("stream"), data.get("text")
@@ -414,6 +425,9 @@ class TextTracker:
         return self._take(TokenFrame(frame.task_id, frame.stream, frame.attempt, 0, text)) or []
 
     def _take(self, frame: TokenFrame) -> list[TokenFrame] | None:
+        if frame.attempt < self._floor.get(frame.task_id, 0):
+            return []  # a superseded attempt's zombie frame
+        self.seed_attempt(frame.task_id, frame.attempt)
         key = (frame.task_id, frame.stream)
         pos = self._pos.get(key)
         if pos is None or frame.attempt > pos.attempt:
