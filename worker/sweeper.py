@@ -143,28 +143,51 @@ async def fail_unknown_types(pool: asyncpg.Pool, eventlog: EventLog, settings: S
 
 async def run_forever(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog, runtime: Runtime,
                       settings: Settings) -> None:
-    """Heartbeat and sweep on their intervals; a failure (database or Redis away) is logged
-    and retried on the next tick, never fatal."""
+    """Heartbeat and sweep on their intervals, each in a loop of its own: a sweep that re-queues
+    many tasks waits on the event log once per task, and a heartbeat queued behind it let
+    this worker's own leases expire while it was alive (seen in the chaos run). A failure
+    (database or Redis away) is logged and retried on the next tick, never fatal."""
+    contact = _Contact()
+    await asyncio.gather(_beat_forever(pool, runtime, settings, contact),
+                         _sweep_forever(pool, arq, eventlog, settings, contact))
+
+
+class _Contact:
+    """Since when the heartbeat has reached the database without a break. Leases are judged
+    only after a lease period of it: after an outage every worker's lease looks expired
+    until its next heartbeat."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+
+async def _beat_forever(pool: asyncpg.Pool, runtime: Runtime, settings: Settings,
+                        contact: _Contact) -> None:
     loop = asyncio.get_running_loop()
-    next_beat = next_sweep = loop.time()
-    # Leases are judged only after a lease period of uninterrupted database contact: after
-    # an outage every worker's lease looks expired until its next heartbeat.
-    db_ok_since: float | None = None
     while True:
-        now = loop.time()
+        started = loop.time()
         try:
-            if now >= next_beat:
-                next_beat = now + settings.heartbeat_interval
-                await heartbeat_once(pool, runtime, settings)
-                db_ok_since = now if db_ok_since is None else db_ok_since
-            if now >= next_sweep:
-                next_sweep = now + settings.sweep_interval
-                settled = db_ok_since is not None and \
-                    now - db_ok_since >= settings.lease_seconds
-                await sweep_once(pool, arq, eventlog, settings, leases=settled)
+            await heartbeat_once(pool, runtime, settings)
+            contact.since = started if contact.since is None else contact.since
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            db_ok_since = None
-            log.warning("heartbeat/sweep failed: %s", exc)
-        await asyncio.sleep(max(0.01, min(next_beat, next_sweep) - loop.time()))
+            contact.since = None
+            log.warning("heartbeat failed: %s", exc)
+        await asyncio.sleep(max(0.01, started + settings.heartbeat_interval - loop.time()))
+
+
+async def _sweep_forever(pool: asyncpg.Pool, arq: ArqRedis, eventlog: EventLog,
+                         settings: Settings, contact: _Contact) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        try:
+            settled = contact.since is not None and \
+                started - contact.since >= settings.lease_seconds
+            await sweep_once(pool, arq, eventlog, settings, leases=settled)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("sweep failed: %s", exc)
+        await asyncio.sleep(max(0.01, started + settings.sweep_interval - loop.time()))
