@@ -1,17 +1,21 @@
-"""The SQLModel engine's URL: the same database the asyncpg pool uses, through asyncpg."""
+"""The SQLModel engine's URL: the same database the asyncpg pool uses, through asyncpg; and
+the asyncpg pool of a process that starts while PostgreSQL is away."""
 
+import asyncio
 import uuid
 
 import asyncpg
 import pytest
 from sqlalchemy import func
+from sqlalchemy.engine import make_url
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from taskstream.core import store_read
+from taskstream.core import db, store_read
 from taskstream.core.db import async_url, create_engine
 from taskstream.core.eventlog import TRANSIENT_DB_ERRORS
 from taskstream.core.settings import Settings
+from taskstream.devservices.processes import free_port
 
 
 def test_async_url_keeps_the_database_and_picks_asyncpg() -> None:
@@ -47,3 +51,44 @@ async def test_a_dropped_connection_is_transient_and_the_engine_heals(
         assert await store_read.list_tasks(engine, owner, limit=1) == []
     finally:
         await engine.dispose()
+
+
+async def _forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+async def test_a_process_starting_during_an_outage_waits_for_the_database(
+        settings: Settings) -> None:
+    """PostgreSQL is not there yet when the pool is made (a web or worker process starting
+    during an outage): ``wait`` keeps trying instead of failing the start-up; without it
+    the start-up fails at once, as before."""
+    url = make_url(settings.database_url)
+    port = free_port()
+    dsn = settings.database_url.replace(f":{url.port}/", f":{port}/")
+    with pytest.raises(OSError):
+        await db.create_pool(dsn)
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection(url.host, url.port)
+        await asyncio.gather(_forward(reader, up_w), _forward(up_r, writer))
+
+    async def comes_up_later() -> asyncio.Server:
+        await asyncio.sleep(0.6)
+        return await asyncio.start_server(relay, "127.0.0.1", port)
+
+    later = asyncio.create_task(comes_up_later())
+    pool = await db.create_pool(dsn, wait=20)
+    server = await later
+    try:
+        assert await pool.fetchval("SELECT 1") == 1
+    finally:
+        await pool.close()
+        server.close()
+        await server.wait_closed()

@@ -75,7 +75,8 @@ async def _start(ctx: dict[str, Any], stack: AsyncExitStack, settings: Settings,
     redis: ArqRedis = ctx["redis"]  # arq's own connection
     pool = await create_pool(settings.database_url, min_size=settings.db_pool_min,
                              max_size=settings.db_pool_max,
-                             statement_cache_size=settings.db_statement_cache_size)
+                             statement_cache_size=settings.db_statement_cache_size,
+                             wait=settings.startup_db_wait)
     stack.push_async_callback(pool.close)
     eventlog = EventLog(pool, redis, settings.namespace, max_batch=settings.eventlog_max_batch)
     eventlog.start()

@@ -2,6 +2,8 @@
 SQLAlchemy async engine (SQLModel reads and key management); jsonb is orjson in both. Also
 what counts as the database being briefly away."""
 
+import logging
+import time
 import uuid
 from typing import Any
 
@@ -9,6 +11,10 @@ import asyncpg
 import orjson
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from taskstream.core.backoff import Backoff
+
+log = logging.getLogger(__name__)
 
 Pool = asyncpg.Pool
 
@@ -45,12 +51,26 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     connection). An open transaction is still rolled back by asyncpg before this runs."""
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kw: Any) -> Pool:
-    pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init, reset=_keep_session, **kw
-    )
-    assert pool is not None
-    return pool
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, wait: float = 0.0,
+                      **kw: Any) -> Pool:
+    """The asyncpg pool. ``wait``: seconds to keep trying while PostgreSQL is away (a process
+    starting during an outage or a restart waits for it instead of exiting, which a platform
+    answers with growing restart delays)."""
+    deadline = time.monotonic() + wait
+    backoff = Backoff(first=0.1, cap=2.0)
+    while True:
+        try:
+            pool = await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, init=_init, reset=_keep_session,
+                **kw)
+            assert pool is not None
+            return pool
+        except TRANSIENT_DB_ERRORS as exc:
+            if time.monotonic() + backoff.delay > deadline:
+                raise
+            log.warning("database unavailable at start-up (%s); retrying in %.1fs", exc,
+                        backoff.delay)
+            await backoff.sleep()
 
 
 def async_url(dsn: str) -> URL:

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     #: after this long.
     unknown_type_grace: float = 60.0
 
+    #: A process starting while PostgreSQL is away waits this long for it before exiting.
+    startup_db_wait: float = 60.0
+
     # Worker (arq). arq's defaults are a 0.5 s poll and a one-hour health key.
     worker_max_jobs: int = 50
     worker_poll_delay: float = 0.05
