@@ -74,6 +74,8 @@ async def test_a_process_starting_during_an_outage_waits_for_the_database(
     dsn = settings.database_url.replace(f":{url.port}/", f":{port}/")
     with pytest.raises(OSError):
         await db.create_pool(dsn)
+    with pytest.raises(OSError):  # an empty pool connects at first use: wait checks it
+        await db.create_pool(dsn, min_size=0, wait=0.3)
 
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_r, up_w = await asyncio.open_connection(url.host, url.port)
@@ -84,7 +86,7 @@ async def test_a_process_starting_during_an_outage_waits_for_the_database(
         return await asyncio.start_server(relay, "127.0.0.1", port)
 
     later = asyncio.create_task(comes_up_later())
-    pool = await db.create_pool(dsn, wait=20)
+    pool = await db.create_pool(dsn, min_size=0, wait=20)
     server = await later
     try:
         assert await pool.fetchval("SELECT 1") == 1

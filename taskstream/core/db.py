@@ -58,15 +58,21 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, wait: 
     answers with growing restart delays)."""
     deadline = time.monotonic() + wait
     backoff = Backoff(first=0.1, cap=2.0)
+    pool: Pool | None = None
     while True:
         try:
-            pool = await asyncpg.create_pool(
-                dsn, min_size=min_size, max_size=max_size, init=_init, reset=_keep_session,
-                **kw)
-            assert pool is not None
+            if pool is None:
+                pool = await asyncpg.create_pool(
+                    dsn, min_size=min_size, max_size=max_size, init=_init,
+                    reset=_keep_session, **kw)
+                assert pool is not None
+            if wait:  # an empty pool (min_size 0) connects nowhere until first used
+                await pool.execute("SELECT 1")
             return pool
         except TRANSIENT_DB_ERRORS as exc:
             if time.monotonic() + backoff.delay > deadline:
+                if pool is not None:
+                    await pool.close()
                 raise
             log.warning("database unavailable at start-up (%s); retrying in %.1fs", exc,
                         backoff.delay)
