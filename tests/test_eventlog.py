@@ -144,6 +144,58 @@ async def test_events_are_published_after_they_are_durable_in_order(
     assert log.batches > 1  # max_batch 7: the 40 events went in several batches
 
 
+class _HeldLog(EventLog):
+    """An event log whose publish of its first batch waits for ``release``."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.release = asyncio.Event()
+        self.publishing = asyncio.Event()
+        self.published = 0
+
+    async def _publish(self, events: Any) -> None:
+        if self.published == 0:
+            self.publishing.set()
+            await self.release.wait()
+        self.published += 1
+        await super()._publish(events)
+
+
+async def test_a_batch_is_appended_while_the_one_before_is_published(
+        pool: asyncpg.Pool, redis: Redis, settings: Settings) -> None:
+    """The second stage (flush, publish) of one batch overlaps the next batch's append;
+    callers are answered only after their own batch is published, and appends run at most
+    one batch ahead of the publishes."""
+    owner = f"o-{uuid.uuid4().hex[:8]}"
+    a, b, c = await _tasks(pool, owner, 3)
+    log = _HeldLog(pool, redis, settings.namespace)
+    log.start()
+    try:
+        first = log.enqueue(_ev(a, owner, P, progress=1))
+        await asyncio.wait_for(log.publishing.wait(), 5)
+        second = log.enqueue(_ev(b, owner, P, progress=2))
+
+        async def stored(task_id: str) -> int:
+            return int(await pool.fetchval("SELECT count(*) FROM task_events WHERE task_id ="
+                                           " $1::uuid AND type = 'progress'", task_id))
+
+        for _ in range(500):  # the second batch is appended while the first is held
+            if await stored(b):
+                break
+            await asyncio.sleep(0.01)
+        assert await stored(b) == 1
+        third = log.enqueue(_ev(c, owner, P, progress=3))
+        await asyncio.sleep(0.2)
+        assert not first.done() and not second.done()
+        assert await stored(c) == 0  # at most one batch ahead of the publishes
+        log.release.set()
+        results = await asyncio.wait_for(asyncio.gather(first, second, third), 5)
+        assert [r.outcome for r in results] == ["ok"] * 3 and log.published == 3
+    finally:
+        log.release.set()
+        await log.close()
+
+
 async def test_context_reports_are_pipelined_with_back_pressure(
         pool: asyncpg.Pool, redis: Redis, settings: Settings) -> None:
     owner = f"o-{uuid.uuid4().hex[:8]}"

@@ -1,7 +1,12 @@
 """Group commit, the pattern the event log and submissions share: callers queue an item and
 wait; one runner takes everything queued (up to ``max_batch``), commits it in one go, and
 answers every caller — so under load N items cost one commit, and when idle one item costs
-no extra wait."""
+no extra wait.
+
+A batcher with a second stage (``_settle``, e.g. the event log's flush and publish) answers
+its callers only after it, and runs it for one batch while the next batch's ``_commit``
+goes on: the two round trips overlap instead of adding up. Second stages run one at a time,
+in batch order, and at most one behind the commits."""
 
 import asyncio
 import contextlib
@@ -15,15 +20,29 @@ R = TypeVar("R")
 
 
 class Batcher(Generic[T, R]):
+    #: Subclasses with a ``_settle`` stage set this.
+    settles = False
+
     def __init__(self, name: str, max_batch: int) -> None:
         self._name = name
         self._max_batch = max_batch
         self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
         self._runner: asyncio.Task[None] | None = None
+        self._tail: asyncio.Task[None] | None = None  # the second stage in flight
 
     async def _commit(self, items: list[T]) -> list[R]:
         """Commit a batch; one result per item, in order. Raising fails every caller."""
         raise NotImplementedError
+
+    async def _settle(self, items: list[T], results: list[R]) -> None:
+        """The second stage of a committed batch (``settles``); raising fails every
+        caller of the batch."""
+
+    async def settled(self) -> None:
+        """Wait for the second stage in flight, if any (its failure is its callers')."""
+        tail = self._tail
+        if tail is not None and tail is not asyncio.current_task():
+            await asyncio.wait([tail])
 
     def start(self) -> None:
         if self._runner is None:
@@ -55,17 +74,38 @@ class Batcher(Generic[T, R]):
                 batch.append(self._queue.get_nowait())
             try:
                 results = await self._commit([item for item, _ in batch])
-            except Exception as exc:  # every caller of this batch gets the error
-                # One line, no traceback: each caller receives the exception and handles it
-                # (a database or Redis outage is routine) or lets it reach a log of its own.
-                log.warning("%s: batch of %d failed: %r", self._name, len(batch), exc)
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-            else:
-                for (_, fut), res in zip(batch, results, strict=True):
-                    if not fut.done():
-                        fut.set_result(res)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            except Exception as exc:
+                self._answer(batch, exc)
+                continue
+            if not self.settles:
+                self._answer(batch, results)
+                continue
+            await self.settled()  # at most one second stage behind
+            self._tail = asyncio.create_task(self._second(batch, results),
+                                             name=f"{self._name}-settle")
+
+    async def _second(self, batch: list[tuple[T, "asyncio.Future[R]"]],
+                      results: list[R]) -> None:
+        try:
+            await self._settle([item for item, _ in batch], results)
+        except Exception as exc:
+            self._answer(batch, exc)
+        else:
+            self._answer(batch, results)
+
+    def _answer(self, batch: list[tuple[T, "asyncio.Future[R]"]],
+                outcome: "list[R] | Exception") -> None:
+        """Every caller of the batch gets its result, or the batch's error."""
+        if isinstance(outcome, Exception):
+            # One line, no traceback: each caller receives the exception and handles it
+            # (a database or Redis outage is routine) or lets it reach a log of its own.
+            log.warning("%s: batch of %d failed: %r", self._name, len(batch), outcome)
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(outcome)
+        else:
+            for (_, fut), res in zip(batch, outcome, strict=True):
+                if not fut.done():
+                    fut.set_result(res)
+        for _ in batch:
+            self._queue.task_done()

@@ -6,8 +6,10 @@ commit. The batch commits asynchronously (migration 030: the tenant's counter ro
 without waiting for the disk, so writers from every process overlap), then ``ts_flush()``
 makes it durable — concurrent flushes from all processes share one WAL fsync. Only then are
 the events published on Redis, pipelined, each on its task's channel and its tenant's
-channel, and only then does ``append`` return. PostgreSQL is the truth: a publish that fails
-is logged and the streams catch up from the database (gap fill / hub resync).
+channel, and only then does ``append`` return. The flush and publish of one batch overlap
+the append of the next (a second stage, ``core.batcher``), in batch order. PostgreSQL is the
+truth: a publish that fails is logged and the streams catch up from the database (gap fill /
+hub resync).
 
 Code that appends events outside this class (``store.create_tasks``) must call ``flush()``
 or ``publish()`` before it tells anyone about them.
@@ -68,25 +70,34 @@ class EventLog(Batcher[NewEvent, store.Appended]):
         Events queued by one caller are written in the order queued."""
         return self._enqueue(event)
 
-    async def _commit(self, events: list[NewEvent]) -> list[store.Appended]:
-        results = await self._write(events)
-        await self._publish([r.event for r in results if r.event is not None])
-        return results
+    # Two stages (see core.batcher): a batch is appended (its transaction commits
+    # asynchronously), then made durable and published while the next batch is appended.
 
-    async def _write(self, events: Sequence[NewEvent]) -> list[store.Appended]:
-        """Append (retrying while the database is away), then make the batch durable."""
-        results = await self._append(events)
+    settles = True
+    _recovering = False  # a flush failed: its batch may be written again, before any other
+
+    async def _commit(self, events: list[NewEvent]) -> list[store.Appended]:
+        return await self._append(events)
+
+    async def _settle(self, events: list[NewEvent], results: list[store.Appended]) -> None:
+        await self._durable(events, results)
+        await self._publish([r.event for r in results if r.event is not None])
+
+    async def _durable(self, events: Sequence[NewEvent], results: list[store.Appended]) -> None:
+        """Make the appended batch durable; events a database crash lost are written again
+        (``results`` updated in place)."""
         backoff = Backoff()
         verify = False
         while True:
             try:
                 if not verify:
                     await store.flush(self._pool)
+                    self._recovering = False
                     self.batches += 1
                     self.events += len(events)
                     metrics.EVENTS.inc(len(events))  # per batch, not per event
                     metrics.BATCH_SIZE.observe(len(events))
-                    return results
+                    return
                 # The flush failed: PostgreSQL may have restarted before our asynchronous
                 # commit reached the disk. Whatever is not there any more is written again.
                 lost = await self._missing([r.event for r in results if r.event is not None])
@@ -100,6 +111,7 @@ class EventLog(Batcher[NewEvent, store.Appended]):
                         results[i] = res
                 verify = False
             except TRANSIENT_DB_ERRORS as exc:
+                self._recovering = True
                 log.warning("event flush failed (%s); retrying in %.2fs", exc, backoff.delay)
                 await backoff.sleep()
                 verify = True
@@ -107,12 +119,17 @@ class EventLog(Batcher[NewEvent, store.Appended]):
     async def _append(self, events: Sequence[NewEvent]) -> list[store.Appended]:
         backoff = Backoff()
         while True:
+            if self._recovering:
+                # The batch before may have lost events in a crash and is writing them
+                # again: they go first, or a task's events would be stored out of order.
+                await self.settled()
             try:
                 return await store.append_events(self._pool, events)
             except TRANSIENT_DB_ERRORS as exc:
                 # PostgreSQL briefly away: keep the events and try again; lose nothing.
                 log.warning("event write failed (%s); retrying in %.2fs", exc, backoff.delay)
                 await backoff.sleep()
+                await self.settled()  # as above, once the database is back
 
     async def _missing(self, events: Sequence[Event]) -> set[tuple[str, int]]:
         """Flush, and return the (task_id, seq) of those events that are not in the table."""
