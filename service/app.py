@@ -77,8 +77,7 @@ async def _open(stack: AsyncExitStack, settings: Settings) -> Resources:
     it exists, so they close in reverse order — also when start-up fails half-way."""
     pool = await create_pool(settings.database_url, min_size=settings.db_pool_min,
                              max_size=settings.db_pool_max,
-                             statement_cache_size=settings.db_statement_cache_size,
-                             wait=settings.startup_db_wait)
+                             statement_cache_size=settings.db_statement_cache_size)
     stack.push_async_callback(pool.close)
     engine = create_engine(settings.database_url, pool_size=settings.db_engine_pool_size,
                            statement_cache_size=settings.db_statement_cache_size)

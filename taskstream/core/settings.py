@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     #: after this long.
     unknown_type_grace: float = 60.0
 
-    #: A process starting while PostgreSQL is away waits this long for it before exiting.
+    #: A worker starting while PostgreSQL is away waits this long for it before exiting (a
+    #: web process starts anyway and answers /readyz with 503 meanwhile).
     startup_db_wait: float = 60.0
 
     # Worker (arq). arq's defaults are a 0.5 s poll and a one-hour health key.
