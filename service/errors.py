@@ -101,6 +101,21 @@ class Unavailable(ApiError):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
+#: A backing service briefly away: 503 + Retry-After. EventsLost: a submission's 'created'
+#: event vanished in a PostgreSQL crash before it reached the disk; the client retries (with
+#: its Idempotency-Key) and loses nothing.
+_DOWN: tuple[type[BaseException], ...] = (
+    RedisConnectionError, RedisTimeoutError, asyncpg.TooManyConnectionsError, EventsLost,
+    *TRANSIENT_DB_ERRORS)
+BACKEND_DOWN: tuple[type[Exception], ...] = tuple(
+    err for err in _DOWN if issubclass(err, Exception))
+
+
+def backend_down_response(exc: Exception) -> JSONResponse:
+    log.warning("backend unavailable: %s", exc)
+    return error_response(Unavailable("a backing service is briefly unavailable; retry"))
+
+
 def error_response(exc: ApiError) -> JSONResponse:
     return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status,
                         headers=exc.headers)
@@ -124,8 +139,7 @@ def install(app: FastAPI) -> None:
         return error_response(exc)
 
     async def backend_down(_: Request, exc: Exception) -> JSONResponse:
-        log.warning("backend unavailable: %s", exc)
-        return error_response(Unavailable("a backing service is briefly unavailable; retry"))
+        return backend_down_response(exc)
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, invalid)
@@ -138,10 +152,5 @@ def install(app: FastAPI) -> None:
                             status_code=exc.status_code, headers=exc.headers)
 
     app.add_exception_handler(StarletteHTTPException, http_error)
-    # EventsLost: a submission's 'created' event vanished in a PostgreSQL crash before it
-    # reached the disk; the client retries (with its Idempotency-Key) and loses nothing.
-    down: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError,
-                                         asyncpg.TooManyConnectionsError, EventsLost)
-    for err in (*down, *TRANSIENT_DB_ERRORS):
-        if issubclass(err, Exception):
-            app.add_exception_handler(err, backend_down)
+    for err in BACKEND_DOWN:
+        app.add_exception_handler(err, backend_down)

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     #: after this long.
     unknown_type_grace: float = 60.0
 
+    #: POST /tasks's usual request skips FastAPI's routing (service.fast_submit).
+    fast_submit: bool = True
     #: A worker starting while PostgreSQL is away waits this long for it before exiting (a
     #: web process starts anyway and answers /readyz with 503 meanwhile).
     startup_db_wait: float = 60.0
