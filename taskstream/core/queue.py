@@ -365,8 +365,9 @@ class _Finisher(Batcher[Callable[[Pipeline], None], None]):
         super().__init__("arq-finish", 500)
         self._redis = redis
 
-    async def finish(self, add: Callable[[Pipeline], None]) -> None:
-        await self._submit(add)
+    def finish(self, add: Callable[[Pipeline], None]) -> "asyncio.Future[None]":
+        """Queued at once; the future resolves when its transaction has run."""
+        return self._enqueue(add)
 
     async def _commit(self, items: list[Callable[[Pipeline], None]]) -> list[None]:
         async with self._redis.pipeline(transaction=True) as tr:
@@ -447,13 +448,12 @@ class BatchingWorker(Worker):
         finish, incr_score = False, None
         ref = f"{c.job_id}:{name}"
         start_ms = timestamp_ms()
-        task = self.loop.create_task(function.coroutine(ctx, *args, **kwargs))
-        self.job_tasks[c.job_id] = task
         try:
-            try:
-                await asyncio.wait_for(task, timeout_s)
-            finally:
-                del self.job_tasks[c.job_id]
+            # In this task, not one of its own as arq's (which it keeps only to abort it,
+            # and aborts are off here): one task fewer per job. The same outcomes: a
+            # timeout raises TimeoutError, a shutdown's cancellation CancelledError.
+            async with asyncio.timeout(timeout_s):
+                await function.coroutine(ctx, *args, **kwargs)
         except (Exception, asyncio.CancelledError) as e:  # as arq's run_job sorts them
             if self.retry_jobs and isinstance(e, Retry):
                 incr_score = e.defer_score + (timestamp_ms() - c.score) if e.defer_score else None
@@ -469,8 +469,8 @@ class BatchingWorker(Worker):
             finish = True
             self.jobs_complete += 1
             arq_log.debug("%6.2fs ← %s", (timestamp_ms() - start_ms) / 1000, ref)
-        await asyncio.shield(self.finish_job(c.job_id, finish, None, self.keep_result_s,
-                                             False, incr_score, None))
+        await asyncio.shield(self._queue_finish(c.job_id, finish, None, self.keep_result_s,
+                                                False, incr_score, None))
 
     def _job_done(self, _: "asyncio.Task[None]") -> None:
         self._release_sem_dec_counter_on_complete()
@@ -494,6 +494,15 @@ class BatchingWorker(Worker):
                          result_timeout_s: float | None, keep_result_forever: bool,
                          incr_score: int | None, keep_in_progress: float | None) -> None:
         """arq's finish_job, the same commands, queued into a shared transaction."""
+        await self._queue_finish(job_id, finish, result_data, result_timeout_s,
+                                 keep_result_forever, incr_score, keep_in_progress)
+
+    def _queue_finish(self, job_id: str, finish: bool, result_data: bytes | None,
+                      result_timeout_s: float | None, keep_result_forever: bool,
+                      incr_score: int | None, keep_in_progress: float | None
+                      ) -> "asyncio.Future[None]":
+        """``finish_job``'s commands, queued now (they run whether or not the caller is
+        cancelled meanwhile); the future resolves once they have."""
 
         def add(tr: Pipeline) -> None:
             delete_keys = []
@@ -520,7 +529,7 @@ class BatchingWorker(Worker):
         if self._finisher is None:
             self._finisher = _Finisher(self.pool)
             self._finisher.start()
-        await self._finisher.finish(add)
+        return self._finisher.finish(add)
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """arq's end of a job it could not run (expired, unreadable, out of tries), and the
