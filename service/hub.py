@@ -8,10 +8,12 @@ Modelled on saq's PubSubMultiplexer, plus what streams need to never miss an eve
 * The connection is supervised: if Redis goes away the hub reconnects with backoff,
   resubscribes every channel, and pushes ``RESYNC`` to every subscriber, which then catches
   up from PostgreSQL.
-* Each subscriber has a bounded buffer. A slow consumer never blocks the reader: rapid
-  progress events for the same task are coalesced when its buffer is full, and if a
-  lifecycle event does not fit, the subscription is marked overflowed and its stream closes
-  (the client resumes with Last-Event-ID).
+* Each subscriber has a bounded buffer. A slow consumer never blocks the reader: when its
+  buffer is full, a progress event replaces the queued progress event of its task just
+  before it (the stream sees the gap and reads what it skipped from PostgreSQL: a burst of
+  one task's progress costs a query, and nothing is missed), and if a lifecycle event does
+  not fit, the subscription is marked overflowed and its stream closes (the client resumes
+  with Last-Event-ID).
 """
 
 import asyncio
@@ -58,7 +60,8 @@ class Subscription:
         self.channel = channel
         self.limit = limit
         self.overflowed = False
-        # (event, coalesced): coalesced=True means earlier progress was skipped on purpose.
+        # (event, replaced): True when it took the place of its task's queued progress
+        # event (the stream fills that gap from PostgreSQL).
         # A list, not a deque: an empty deque allocates a 64-slot block (~0.6 KB per idle
         # stream); the queue is short (bounded by ``limit``), so pop(0) is cheap.
         self._items: list[tuple[Event, bool] | TokenFrame | str] = []

@@ -104,14 +104,14 @@ async def follow(hub: Hub, spec: StreamSpec, *, flush: bool = False
                 live: list[Event] = []
             else:
                 assert not isinstance(item, str)
-                ev, coalesced = item
+                ev, _ = item
                 pos = spec.key(ev)
                 if pos <= cursor:
                     continue  # already sent (replay overlap or duplicate)
-                if pos == cursor + 1 or coalesced:
+                if pos == cursor + 1:
                     live = [ev]
-                else:
-                    live = []  # a gap: fetch from the database instead
+                else:  # a gap (a lost message, or progress dropped from a full buffer):
+                    live = []  # fetch from the database instead
             if not live:
                 async for ev in _fill(spec, cursor):
                     if isinstance(ev, TokenFrame):
