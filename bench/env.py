@@ -38,8 +38,14 @@ BASELINE_REDIS_DB = 12
 
 
 def raise_fd_limit(want: int = 65536) -> int:
-    """Raise the soft RLIMIT_NOFILE as far as allowed (inherited by the processes we start)."""
+    """Raise the soft RLIMIT_NOFILE as far as allowed (inherited by the processes we start);
+    the hard limit too where we may (root): 20,000 streams need more than 20,000 descriptors
+    in this process and in the web, and a hard limit of 20,000 is common."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, want))
+            hard = want
     target = want if hard == resource.RLIM_INFINITY else min(want, hard)
     if target > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

@@ -12,6 +12,7 @@ off; with tracing on it is not installed (request spans come from FastAPI's inst
 ``tests/test_fast_submit.py`` holds the two paths to the same answers.
 """
 
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -42,14 +43,18 @@ class FastSubmit:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not async: another request is handed on as the inner app's own awaitable, so no
+        # frame of this layer stays alive for the life of an open stream.
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         res: Resources | None = getattr(scope["app"].state, "resources", None)
         if res is None or not res.settings.fast_submit:
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._submit(res, scope, receive, send)
+
+    async def _submit(self, res: Resources, scope: Scope, receive: Receive,
+                      send: Send) -> None:
         try:
             body = await _read_body(receive)
         except ApiError as exc:  # BodyLimit's 413, raised while the body arrives
