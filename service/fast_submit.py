@@ -39,6 +39,9 @@ class _Delegate(Exception):
     """Not the usual request: the FastAPI route answers it."""
 
 
+_DELEGATE: tuple[type[Exception], ...] = (_Delegate, ApiError, *BACKEND_DOWN)
+
+
 class FastSubmit:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -68,7 +71,8 @@ class FastSubmit:
             principal = await _caller(res, headers)
             owner = acting_for(principal, None)
             check_submitter(principal, submit.type, submit.params)
-        except (_Delegate, ApiError):
+        except _DELEGATE:
+            # (a key lookup that met PostgreSQL away too: the route answers its 503)
             await self.app(scope, _replay(body, receive), send)
             return
         response: Response

@@ -2,6 +2,7 @@
 answers: two real web processes on one database, one with the fast path and one without
 (``TASKSTREAM_FAST_SUBMIT=false``), auth on, the same requests to both."""
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -15,7 +16,7 @@ import pytest
 from starlette.datastructures import Headers
 
 from service import fast_submit
-from taskstream.devservices.processes import ROOT, WebServer, WorkerProc
+from taskstream.devservices.processes import ROOT, WebServer, WorkerProc, free_port
 
 SECURE = {"TASKSTREAM_AUTH": "true", "TASKSTREAM_KEY_CACHE_SECONDS": "0"}
 
@@ -157,3 +158,20 @@ def test_only_the_usual_request_takes_the_fast_path() -> None:
             fast_submit._parse(unusual, NOOP)
     with pytest.raises(fast_submit._Delegate):
         fast_submit._parse(headers(content_type="application/json"), b'{"type": 1}')
+
+
+async def test_a_key_lookup_with_the_database_away_is_a_503(env: dict[str, str],
+                                                            tmp_path: Path) -> None:
+    """The fast path checks the key before anything else; with PostgreSQL away that lookup
+    fails, and the answer is the route's 503 with Retry-After, never a 500."""
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    web = WebServer({**env, **SECURE, "DATABASE_URL": dead, "TASKSTREAM_SIGNING_KEY": "k" * 32},
+                    tmp_path / "web.log")
+    await asyncio.to_thread(web.start)
+    try:
+        async with httpx.AsyncClient(timeout=30) as c:
+            r = await _post(c, web.url, {**JSON, "Authorization": "Bearer ts_abc_def"}, NOOP)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"] == "unavailable" and r.headers.get("retry-after")
+    finally:
+        web.stop()
