@@ -4,31 +4,31 @@ The hottest route paid about as much to FastAPI and Starlette (route matching, s
 dependencies, the request and exception wrappers) as to its own work, and it bounds both the
 submission rate and how fast one worker's queue fills. This ASGI middleware answers the
 request that carries nothing unusual — JSON that ``SubmitTask`` accepts, a Bearer key (or
-auth off), no ``X-Tenant`` — with the route's own steps (the same ``acting_for``,
-``check_submitter``, ``Submissions.submit`` and ``task_read_json``), and hands everything
-else to the FastAPI route with the body replayed, so every refusal (401, 403, 415, 422, a
-malformed header) is FastAPI's, byte for byte. ``TASKSTREAM_FAST_SUBMIT=false`` turns it
-off; with tracing on it is not installed (request spans come from FastAPI's instrumentation).
-``tests/test_fast_submit.py`` holds the two paths to the same answers.
+auth off), no ``X-Tenant`` — with the route's own steps (the same ``bearer`` and ``caller``,
+``acting_for``, ``check_submitter``, ``Submissions.submit`` and ``task_read_json``), and
+hands everything else to the FastAPI route with the body replayed, so every refusal (401,
+403, 415, 422, a malformed header) is FastAPI's, byte for byte.
+``TASKSTREAM_FAST_SUBMIT=false`` turns it off; with tracing on it is not installed (request
+spans come from FastAPI's instrumentation). ``tests/test_fast_submit.py`` holds the two
+paths to the same answers.
 """
 
 from collections.abc import Awaitable
 from typing import Any
 
 import orjson
-from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import ValidationError
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.auth import ANONYMOUS, acting_for, verify_key
+from service.auth import acting_for, bearer, caller
 from service.deps import Resources
 from service.errors import BACKEND_DOWN, ApiError, backend_down_response, error_response
 from service.schemas import SubmitTask
 from service.search import check_submitter
 from service.tasks import task_read_json
-from taskstream.core.auth import Principal
 
 PATH = "/tasks"
 #: FastAPI's ``Header(max_length=200)`` on Idempotency-Key: longer ones are its 422.
@@ -68,7 +68,8 @@ class FastSubmit:
         try:
             headers = Headers(scope=scope)
             submit = _parse(headers, body)
-            principal = await _caller(res, headers)
+            # The route's own dependency and Bearer parsing (401 for no key: delegated).
+            principal = await caller(res, await bearer(Request(scope)))
             owner = acting_for(principal, None)
             check_submitter(principal, submit.type, submit.params)
         except _DELEGATE:
@@ -130,14 +131,3 @@ def _parse(headers: Headers, body: bytes) -> SubmitTask:
         return SubmitTask.model_validate(doc)
     except (orjson.JSONDecodeError, ValidationError):
         raise _Delegate from None
-
-
-async def _caller(res: Resources, headers: Headers) -> Principal:
-    """``service.auth.caller`` on the header as ``HTTPBearer`` reads it."""
-    if not res.settings.auth:
-        return ANONYMOUS
-    authorization = headers.get("authorization")
-    scheme, credentials = get_authorization_scheme_param(authorization)
-    if not (authorization and scheme and credentials) or scheme.lower() != "bearer":
-        raise _Delegate
-    return await verify_key(res, credentials)
