@@ -6,7 +6,7 @@ import logging
 import secrets
 import signal
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from importlib import resources
 from types import FrameType
@@ -28,7 +28,7 @@ from service.worker_types import WorkerTypes
 from taskstream.core import logs, metrics, queue, redisconn, store, tracing
 from taskstream.core.auth import KeyCache
 from taskstream.core.constants import control_channel, hub_client_name
-from taskstream.core.db import TRANSIENT_DB_ERRORS, create_engine, create_pool
+from taskstream.core.db import create_engine, create_pool, until_reachable
 from taskstream.core.eventlog import EventLog
 from taskstream.core.settings import Settings
 from taskstream.core.tasktypes import Catalogue
@@ -36,19 +36,8 @@ from taskstream.core.tasktypes import Catalogue
 log = logging.getLogger(__name__)
 
 _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
-
-
-async def _with_retry(call: Callable[[], Awaitable[str]], attempts: int = 30) -> str:
-    """Startup while PostgreSQL is briefly away: wait for it instead of crash-looping."""
-    for attempt in range(attempts):
-        try:
-            return await call()
-        except TRANSIENT_DB_ERRORS as exc:
-            if attempt == attempts - 1:
-                raise
-            log.warning("database not reachable at startup (%s); retrying", exc)
-            await asyncio.sleep(1.0)
-    raise AssertionError("unreachable")
+#: How long a starting web process waits for PostgreSQL to read its ticket-signing key.
+_SECRET_WAIT = 30.0
 
 
 def _end_streams_on_signal(hub: Hub) -> None:
@@ -106,8 +95,10 @@ async def _open(stack: AsyncExitStack, settings: Settings) -> Resources:
     if settings.signing_key:
         signing_key = settings.signing_key.encode()
     else:
-        signing_key = bytes.fromhex(await _with_retry(
-            lambda: store.server_secret(pool, "stream_tickets", secrets.token_hex(32))))
+        # Start-up while PostgreSQL is briefly away: wait for it instead of crash-looping.
+        signing_key = bytes.fromhex(await until_reachable(
+            lambda: store.server_secret(pool, "stream_tickets", secrets.token_hex(32)),
+            _SECRET_WAIT))
     return Resources(
         settings, pool, arq, hub, eventlog,
         keys=KeyCache(settings.key_cache_seconds),

@@ -5,7 +5,8 @@ what counts as the database being briefly away."""
 import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from taskstream.core.backoff import Backoff
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Pool = asyncpg.Pool
 
@@ -51,32 +53,45 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     connection). An open transaction is still rolled back by asyncpg before this runs."""
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, wait: float = 0.0,
-                      **kw: Any) -> Pool:
-    """The asyncpg pool. ``wait``: seconds to keep trying while PostgreSQL is away (a process
-    starting during an outage or a restart waits for it instead of exiting, which a platform
-    answers with growing restart delays)."""
-    deadline = time.monotonic() + wait
+async def until_reachable(call: Callable[[], Awaitable[T]], within: float,
+                          deadline: float | None = None) -> T:
+    """``call()``, tried again with backoff while PostgreSQL is away, for up to ``within``
+    seconds (or until the monotonic ``deadline``): a process starting during an outage or a
+    restart waits for the database instead of exiting, which a platform answers with
+    growing restart delays."""
+    until = time.monotonic() + within if deadline is None else deadline
     backoff = Backoff(first=0.1, cap=2.0)
-    pool: Pool | None = None
     while True:
         try:
-            if pool is None:
-                pool = await asyncpg.create_pool(
-                    dsn, min_size=min_size, max_size=max_size, init=_init,
-                    reset=_keep_session, **kw)
-                assert pool is not None
-            if wait:  # an empty pool (min_size 0) connects nowhere until first used
-                await pool.execute("SELECT 1")
-            return pool
+            return await call()
         except TRANSIENT_DB_ERRORS as exc:
-            if time.monotonic() + backoff.delay > deadline:
-                if pool is not None:
-                    await pool.close()
+            if time.monotonic() + backoff.delay > until:
                 raise
             log.warning("database unavailable at start-up (%s); retrying in %.1fs", exc,
                         backoff.delay)
             await backoff.sleep()
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, wait: float = 0.0,
+                      **kw: Any) -> Pool:
+    """The asyncpg pool. ``wait``: seconds to keep trying while PostgreSQL is away
+    (``until_reachable``), its first connection included."""
+    deadline = time.monotonic() + wait
+
+    async def make() -> Pool:
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+                                         init=_init, reset=_keep_session, **kw)
+        assert pool is not None
+        return pool
+
+    pool = await until_reachable(make, wait, deadline)
+    if wait:  # an empty pool (min_size 0) connects nowhere until first used
+        try:
+            await until_reachable(lambda: pool.execute("SELECT 1"), wait, deadline)
+        except BaseException:
+            await pool.close()
+            raise
+    return pool
 
 
 def async_url(dsn: str) -> URL:
