@@ -60,11 +60,9 @@ class Subscription:
         self.channel = channel
         self.limit = limit
         self.overflowed = False
-        # (event, replaced): True when it took the place of its task's queued progress
-        # event (the stream fills that gap from PostgreSQL).
         # A list, not a deque: an empty deque allocates a 64-slot block (~0.6 KB per idle
         # stream); the queue is short (bounded by ``limit``), so pop(0) is cheap.
-        self._items: list[tuple[Event, bool] | TokenFrame | str] = []
+        self._items: list[Event | TokenFrame | str] = []
         # The reader's wait: a bare future, woken by push (cheaper than an asyncio.Event).
         self._waiter: asyncio.Future[None] | None = None
         # The idle deadline of the current wait, and one timer that outlives many waits: a
@@ -86,13 +84,13 @@ class Subscription:
             self._items.append(item)
         elif len(self._items) >= self.limit:
             last = self._items[-1]
-            if (item.type == EventType.PROGRESS and isinstance(last, tuple)
-                    and last[0].type == EventType.PROGRESS and last[0].task_id == item.task_id):
-                self._items[-1] = (item, True)
+            if (item.type == EventType.PROGRESS and isinstance(last, Event)
+                    and last.type == EventType.PROGRESS and last.task_id == item.task_id):
+                self._items[-1] = item  # the stream sees the gap and reads it from PostgreSQL
             else:
                 self.overflowed = True
         else:
-            self._items.append((item, False))
+            self._items.append(item)
         self._wakeup()
 
     def _wakeup(self) -> None:
@@ -116,12 +114,12 @@ class Subscription:
                         self.tokens_merged += 1
                         return
                     break
-            elif isinstance(q, str) or q[0].task_id == item.task_id:
+            elif isinstance(q, str) or q.task_id == item.task_id:
                 break  # not across a control item or an event of the same task
         self.tokens_dropped += 1
 
     async def get(self, idle: float | None = None
-                  ) -> tuple[Event, bool] | TokenFrame | str | None:
+                  ) -> Event | TokenFrame | str | None:
         """The next item, or None after ``idle`` seconds of nothing (no extra task, and no
         timer per call: one timer per subscription, moved on only when it fires early)."""
         if self._items:

@@ -103,8 +103,8 @@ async def follow(hub: Hub, spec: StreamSpec, *, flush: bool = False
             if item == RESYNC:
                 live: list[Event] = []
             else:
-                assert not isinstance(item, str)
-                ev, _ = item
+                assert isinstance(item, Event)
+                ev = item
                 pos = spec.key(ev)
                 if pos <= cursor:
                     continue  # already sent (replay overlap or duplicate)
