@@ -231,7 +231,10 @@ async def test_auth_on_asks_once_and_admins_pick_a_tenant(
 
     page, urls, dialogs = await visit("bob")
     assert await page.locator("#tenant-pick").is_hidden()
-    assert "list is for admin keys" in await page.locator("#workers-summary").inner_text()
+    # The overview renders after its own fetch, not with the connection: wait for the text
+    # (read once right after "live", it raced that fetch and was sometimes still empty).
+    await page.locator("#workers-summary", has_text="list is for admin keys").wait_for(
+        timeout=10_000)
     await page.goto(f"{secure.url}/#/task/{tid}")
     await page.locator("#task-body .status.completed").first.wait_for()
     await page.reload()
