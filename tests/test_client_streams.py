@@ -250,7 +250,10 @@ async def test_all_tasks_stream_resumes_too(ts: AsyncClient, proxy: Proxy) -> No
         consumer = asyncio.create_task(consume())
         await eventually(lambda: asyncio.sleep(0, stream.connected))
         a = await ts.submit("noop", {"events": 6})
-        b = await ts.submit("demo", {"duration": 0.6, "steps": 6})
+        # Events that trickle for a while, so each cut (at the 3rd and 9th event) still
+        # leaves some to come: a stream that got the rest in one burst before the 9th
+        # event's cut had no reason to reconnect a second time.
+        b = await ts.submit("demo", {"duration": 2.4, "steps": 12})
         ours |= {a.task_id, b.task_id}
         await asyncio.wait_for(done.wait(), 20)
         consumer.cancel()
