@@ -19,6 +19,7 @@ from fastapi.telemetry import TelemetryConfig
 
 from service import errors, sse
 from service.deps import Resources
+from service.fast_stream import FastStream
 from service.fast_submit import FastSubmit
 from service.hub import Hub
 from service.limits import BodyLimit, InflightGauge, StreamSlots, SubmitRate
@@ -150,6 +151,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if not tracing.enabled():  # inside BodyLimit: a body over the limit is still its 413
         app.add_middleware(FastSubmit)
     app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes)
+    if not tracing.enabled():  # outermost of ours: an open stream keeps no layer below alive
+        app.add_middleware(FastStream)
     for router in routers:
         app.include_router(router)
 

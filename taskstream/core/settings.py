@@ -55,6 +55,8 @@ class Settings(BaseSettings):
 
     #: POST /tasks's usual request skips FastAPI's routing (service.fast_submit).
     fast_submit: bool = True
+    #: GET /tasks/{id}/stream's usual request skips FastAPI's routing (service.fast_stream).
+    fast_stream: bool = True
     #: A worker starting while PostgreSQL is away waits this long for it before exiting (a
     #: web process starts anyway and answers /readyz with 503 meanwhile).
     startup_db_wait: float = 60.0
