@@ -105,6 +105,9 @@ def check_streams(out: Outcome, name: str, pool_: SSEPool, expect_last_seq: int 
                   all(s.last_seq == expect_last_seq for s in ss))
 
 
+#: The web process's SSE responses (TASKSTREAM_SSE_RESPONSE); latency and capacity measure
+#: each (sse-starlette's is the default).
+SSE_RESPONSES = ("starlette", "lean")
 #: Opening a round's streams (submit, then every stream's headers and replay) may take up to
 #: this many times the last measured time before the first tick is due; the rest is margin.
 LEAD_MARGIN = 1.5
@@ -125,7 +128,9 @@ async def all_replayed(streams: SSEPool, at_least: int, within: float) -> bool:
 
 
 async def latency(run: Run) -> Outcome:
-    """p50/p95/p99 push latency with 1, 1,000 and 5,000 concurrent streams on one web process.
+    """p50/p95/p99 push latency with 1, 1,000 and 5,000 concurrent streams on one web process,
+    once per SSE response (sse-starlette's, the default, and the lean one), each on a web
+    process of its own.
 
     With N streams: T = min(N, 100) tasks, N/T streams each, one event per task per second
     (so every stream receives one event a second); with one stream, 20 events a second.
@@ -134,57 +139,73 @@ async def latency(run: Run) -> Outcome:
     the opening time measured in the previous round, and a round that still opened late is
     run again with a longer one — so the figure is push latency, not the cost of opening.
     """
-    env, sz, out = run.env, run.sizes, Outcome()
-    web = await env.web("web-latency")
+    env, out = run.env, Outcome()
     workers = await env.workers(1, "worker-latency", **WORKER_ENV)
     pool = await run.pool()
-    opened: tuple[float, int] | None = None  # seconds to submit and open n streams, measured
     try:
-        for n in sz.latency_streams:
-            per: dict[str, list[float]] = {"p50": [], "p95": [], "p99": [], "commit_max": [],
-                                           "late": []}
-            for r in range(sz.stream_rounds):
-                for attempt in range(1, OPEN_ATTEMPTS + 1):
-                    row, opened_s = await _latency_round(run, out, web, pool, n, r, attempt,
-                                                         opened)
-                    opened = (opened_s, n)
-                    if row["opened_late_s"] == 0 or attempt == OPEN_ATTEMPTS:
-                        break
-                    run.log(f"latency n={n} round {r}: streams opened "
-                            f"{row['opened_late_s']:.1f}s after the first tick; again with "
-                            "a longer lead")
-                out.rounds.append(row)
-                out.check(f"latency {n}: every stream open before the first tick",
-                          row["opened_late_s"] == 0)
-                for k in ("p50", "p95", "p99", "commit_max"):
-                    v = row[f"{k}_ms"]
-                    if isinstance(v, float):
-                        per[k].append(v)
-                per["late"].append(row["opened_late_s"])
-            target = {1000: 10.0, 5000: 25.0}.get(n)
-            p99 = median(per["p99"])
-            late = max(per["late"])
-            out.rows += [
-                Row("3 push latency", f"p50, {n} streams", median(per["p50"]), "ms"),
-                Row("3 push latency", f"p95, {n} streams", median(per["p95"]), "ms"),
-                Row("3 push latency", f"p99, {n} streams", p99, "ms",
-                    target=f"<= {target:g} ms" if target else "",
-                    met=(p99 is not None and p99 <= target) if target else None),
-                Row("3 push latency", f"slowest durable commit meanwhile, {n} streams",
-                    median(per["commit_max"]), "ms"),
-                Row("3 push latency", f"streams opened after the first tick, {n} streams "
-                    "(worst round)", late, "s", target="0 s (all open first)", met=late == 0),
-            ]
+        for response in SSE_RESPONSES:
+            web = await env.web(f"web-latency-{response}", TASKSTREAM_SSE_RESPONSE=response)
+            try:
+                await _latency_of(run, out, web, pool, response)
+            finally:
+                env.stop([web])
         out.notes.append("push latency includes the event's durable commit (persist, then "
                          "publish): a probe commits every 20 ms during each round, and its "
                          "slowest commit is the disk's stall in that round")
         out.notes.append("every stream is open (headers and replay received) before the "
                          "first tick: the lead is measured, and a round that opened late "
                          "is run again (opened_late_s, open_attempts in the rounds)")
+        out.notes.append("the last tick of a round is also when every stream ends (its task "
+                         "completes): the web ends N streams within that second while it "
+                         "still pushes the other tasks' ticks, so it is the slowest")
     finally:
         await pool.close()
-        env.stop([*workers, web])
+        env.stop(workers)
     return out
+
+
+async def _latency_of(run: Run, out: Outcome, web: WebServer, pool: asyncpg.Pool,
+                      response: str) -> None:
+    """Every stream count's rounds on one web process with this SSE response."""
+    sz = run.sizes
+    opened: tuple[float, int] | None = None  # seconds to submit and open n streams, measured
+    for n in sz.latency_streams:
+        per: dict[str, list[float]] = {"p50": [], "p95": [], "p99": [], "commit_max": [],
+                                       "late": []}
+        for r in range(sz.stream_rounds):
+            for attempt in range(1, OPEN_ATTEMPTS + 1):
+                row, opened_s = await _latency_round(run, out, web, pool, n, r, attempt,
+                                                     opened)
+                opened = (opened_s, n)
+                if row["opened_late_s"] == 0 or attempt == OPEN_ATTEMPTS:
+                    break
+                run.log(f"latency n={n} round {r}: streams opened "
+                        f"{row['opened_late_s']:.1f}s after the first tick; again with "
+                        "a longer lead")
+            row["response"] = response
+            out.rounds.append(row)
+            out.check(f"latency {n} ({response}): every stream open before the first tick",
+                      row["opened_late_s"] == 0)
+            for k in ("p50", "p95", "p99", "commit_max"):
+                v = row[f"{k}_ms"]
+                if isinstance(v, float):
+                    per[k].append(v)
+            per["late"].append(row["opened_late_s"])
+        target = {1000: 10.0, 5000: 25.0}.get(n)
+        p99 = median(per["p99"])
+        late = max(per["late"])
+        what = f"{n} streams ({response})"
+        out.rows += [
+            Row("3 push latency", f"p50, {what}", median(per["p50"]), "ms"),
+            Row("3 push latency", f"p95, {what}", median(per["p95"]), "ms"),
+            Row("3 push latency", f"p99, {what}", p99, "ms",
+                target=f"<= {target:g} ms" if target else "",
+                met=(p99 is not None and p99 <= target) if target else None),
+            Row("3 push latency", f"slowest durable commit meanwhile, {what}",
+                median(per["commit_max"]), "ms"),
+            Row("3 push latency", f"streams opened after the first tick, {what} "
+                "(worst round)", late, "s", target="0 s (all open first)", met=late == 0),
+        ]
 
 
 async def _latency_round(run: Run, out: Outcome, web: WebServer, pool: asyncpg.Pool, n: int,
@@ -232,16 +253,12 @@ async def _latency_round(run: Run, out: Outcome, web: WebServer, pool: asyncpg.P
         "rss_per_stream_kb": (rss1 - rss0) / n / 1024,
         "commit_p50_ms": _ms(percentile(probe.latencies, 50)),
         "commit_max_ms": _ms(max(probe.latencies or [0]))}
-    run.log(f"latency n={n} round {r}: p50 {row['p50_ms']:.1f} ms, p99 "
+    run.log(f"latency n={n} round {r} ({web.name}): p50 {row['p50_ms']:.1f} ms, p99 "
             f"{row['p99_ms']:.1f} ms ({len(lat)} samples); streams open "
             f"{opened - t0:.1f}s after submitting, {-late:.1f}s before the first tick; "
             f"durable commit meanwhile: p50 {row['commit_p50_ms'] or 0:.1f} ms, "
             f"max {row['commit_max_ms'] or 0:.1f} ms")
     return row, opened - t0
-
-
-#: The web process's SSE responses (TASKSTREAM_SSE_RESPONSE); capacity measures each.
-SSE_RESPONSES = ("starlette", "lean")
 
 
 async def capacity(run: Run) -> Outcome:
