@@ -214,6 +214,37 @@ async def test_a_superseded_attempts_frames_are_dropped_on_a_fresh_connection(
     assert other.take(TokenFrame("v", "a", 1, 0, "y")) != []  # other tasks are not affected
 
 
+async def test_a_connection_opened_mid_retry_looks_the_attempt_up(
+        redis: Redis, settings: Settings) -> None:
+    """A tenant stream cannot be told every task's attempt when it opens: reconnected after a
+    retry began (its replay starts after the new attempt's ``started``), it took a paused
+    worker's stale frames for the text (seen in the chaos run). Its tracker now asks which
+    attempt runs before it passes the first frame of a task it knows no attempt of."""
+    asked: list[str] = []
+
+    async def attempt_of(task_id: str) -> int | None:
+        asked.append(task_id)
+        return {"t": 2}.get(task_id)
+
+    tr = TextTracker(redis, f"{settings.namespace}k", attempt_of)
+    assert tr.take(TokenFrame("t", "s", 1, 0, "zombie")) is None  # not without the lookup
+    assert await tr.accept(TokenFrame("t", "s", 1, 0, "zombie")) == []
+    assert await tr.accept(TokenFrame("t", "s", 2, 0, "new")) == [TokenFrame("t", "s", 2, 0,
+                                                                             "new")]
+    assert tr.take(TokenFrame("t", "s", 2, 3, "er")) == [TokenFrame("t", "s", 2, 3, "er")]
+    assert asked == ["t"]  # once per task and connection
+    assert tr.seen_event("u", "started", 1, None) is None  # an event says it: no lookup
+    assert tr.take(TokenFrame("u", "s", 1, 0, "x")) == [TokenFrame("u", "s", 1, 0, "x")]
+    assert await tr.accept(TokenFrame("v", "s", 1, 0, "y")) != []  # not found: passes
+    assert asked == ["t", "v"]
+
+    async def away(task_id: str) -> int | None:
+        raise ConnectionRefusedError("database away")
+
+    down = TextTracker(redis, f"{settings.namespace}k", away)
+    assert await down.accept(TokenFrame("t", "s", 1, 0, "a")) != []  # as before: passes
+
+
 def test_a_full_subscription_merges_token_frames_instead_of_dropping() -> None:
     """A slow stream's buffer is full: a frame joins the queued frame of its text that it
     continues (no gap, no I/O); one that continues nothing queued is dropped (gap-filled

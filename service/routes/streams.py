@@ -203,9 +203,14 @@ async def tenant_spec(res: Resources, owner: str, cursor: int | None) -> StreamS
     async def fetch(after: int, limit: int) -> list[Event]:
         return await store.tenant_events_after(pool, owner, after, limit)
 
+    async def attempt_of(task_id: str) -> int | None:
+        return await store.task_attempt(pool, task_id, owner)
+
+    # Frames of a task it has seen no attempt of wait for its attempt (live.TextTracker).
+    tracker = live.TextTracker(res.arq, res.settings.namespace, attempt_of)
     return _spec(res, channel=tenant_channel(res.settings.namespace, owner), cursor=cursor,
                  id_field=IdField.TENANT_SEQ, fetch=fetch, ends_on_terminal=False,
-                 tracker=live.TextTracker(res.arq, res.settings.namespace))
+                 tracker=tracker)
 
 
 @router.post("/stream-tickets", response_model=TicketOut, responses=ERRORS)

@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -49,6 +49,7 @@ from taskstream.core.constants import (
     task_channel,
     tenant_channel,
 )
+from taskstream.core.db import TRANSIENT_DB_ERRORS
 from taskstream.core.states import EventType
 
 log = logging.getLogger(__name__)
@@ -356,12 +357,24 @@ class _Pos:
     end: int
 
 
-class TextTracker:
-    """What one connection has sent of each (task, stream): passes each character on once."""
+#: A task's current attempt (None: not found), for a connection that was not told at open.
+AttemptOf = Callable[[str], Awaitable[int | None]]
 
-    def __init__(self, redis: Redis, namespace: str) -> None:
+
+class TextTracker:
+    """What one connection has sent of each (task, stream): passes each character on once.
+
+    A task stream knows its task's attempt when it opens (``seed_attempt``). A connection
+    that follows many tasks (the tenant stream) passes ``attempt_of``: the first frame of a
+    task it has seen no attempt of yet is held until that lookup says which attempt runs — a
+    connection opened after a retry began must not take a paused worker's stale frames for
+    the text (seen in the chaos run)."""
+
+    def __init__(self, redis: Redis, namespace: str,
+                 attempt_of: AttemptOf | None = None) -> None:
         self._redis = redis
         self._ns = namespace
+        self._attempt_of = attempt_of
         self._pos: dict[tuple[str, str], _Pos] = {}
         #: per task, the newest attempt known to have started: the lane is not fenced (a
         #: worker paused past its lease still publishes its superseded attempt's frames),
@@ -410,6 +423,8 @@ class TextTracker:
 
     async def accept(self, frame: TokenFrame) -> list[TokenFrame]:
         """The frames to send for ``frame``: itself, its new part, a gap filled, or none."""
+        if self._unknown(frame.task_id):
+            await self._learn_attempt(frame.task_id)
         out = self._take(frame)
         if out is not None:
             return out
@@ -424,7 +439,22 @@ class TextTracker:
             return []  # the lane lost it; the durable text event will carry it all
         return self._take(TokenFrame(frame.task_id, frame.stream, frame.attempt, 0, text)) or []
 
+    def _unknown(self, task_id: str) -> bool:
+        return self._attempt_of is not None and task_id not in self._floor
+
+    async def _learn_attempt(self, task_id: str) -> None:
+        assert self._attempt_of is not None
+        try:
+            current = await self._attempt_of(task_id)
+        except TRANSIENT_DB_ERRORS as exc:  # the database away: as before the lookup existed
+            log.warning("attempt lookup for %s failed (%s); its frames pass unchecked",
+                        task_id, exc)
+            current = None
+        self._floor[task_id] = max(current or 0, self._floor.get(task_id, 0))
+
     def _take(self, frame: TokenFrame) -> list[TokenFrame] | None:
+        if self._unknown(frame.task_id):
+            return None  # its attempt is looked up first (``accept``)
         if frame.attempt < self._floor.get(frame.task_id, 0):
             return []  # a superseded attempt's zombie frame
         self.seed_attempt(frame.task_id, frame.attempt)

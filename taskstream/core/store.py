@@ -349,6 +349,13 @@ async def get_task(db: Executor, task_id: uuid.UUID, owner: str | None = None) -
     return Task.from_row(row) if row else None
 
 
+async def task_attempt(db: Executor, task_id: str, owner: str) -> int | None:
+    """A task's current attempt (None: no such task of this owner)."""
+    value = await db.fetchval("SELECT attempts FROM tasks WHERE task_id = $1 AND owner = $2",
+                              uuid.UUID(task_id), owner)
+    return None if value is None else int(value)
+
+
 async def get_tasks(db: Executor, task_ids: Sequence[uuid.UUID]) -> dict[str, Task]:
     """Many tasks by id in one query (the worker loads the tasks its jobs start together)."""
     rows = await db.fetch(f"SELECT {_TASK_COLS} FROM tasks WHERE task_id = ANY($1::uuid[])",
