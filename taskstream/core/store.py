@@ -174,20 +174,29 @@ async def append_events(pool: asyncpg.Pool, events: Sequence[NewEvent]) -> list[
     return done
 
 
+#: Plain values, looked up once: an enum's ``.value`` and its members are Python-level
+#: attribute lookups, twice per event on the event log's hot path.
+_OK: str = Outcome.OK.value
+_OUTCOME_OK = Outcome.OK
+_TYPE_VALUE: dict[str, str] = {t: t.value for t in EventType}
+_COMPLETED: str = EventType.COMPLETED.value
+
+
 def _appended(ev: NewEvent, r: asyncpg.Record) -> Appended:
     """One row of ts_append_events (or ts_start_limited) as the outcome of ``ev``."""
     status = r["status"]
-    if r["outcome"] != Outcome.OK:
+    if r["outcome"] != _OK:
         return Appended(Outcome(r["outcome"]), None, status)
-    return Appended(Outcome.OK, Event(
+    etype = _TYPE_VALUE[ev.type]
+    return Appended(_OUTCOME_OK, Event(
         task_id=ev.task_id,
         seq=r["seq"],
         tenant_seq=r["tenant_seq"] or 0,
-        type=ev.type.value,
+        type=etype,
         status=status,
         progress=r["progress"],
         message=ev.message if ev.message is not None else ev.error,
-        data=ev.result if ev.type == EventType.COMPLETED else ev.data,
+        data=ev.result if etype == _COMPLETED else ev.data,
         attempt=r["attempt"],
         created_at=r["created_at"],
         owner=ev.owner,
