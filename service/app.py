@@ -24,6 +24,7 @@ from service.fast_submit import FastSubmit
 from service.hub import Hub
 from service.limits import BodyLimit, InflightGauge, StreamSlots, SubmitRate
 from service.routes import routers
+from service.stale import StaleStreams
 from service.submissions import Submissions
 from service.worker_types import WorkerTypes
 from taskstream.core import logs, metrics, queue, redisconn, store, tracing
@@ -82,6 +83,9 @@ async def _open(stack: AsyncExitStack, settings: Settings) -> Resources:
               buffer=settings.stream_buffer)
     await hub.start()
     stack.push_async_callback(hub.close)
+    stale = StaleStreams(hub, pool, settings.stream_check_interval)
+    stale.start()
+    stack.push_async_callback(stale.close)
     eventlog = EventLog(pool, arq, settings.namespace, max_batch=settings.eventlog_max_batch)
     eventlog.start()
     stack.push_async_callback(eventlog.close)

@@ -52,6 +52,8 @@ class Subscription:
         "channel",
         "limit",
         "overflowed",
+        "position",
+        "source",
         "tokens_dropped",
         "tokens_merged",
     )
@@ -71,6 +73,10 @@ class Subscription:
         self._timer: asyncio.TimerHandle | None = None
         self.tokens_dropped = 0
         self.tokens_merged = 0
+        #: What the stream follows (("task", id) or ("tenant", owner)) and the position it
+        #: has sent up to, for ``service.stale``.
+        self.source: tuple[str, str] | None = None
+        self.position = 0
 
     def push(self, item: Event | TokenFrame | str) -> None:
         if self.overflowed:
@@ -185,6 +191,9 @@ class Hub:
     @property
     def streams(self) -> int:
         return sum(len(s) for s in self._subs.values())
+
+    def subscriptions(self) -> list[Subscription]:
+        return [sub for subs in self._subs.values() for sub in subs]
 
     @property
     def connected(self) -> bool:

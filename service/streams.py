@@ -49,6 +49,9 @@ class StreamSpec:
     keepalive: float = 15.0  # yield None after this long without an event
     tracker: TextTracker | None = None  # None: token frames are not sent
     snapshot: Snapshot | None = None  # the text so far, sent after the catch-up
+    #: ("task", task_id) or ("tenant", owner): what ``service.stale`` compares with the
+    #: database's last position.
+    source: tuple[str, str] | None = None
 
     def key(self, ev: Event) -> int:
         return ev.position(self.id_field)
@@ -64,6 +67,7 @@ async def follow(hub: Hub, spec: StreamSpec, *, flush: bool = False
     loop = asyncio.get_running_loop()
     deadline = loop.time() + spec.lifetime if spec.lifetime else None
     async with hub.subscribe(spec.channel) as sub:
+        sub.source = spec.source
         # Catch up from the database: anything committed before the subscription took hold.
         async for ev in _fill(spec, cursor):
             if isinstance(ev, TokenFrame):
@@ -83,6 +87,7 @@ async def follow(hub: Hub, spec: StreamSpec, *, flush: bool = False
                     return
             if flush and not len(sub):
                 yield FLUSH
+            sub.position = cursor
             item = await sub.get(wait)
             if item is None:
                 yield None  # idle: the response writes a keep-alive comment

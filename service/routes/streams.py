@@ -19,6 +19,7 @@ from service.hub import HubUnavailable
 from service.routes.tasks import ERRORS
 from service.schemas import TicketOut, TicketRequest
 from service.sse import StarletteEventStream
+from service.stale import TASK_SOURCE, TENANT_SOURCE
 from service.streams import Fetch, Flush, Snapshot, StreamSpec, follow
 from service.tasks import load_task
 from service.websocket import Connection, authenticate
@@ -139,17 +140,17 @@ async def task_spec(res: Resources, owner: str, task_id: str, cursor: int,
 
     return _spec(res, channel=task_channel(res.settings.namespace, task.task_id),
                  cursor=cursor, id_field=IdField.SEQ, fetch=fetch, ends_on_terminal=True,
-                 tracker=tracker, snapshot=snapshot)
+                 tracker=tracker, snapshot=snapshot, source=(TASK_SOURCE, task.task_id))
 
 
 def _spec(res: Resources, *, channel: str, cursor: int, id_field: IdField, fetch: Fetch,
-          ends_on_terminal: bool, tracker: live.TextTracker,
+          ends_on_terminal: bool, tracker: live.TextTracker, source: tuple[str, str],
           snapshot: Snapshot | None = None) -> StreamSpec:
     return StreamSpec(
         channel=channel, cursor=cursor, id_field=id_field, fetch=fetch,
         ends_on_terminal=ends_on_terminal, page=res.settings.stream_replay_page,
         lifetime=res.settings.stream_max_lifetime, keepalive=res.settings.stream_keepalive,
-        tracker=tracker, snapshot=snapshot,
+        tracker=tracker, snapshot=snapshot, source=source,
     )
 
 
@@ -210,7 +211,7 @@ async def tenant_spec(res: Resources, owner: str, cursor: int | None) -> StreamS
     tracker = live.TextTracker(res.arq, res.settings.namespace, attempt_of)
     return _spec(res, channel=tenant_channel(res.settings.namespace, owner), cursor=cursor,
                  id_field=IdField.TENANT_SEQ, fetch=fetch, ends_on_terminal=False,
-                 tracker=tracker)
+                 tracker=tracker, source=(TENANT_SOURCE, owner))
 
 
 @router.post("/stream-tickets", response_model=TicketOut, responses=ERRORS)

@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     # Streams.
     stream_buffer: int = 256
     stream_keepalive: float = 15.0
+    #: How often each web process compares its idle streams' positions with PostgreSQL's
+    #: (one query for all of them): a stream behind on two checks in a row catches up.
+    #: It repairs what no gap reveals, an event committed by a worker that died before it
+    #: published it. 0: off.
+    stream_check_interval: float = 5.0
     stream_replay_page: int = 1000
     #: A client that takes no bytes for this long (its TCP window full) is cut off and
     #: resumes with Last-Event-ID; 0 waits forever.

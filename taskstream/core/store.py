@@ -358,6 +358,20 @@ async def get_task(db: Executor, task_id: uuid.UUID, owner: str | None = None) -
     return Task.from_row(row) if row else None
 
 
+async def task_heads(db: Executor, task_ids: Sequence[str]) -> dict[str, int]:
+    """Each task's last event ``seq`` (tasks not found are left out)."""
+    rows = await db.fetch("SELECT task_id, last_seq FROM tasks WHERE task_id = ANY($1::uuid[])",
+                          [uuid.UUID(t) for t in task_ids])
+    return {str(r["task_id"]): int(r["last_seq"]) for r in rows}
+
+
+async def tenant_heads(db: Executor, owners: Sequence[str]) -> dict[str, int]:
+    """Each tenant's last event ``tenant_seq``."""
+    rows = await db.fetch("SELECT owner, last_seq FROM tenants WHERE owner = ANY($1::text[])",
+                          list(owners))
+    return {str(r["owner"]): int(r["last_seq"]) for r in rows}
+
+
 async def task_attempt(db: Executor, task_id: str, owner: str) -> int | None:
     """A task's current attempt (None: no such task of this owner)."""
     value = await db.fetchval("SELECT attempts FROM tasks WHERE task_id = $1 AND owner = $2",

@@ -1,0 +1,85 @@
+"""Streams that wait for an event nobody will publish catch up from PostgreSQL.
+
+An event is committed, then published. A worker that dies between the two (SIGKILL, the
+machine gone) leaves an event in PostgreSQL that no stream hears of; a later event of the
+same task shows the gap and the stream fills it, but a task's last event has no later one,
+and its streams would wait until their clients reconnect (seen in the chaos run). So every
+``stream_check_interval`` seconds each web process reads, in one query per kind, the last
+position of every task and tenant its idle streams follow, and a stream still behind the
+position read at the check before gets ``RESYNC``: it reads what it missed from PostgreSQL.
+Two checks, because an event is committed a moment before it is published: a stream behind
+once is usually about to hear of it.
+"""
+
+import asyncio
+import logging
+from typing import Final
+
+import asyncpg
+
+from service.hub import RESYNC, Hub, Subscription
+from taskstream.core import store
+from taskstream.core.db import TRANSIENT_DB_ERRORS
+
+log = logging.getLogger(__name__)
+
+TASK_SOURCE: Final = "task"
+TENANT_SOURCE: Final = "tenant"
+
+
+class StaleStreams:
+    def __init__(self, hub: Hub, pool: asyncpg.Pool, interval: float) -> None:
+        self._hub = hub
+        self._pool = pool
+        self._interval = interval
+        self._behind: dict[Subscription, int] = {}  # at the last check: the head it lacked
+        self._task: asyncio.Task[None] | None = None
+        self.resynced = 0
+
+    def start(self) -> None:
+        if self._interval > 0 and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="stale-streams")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.check()
+            except TRANSIENT_DB_ERRORS as exc:
+                log.info("stream check skipped: %s", exc)
+
+    async def check(self) -> int:
+        """One check; the number of streams told to catch up."""
+        idle = [s for s in self._hub.subscriptions()
+                if s.source is not None and not len(s) and not s.overflowed]
+        tasks = {s.source[1] for s in idle if s.source and s.source[0] == TASK_SOURCE}
+        owners = {s.source[1] for s in idle if s.source and s.source[0] == TENANT_SOURCE}
+        heads = {
+            TASK_SOURCE: await store.task_heads(self._pool, list(tasks)) if tasks else {},
+            TENANT_SOURCE: await store.tenant_heads(self._pool, list(owners)) if owners else {},
+        }
+        behind: dict[Subscription, int] = {}
+        nudged = 0
+        for sub in idle:
+            assert sub.source is not None
+            kind, key = sub.source
+            head = heads[kind].get(key, 0)
+            if head <= sub.position:
+                continue
+            before = self._behind.get(sub)
+            if before is not None and sub.position < before:
+                sub.push(RESYNC)  # behind what it lacked a whole interval ago
+                nudged += 1
+            else:
+                behind[sub] = head
+        self._behind = behind  # only streams still open and behind
+        self.resynced += nudged
+        if nudged:
+            log.info("%d streams caught up from PostgreSQL (events never published)", nudged)
+        return nudged
