@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.auth import bearer, stream_caller
 from service.deps import Resources
-from service.errors import BACKEND_DOWN, ApiError
+from service.fast_path import DELEGATE, Delegate, resources
 from service.routes.streams import cursor_from, open_stream, task_spec
 from taskstream.core.events import IdField
 
@@ -32,13 +32,6 @@ PREFIX, SUFFIX = "/tasks/", "/stream"
 _QUERY = {"last_event_id": None, "ticket": 1000, "tokens": 4000}
 #: Headers the route reads; repeated, the route judges them.
 _SINGLE_HEADERS = ("authorization", "last-event-id")
-
-
-class _Delegate(Exception):
-    """Not the usual request: the FastAPI route answers it."""
-
-
-_DELEGATE: tuple[type[Exception], ...] = (_Delegate, ApiError, *BACKEND_DOWN)
 
 
 def task_id_of(scope: Scope) -> str | None:
@@ -62,7 +55,7 @@ class FastStream:
         task_id = task_id_of(scope)
         if task_id is None:
             return self.app(scope, receive, send)
-        res: Resources | None = getattr(scope["app"].state, "resources", None)
+        res = resources(scope)
         if res is None or not res.settings.fast_stream:
             return self.app(scope, receive, send)
         return self._open(res, task_id, scope, receive, send)
@@ -71,7 +64,7 @@ class FastStream:
                     send: Send) -> None:
         try:
             response = await self._response(res, task_id, Request(scope))
-        except _DELEGATE:
+        except DELEGATE:
             response = None
         if response is None:
             await self.app(scope, receive, send)
@@ -83,11 +76,11 @@ class FastStream:
         """The route's steps, in its order (each refusal raises: the route answers it)."""
         headers, query = request.headers, request.query_params
         if any(len(headers.getlist(h)) > 1 for h in _SINGLE_HEADERS):
-            raise _Delegate
+            raise Delegate
         for name, limit in _QUERY.items():
             values = query.getlist(name)
             if len(values) > 1 or (values and limit is not None and len(values[0]) > limit):
-                raise _Delegate
+                raise Delegate
         creds = await bearer(request)
         owner = (await stream_caller(res, creds, query.get("ticket"), task_id)).tenant
         cursor = cursor_from(headers.get("last-event-id"), query.get("last_event_id"))

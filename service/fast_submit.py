@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.auth import acting_for, bearer, caller
 from service.deps import Resources
 from service.errors import BACKEND_DOWN, ApiError, backend_down_response, error_response
+from service.fast_path import DELEGATE, Delegate, resources
 from service.schemas import SubmitTask
 from service.search import check_submitter
 from service.tasks import task_read_json
@@ -33,13 +34,6 @@ from service.tasks import task_read_json
 PATH = "/tasks"
 #: FastAPI's ``Header(max_length=200)`` on Idempotency-Key: longer ones are its 422.
 _KEY_MAX = 200
-
-
-class _Delegate(Exception):
-    """Not the usual request: the FastAPI route answers it."""
-
-
-_DELEGATE: tuple[type[Exception], ...] = (_Delegate, ApiError, *BACKEND_DOWN)
 
 
 class FastSubmit:
@@ -51,7 +45,7 @@ class FastSubmit:
         # frame of this layer stays alive for the life of an open stream.
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
             return self.app(scope, receive, send)
-        res: Resources | None = getattr(scope["app"].state, "resources", None)
+        res = resources(scope)
         if res is None or not res.settings.fast_submit:
             return self.app(scope, receive, send)
         return self._submit(res, scope, receive, send)
@@ -72,7 +66,7 @@ class FastSubmit:
             principal = await caller(res, await bearer(Request(scope)))
             owner = acting_for(principal, None)
             check_submitter(principal, submit.type, submit.params)
-        except _DELEGATE:
+        except DELEGATE:
             # (a key lookup that met PostgreSQL away too: the route answers its 503)
             await self.app(scope, _replay(body, receive), send)
             return
@@ -118,16 +112,16 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 def _parse(headers: Headers, body: bytes) -> SubmitTask:
-    """The body as the route would read it, or _Delegate for anything it would judge."""
+    """The body as the route would read it, or Delegate for anything it would judge."""
     content_type = headers.getlist("content-type")
     if (len(content_type) != 1
             or content_type[0].split(";", 1)[0].strip().lower() != "application/json"
             or "x-tenant" in headers or len(headers.getlist("idempotency-key")) > 1
             or len(headers.get("idempotency-key") or "") > _KEY_MAX
             or len(headers.getlist("authorization")) > 1):
-        raise _Delegate
+        raise Delegate
     try:
         doc: Any = orjson.loads(body)  # what it parses, json.loads parses the same way
         return SubmitTask.model_validate(doc)
     except (orjson.JSONDecodeError, ValidationError):
-        raise _Delegate from None
+        raise Delegate from None

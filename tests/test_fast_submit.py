@@ -16,6 +16,7 @@ import pytest
 from starlette.datastructures import Headers
 
 from service import fast_submit
+from service.fast_path import Delegate
 from taskstream.devservices.processes import ROOT, WebServer, WorkerProc, free_port
 
 SECURE = {"TASKSTREAM_AUTH": "true", "TASKSTREAM_KEY_CACHE_SECONDS": "0"}
@@ -154,9 +155,9 @@ def test_only_the_usual_request_takes_the_fast_path() -> None:
     for unusual in (headers(), headers(content_type="text/json"),
                     headers(content_type="application/json", x_tenant="t"),
                     headers(content_type="application/json", idempotency_key="k" * 201)):
-        with pytest.raises(fast_submit._Delegate):
+        with pytest.raises(Delegate):
             fast_submit._parse(unusual, NOOP)
-    with pytest.raises(fast_submit._Delegate):
+    with pytest.raises(Delegate):
         fast_submit._parse(headers(content_type="application/json"), b'{"type": 1}')
 
 
