@@ -3,9 +3,12 @@ key namespace for this session, a real web server and worker, and an httpx clien
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,7 +19,7 @@ from redis.asyncio import Redis
 
 from taskstream.core.db import create_pool
 from taskstream.core.settings import Settings
-from taskstream.devservices.processes import WebServer, WorkerProc, fast_env
+from taskstream.devservices.processes import ROOT, WebServer, WorkerProc, fast_env
 from taskstream.devservices.scratch import create_database, drop_database
 
 T = TypeVar("T")
@@ -134,3 +137,33 @@ async def wait_terminal(client: httpx.AsyncClient, task_id: str,
         return t if t["status"] in ("completed", "failed", "cancelled") else None
 
     return await eventually(check, timeout)
+
+
+def make_key(env: dict[str, str], tenant: str, *extra: str) -> str:
+    """A new API key for ``tenant`` (``python -m taskstream.core.keys create``); ``extra``:
+    more arguments, e.g. ``--admin``."""
+    out = subprocess.run([sys.executable, "-m", "taskstream.core.keys", "create", "--tenant",
+                          tenant, *extra], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True)
+    return out.stdout.strip()
+
+
+#: Authentication on, keys looked up every time (a revoked key is refused at once).
+SECURE = {"TASKSTREAM_AUTH": "true", "TASKSTREAM_KEY_CACHE_SECONDS": "0"}
+
+
+@contextmanager
+def with_and_without(env: dict[str, str], logs: Path, switch: str
+                     ) -> Iterator[tuple[WebServer, WebServer]]:
+    """Two web processes on one database, authentication on: one as configured, one with
+    the setting ``switch`` (say ``TASKSTREAM_FAST_SUBMIT``) false, to compare their answers."""
+    name = switch.lower().removeprefix("taskstream_").replace("_", "-")
+    on = WebServer({**env, **SECURE}, logs / f"web-{name}-on.log")
+    off = WebServer({**env, **SECURE, switch: "false"}, logs / f"web-{name}-off.log")
+    on.start()
+    off.start()
+    try:
+        yield on, off
+    finally:
+        on.stop()
+        off.stop()

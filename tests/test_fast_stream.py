@@ -2,9 +2,6 @@
 same answers: two real web processes on one database, one with the fast path and one without
 (``TASKSTREAM_FAST_STREAM=false``), auth on, the same requests to both."""
 
-import asyncio
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,38 +14,25 @@ from starlette.responses import Response
 from starlette.types import Message, Scope
 
 from service import fast_stream
-from taskstream.devservices.processes import ROOT, WebServer, WorkerProc
+from taskstream.devservices.processes import WebServer, WorkerProc
+from tests.conftest import eventually, make_key, with_and_without
 
-SECURE = {"TASKSTREAM_AUTH": "true", "TASKSTREAM_KEY_CACHE_SECONDS": "0"}
 # The headers a stream answers with (sse-starlette's), compared between the two paths.
 STREAM_HEADERS = ("content-type", "cache-control", "x-accel-buffering", "connection",
                   "transfer-encoding", "www-authenticate", "retry-after")
 
 
-def _key(env: dict[str, str], tenant: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "taskstream.core.keys", "create", "--tenant",
-                          tenant], env=env, cwd=ROOT, capture_output=True, text=True,
-                         timeout=60, check=True)
-    return out.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def keys(env: dict[str, str]) -> dict[str, str]:
     tenant = f"fstream-{uuid.uuid4().hex[:8]}"
-    return {"user": _key(env, tenant), "other": _key(env, f"{tenant}-b")}
+    return {"user": make_key(env, tenant), "other": make_key(env, f"{tenant}-b")}
 
 
 @pytest.fixture(scope="module")
 def webs(env: dict[str, str], logs: Path, worker: WorkerProc
          ) -> Iterator[tuple[WebServer, WebServer]]:
-    fast = WebServer({**env, **SECURE}, logs / "web-fast-stream.log")
-    route = WebServer({**env, **SECURE, "TASKSTREAM_FAST_STREAM": "false"},
-                      logs / "web-route-stream.log")
-    fast.start()
-    route.start()
-    yield fast, route
-    fast.stop()
-    route.stop()
+    with with_and_without(env, logs, "TASKSTREAM_FAST_STREAM") as pair:
+        yield pair
 
 
 def _auth(key: str) -> dict[str, str]:
@@ -60,12 +44,12 @@ async def _finished_task(c: httpx.AsyncClient, url: str, key: str) -> dict[str, 
                      json={"type": "demo", "params": {"steps": 3, "duration": 0.05}})
     assert r.status_code == 202, r.text
     task_id = r.json()["task_id"]
-    for _ in range(200):
-        task = (await c.get(f"{url}/tasks/{task_id}", headers=_auth(key))).json()
-        if task["status"] == "completed":
-            return dict(task)
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"task {task_id} did not complete")
+
+    async def completed() -> dict[str, Any] | None:
+        task: dict[str, Any] = (await c.get(f"{url}/tasks/{task_id}", headers=_auth(key))).json()
+        return task if task["status"] == "completed" else None
+
+    return await eventually(completed, 10)
 
 
 async def _ticket(c: httpx.AsyncClient, url: str, key: str, task_id: str | None) -> str:

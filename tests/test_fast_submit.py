@@ -3,8 +3,6 @@ answers: two real web processes on one database, one with the fast path and one 
 (``TASKSTREAM_FAST_SUBMIT=false``), auth on, the same requests to both."""
 
 import asyncio
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,36 +15,22 @@ from starlette.datastructures import Headers
 
 from service import fast_submit
 from service.fast_path import Delegate
-from taskstream.devservices.processes import ROOT, WebServer, WorkerProc, free_port
-
-SECURE = {"TASKSTREAM_AUTH": "true", "TASKSTREAM_KEY_CACHE_SECONDS": "0"}
-
-
-def _key(env: dict[str, str], tenant: str, *admin: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "taskstream.core.keys", "create", "--tenant",
-                          tenant, *admin], env=env, cwd=ROOT, capture_output=True, text=True,
-                         timeout=60, check=True)
-    return out.stdout.strip()
+from taskstream.devservices.processes import WebServer, WorkerProc, free_port
+from tests.conftest import SECURE, make_key, with_and_without
 
 
 @pytest.fixture(scope="module")
 def keys(env: dict[str, str]) -> dict[str, str]:
     tenant = f"fast-{uuid.uuid4().hex[:8]}"
-    return {"user": _key(env, tenant), "admin": _key(env, f"{tenant}-ops", "--admin"),
+    return {"user": make_key(env, tenant), "admin": make_key(env, f"{tenant}-ops", "--admin"),
             "tenant": tenant}
 
 
 @pytest.fixture(scope="module")
 def webs(env: dict[str, str], logs: Path, worker: WorkerProc
          ) -> Iterator[tuple[WebServer, WebServer]]:
-    fast = WebServer({**env, **SECURE}, logs / "web-fast-submit.log")
-    route = WebServer({**env, **SECURE, "TASKSTREAM_FAST_SUBMIT": "false"},
-                      logs / "web-route-submit.log")
-    fast.start()
-    route.start()
-    yield fast, route
-    fast.stop()
-    route.stop()
+    with with_and_without(env, logs, "TASKSTREAM_FAST_SUBMIT") as pair:
+        yield pair
 
 
 JSON = {"Content-Type": "application/json"}

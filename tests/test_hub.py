@@ -19,6 +19,17 @@ def ev(seq: int, etype: str = "progress", task: str = "t") -> Event:
                  datetime.now(UTC))
 
 
+def hub_of(sub: Subscription) -> Hub:
+    """A hub whose one subscription is ``sub``: a test pushes into it what Redis would."""
+
+    class OneSubscription:
+        @contextlib.asynccontextmanager
+        async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
+            yield sub
+
+    return cast(Hub, OneSubscription())
+
+
 async def test_progress_is_thinned_when_the_buffer_is_full() -> None:
     sub = Subscription("c", limit=3)
     for i in range(1, 4):
@@ -52,11 +63,6 @@ async def test_follow_marks_each_burst_so_sse_writes_it_at_once() -> None:
     frames that came in one burst are written together (one send), never held back."""
     sub = Subscription("c", limit=100)
 
-    class FakeHub:
-        @contextlib.asynccontextmanager
-        async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
-            yield sub
-
     async def fetch(cursor: int, limit: int) -> list[Event]:
         return []
 
@@ -64,7 +70,7 @@ async def test_follow_marks_each_burst_so_sse_writes_it_at_once() -> None:
                       tracker=TextTracker(cast(Redis, None), "ns"))  # no gap: no I/O
     for i in range(3):
         sub.push(TokenFrame("t", "s", 1, i, "x"))
-    it = follow(cast(Hub, FakeHub()), spec, flush=True)
+    it = follow(hub_of(sub), spec, flush=True)
     got = [type(await anext(it)).__name__ for _ in range(4)]
     assert got == ["TokenFrame", "TokenFrame", "TokenFrame", "Flush"]
     for i in range(3, 5):
@@ -81,16 +87,11 @@ async def test_a_stream_reads_the_progress_its_full_buffer_skipped() -> None:
     sub = Subscription("c", limit=3)
     stored = [ev(i) for i in range(1, 4)]
 
-    class FakeHub:
-        @contextlib.asynccontextmanager
-        async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
-            yield sub
-
     async def fetch(cursor: int, limit: int) -> list[Event]:
         return [e for e in stored if e.seq > cursor][:limit]
 
     spec = StreamSpec("c", 0, "seq", fetch, ends_on_terminal=True, keepalive=5)
-    it = follow(cast(Hub, FakeHub()), spec)
+    it = follow(hub_of(sub), spec)
     assert [e.seq for e in [await anext(it) for _ in range(3)]] == [1, 2, 3]  # replayed
     burst = [ev(i) for i in range(4, 9)]
     stored += burst  # durable before published

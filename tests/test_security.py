@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from taskstream.core.settings import Settings
 from taskstream.devservices.processes import ROOT, WebServer, WorkerProc
-from tests.conftest import eventually, wait_terminal
+from tests.conftest import eventually, make_key, wait_terminal
 from tests.sse import collect, payload
 
 KEYS = "taskstream.core.keys"
@@ -32,13 +32,6 @@ SECURE_ENV = {
     "TASKSTREAM_MAX_INFLIGHT_PER_TENANT": "3",
     "TASKSTREAM_MAX_STREAMS_PER_TENANT": "3",
 }
-
-
-def make_key(env: dict[str, str], tenant: str, *extra: str) -> str:
-    out = subprocess.run([sys.executable, "-m", KEYS, "create", "--tenant", tenant,
-                          *extra], env=env, cwd=ROOT, capture_output=True, text=True,
-                         check=True)
-    return out.stdout.strip()
 
 
 @pytest.fixture(scope="module")

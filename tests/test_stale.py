@@ -13,6 +13,7 @@ from taskstream.core import store
 from taskstream.core.constants import ANONYMOUS_OWNER
 from taskstream.core.events import NewEvent
 from taskstream.core.states import EventType, Outcome
+from tests.conftest import eventually
 from tests.sse import messages, payload
 
 
@@ -45,10 +46,11 @@ async def test_a_task_streams_last_event_never_published_still_arrives(
                 arrived.append(time.monotonic())
 
     reader = asyncio.create_task(read())
-    for _ in range(100):
-        if got:
-            break
-        await asyncio.sleep(0.05)
+
+    async def replayed() -> bool:
+        return bool(got)
+
+    await eventually(replayed, 5)
     assert [g["type"] for g in got] == ["created"]
     written = time.monotonic()
     await _write_unpublished(pool, task_id, EventType.CANCELLED)
