@@ -19,6 +19,7 @@ from service.hub import HubUnavailable
 from service.routes.tasks import ERRORS
 from service.schemas import TicketOut, TicketRequest
 from service.sse import StarletteEventStream
+from service.sse_lean import LastChunk
 from service.stale import TASK_SOURCE, TENANT_SOURCE
 from service.streams import Fetch, Flush, Snapshot, StreamSpec, follow
 from service.tasks import load_task
@@ -103,7 +104,7 @@ def open_stream(res: Resources, tenant: str, spec: StreamSpec, id_field: IdField
             except TRANSIENT_DB_ERRORS:
                 pass  # PostgreSQL went away during a catch-up: end; the client resumes
             if buf:
-                yield b"".join(buf)
+                yield LastChunk(b"".join(buf))
 
     return sse.event_stream(frames(), res.settings)
 
