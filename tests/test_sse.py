@@ -3,12 +3,15 @@ the wire, and a client that stops reading is cut off after ``stream_send_timeout
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from starlette.types import Message
 
 from service import sse
+from service.sse_lean import LastChunk, LeanEventStream
 from taskstream.devservices.processes import WebServer, WorkerProc
 from tests.conftest import SSE_RESPONSES, eventually, wait_terminal
 from tests.test_tasks_api import submit
@@ -78,3 +81,29 @@ def _read_to_eof(sock: socket.socket) -> bytes:
     while data := sock.recv(65536):
         chunks.append(data)
     return b"".join(chunks)
+
+
+async def test_lean_response_ends_the_body_with_the_last_chunk() -> None:
+    """A ``LastChunk`` goes out with the end of the body, in one send (one write), and the
+    iterator still runs its cleanup (a stream slot is released there)."""
+    sent: list[Message] = []
+    cleaned = asyncio.Event()
+
+    async def frames() -> AsyncIterator[bytes]:
+        try:
+            yield b"id: 1\n\n"
+            yield LastChunk(b"id: 2\n\n")
+        finally:
+            cleaned.set()
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()  # the client never leaves
+        raise AssertionError
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await LeanEventStream(frames())({"type": "http"}, receive, send)
+    bodies = [(m["body"], m["more_body"]) for m in sent[1:]]
+    assert bodies == [(b"id: 1\n\n", True), (b"id: 2\n\n", False)]
+    assert cleaned.is_set()
