@@ -21,6 +21,7 @@ from service import errors, sse
 from service.deps import Resources
 from service.fast_stream import FastStream
 from service.fast_submit import FastSubmit
+from service.heap import HeapFreezer
 from service.hub import Hub
 from service.limits import BodyLimit, InflightGauge, StreamSlots, SubmitRate
 from service.routes import routers
@@ -135,6 +136,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # 1,204-1,486 req/s.
             gc.collect()
             gc.freeze()
+            freezer = HeapFreezer(settings.heap_freeze_interval(), settings.gc_full_interval)
+            freezer.start()
+            stack.push_async_callback(freezer.close)
             if not settings.auth:
                 log.warning("authentication is OFF (TASKSTREAM_AUTH=false): every caller is "
                             "the anonymous tenant; never expose this beyond your machine")
