@@ -225,3 +225,19 @@ async def test_context_reports_are_pipelined_with_back_pressure(
     with pytest.raises(AttemptSuperseded):
         await ctx.flush()
     await log.close()
+
+
+#: What store._appended reads by position from every function that appends events.
+APPEND_COLUMNS = ("idx integer, outcome text, seq bigint, tenant_seq bigint, status text, "
+                  "progress double precision, attempt integer, "
+                  "created_at timestamp with time zone")
+
+
+async def test_append_functions_return_the_columns_appended_reads(pool: asyncpg.Pool) -> None:
+    rows = await pool.fetch(
+        "SELECT p.proname, pg_get_function_result(p.oid) AS result FROM pg_proc p "
+        "WHERE p.proname IN ('ts_append', 'ts_append_events', 'ts_start_limited')")
+    assert {r["proname"] for r in rows} == {"ts_append", "ts_append_events",
+                                            "ts_start_limited"}
+    for r in rows:
+        assert r["result"].startswith(f"TABLE({APPEND_COLUMNS}"), r["proname"]

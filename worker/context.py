@@ -220,11 +220,10 @@ class WorkerContext:
         if data is not None:
             json.dumps(data)  # fail in the task's code, not in the batch writer
         self._settle_done()
+        # Positional, in NewEvent's field order (task_id, owner, type, attempt, progress,
+        # message, data): keywords cost twice as much, once per event.
         fut = self._eventlog.enqueue(NewEvent(
-            task_id=self.task_id, owner=self.owner, type=etype, attempt=self.attempt,
-            progress=progress, message=message, data=data,
-        ))
-        fut.add_done_callback(_retrieve)
+            self.task_id, self.owner, etype, self.attempt, progress, message, data))
         self._pending.append(fut)
         while len(self._pending) > self._window:
             await asyncio.shield(self._pending[0])
@@ -285,7 +284,3 @@ def _wait_payload(outcome: Any) -> Any:
     return None if outcome.get("timed_out") else outcome.get("payload")
 
 
-def _retrieve(fut: "asyncio.Future[Any]") -> None:
-    """Mark a failed batch's error as seen: the task may end before it looks at it."""
-    if not fut.cancelled():
-        fut.exception()

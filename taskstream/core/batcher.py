@@ -121,6 +121,9 @@ class Batcher(Generic[T, R]):
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(outcome)
+                    # Marked as seen: the failure is logged above, once; a caller that
+                    # queued without waiting (a task's progress) may end before it looks.
+                    fut.exception()
         else:
             for (_, fut), res in zip(batch, outcome, strict=True):
                 if not fut.done():

@@ -9,7 +9,7 @@ error), so a browser's ``onmessage`` handler can read ``data.status`` / ``data.p
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -54,14 +54,20 @@ class NewEvent:
         }
 
 
+#: Plain strings (EventType is a StrEnum, so members compare equal to them): building a
+#: tuple of enum members per call was a third of ``to_json``, once per published event.
+COMPLETED: Final = EventType.COMPLETED.value
+ERROR_TYPES: Final = frozenset({EventType.FAILED.value, EventType.CANCELLED.value})
+
+
 def event_result(type: str, data: Any) -> Any:
     """The ``result`` an event carries on the wire: a completed event's data."""
-    return data if type == EventType.COMPLETED else None
+    return data if type == COMPLETED else None
 
 
 def event_error(type: str, message: str | None) -> str | None:
     """The ``error`` an event carries on the wire: a failed or cancelled event's message."""
-    return message if type in (EventType.FAILED, EventType.CANCELLED) else None
+    return message if type in ERROR_TYPES else None
 
 
 _last_iso: tuple[datetime | None, str] = (None, "")

@@ -17,7 +17,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from taskstream.core.constants import BATCH_TASK_TYPE
-from taskstream.core.events import Event, NewEvent
+from taskstream.core.events import COMPLETED, Event, NewEvent
 from taskstream.core.limits import LimitReason
 from taskstream.core.states import EventType, Outcome
 
@@ -159,7 +159,7 @@ async def append_events(pool: asyncpg.Pool, events: Sequence[NewEvent]) -> list[
         rows = await pool.fetch(
             "SELECT * FROM ts_append($1::uuid[], $2::int[], $3::text[], $4::float8[],"
             " $5::text[], $6::jsonb[], $7::text[], $8::jsonb)",
-            [e.task_id for e in fe], [e.attempt for e in fe], [e.type.value for e in fe],
+            [e.task_id for e in fe], [e.attempt for e in fe], [e.type for e in fe],
             [e.progress for e in fe], [e.message for e in fe], [e.data for e in fe],
             owners if len(owners) > 1 else None, slow_json or None,
         )
@@ -179,27 +179,22 @@ async def append_events(pool: asyncpg.Pool, events: Sequence[NewEvent]) -> list[
 _OK: str = Outcome.OK.value
 _OUTCOME_OK = Outcome.OK
 _TYPE_VALUE: dict[str, str] = {t: t.value for t in EventType}
-_COMPLETED: str = EventType.COMPLETED.value
 
 
 def _appended(ev: NewEvent, r: asyncpg.Record) -> Appended:
     """One row of ts_append_events (or ts_start_limited) as the outcome of ``ev``."""
-    status = r["status"]
-    if r["outcome"] != _OK:
-        return Appended(Outcome(r["outcome"]), None, status)
+    # The functions' first eight columns, by position (idx, outcome, seq, tenant_seq,
+    # status, progress, attempt, created_at), and Event built positionally: lookups by
+    # name and keywords cost twice as much, once per event.
+    _, outcome, seq, tenant_seq, status, progress, attempt, created_at = r[:8]
+    if outcome != _OK:
+        return Appended(Outcome(outcome), None, status)
     etype = _TYPE_VALUE[ev.type]
     return Appended(_OUTCOME_OK, Event(
-        task_id=ev.task_id,
-        seq=r["seq"],
-        tenant_seq=r["tenant_seq"] or 0,
-        type=etype,
-        status=status,
-        progress=r["progress"],
-        message=ev.message if ev.message is not None else ev.error,
-        data=ev.result if etype == _COMPLETED else ev.data,
-        attempt=r["attempt"],
-        created_at=r["created_at"],
-        owner=ev.owner,
+        ev.task_id, seq, tenant_seq or 0, etype, status, progress,
+        ev.message if ev.message is not None else ev.error,
+        ev.result if etype == COMPLETED else ev.data,
+        attempt, created_at, ev.owner,
     ), status)
 
 
