@@ -103,6 +103,28 @@ async def test_progress_without_message_keeps_the_rows_message(pool: asyncpg.Poo
     assert (late.outcome, late.status) == ("illegal", "completed")
 
 
+async def test_fast_path_stores_messages_and_data_as_given(pool: asyncpg.Pool) -> None:
+    """The fast path's rows travel as one JSON list: text that looks like JSON, quotes,
+    newlines and astral characters come back as given; a missing message or data is NULL,
+    and the JSON value null in a message's or data's place is not confused with it."""
+    owner = f"o-{uuid.uuid4().hex[:8]}"
+    (t,) = await _tasks(pool, owner, 1)
+    cases: list[tuple[str | None, Any]] = [
+        ("null", "null"), ('{"a": 1}', {"a": None}), ('quote " back\\slash\n', [1.5, "x"]),
+        ("🙂 naïve 日本", 0), ("", False), (None, None), (None, {"1": [None]}),
+    ]
+    res = await store.append_events(pool, [
+        _ev(t, owner, L if i % 2 else P, progress=None if i % 2 else float(i), message=m,
+            data=d) for i, (m, d) in enumerate(cases)])
+    assert [r.outcome for r in res] == ["ok"] * len(cases)
+    stored = await pool.fetch(
+        "SELECT message, data, data IS NULL AS no_data, progress FROM task_events"
+        " WHERE task_id = $1 AND seq > 2 ORDER BY seq", uuid.UUID(t))
+    assert [(s["message"], s["data"]) for s in stored] == cases
+    assert [s["no_data"] for s in stored] == [d is None for _, d in cases]
+    assert [s["progress"] for s in stored][:3] == [0.0, 0.0, 2.0]
+
+
 async def test_one_batch_spanning_tenants_numbers_each_tenant(pool: asyncpg.Pool) -> None:
     owners = [f"o-{uuid.uuid4().hex[:8]}" for _ in range(3)]
     ids = {o: await _tasks(pool, o, 2) for o in owners}

@@ -131,6 +131,23 @@ _FAST_TYPES = frozenset({EventType.PROGRESS, EventType.LOG, EventType.PARTIAL,
                          EventType.STEP_STARTED, EventType.STEP_COMPLETED, EventType.TEXT})
 
 
+#: ts_append's six arrays, from one jsonb parameter of [task_id, attempt, type, progress,
+#: message, data] rows. Passed as arrays, asyncpg checked every element against three
+#: collections.abc classes (8 checks per event, a tenth of a worker's time per event); as
+#: one list, the pool's jsonb codec (orjson) encodes it in one call. JSON nulls are NULLs.
+_APPEND_FAST = """
+SELECT f.* FROM (
+    SELECT array_agg((e->>0)::uuid ORDER BY n) AS tids,
+           array_agg((e->>1)::integer ORDER BY n) AS atts,
+           array_agg(e->>2 ORDER BY n) AS typs,
+           array_agg((e->>3)::float8 ORDER BY n) AS prs,
+           array_agg(e->>4 ORDER BY n) AS msgs,
+           array_agg(NULLIF(e->5, 'null'::jsonb) ORDER BY n) AS datas
+    FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS r(e, n)
+) u, ts_append(u.tids, u.atts, u.typs, u.prs, u.msgs, u.datas, $2::text[], $3::jsonb) f
+"""
+
+
 async def append_events(pool: asyncpg.Pool, events: Sequence[NewEvent]) -> list[Appended]:
     """Persist a batch of events in one round trip and one transaction (group commit).
 
@@ -157,10 +174,8 @@ async def append_events(pool: asyncpg.Pool, events: Sequence[NewEvent]) -> list[
         fe = [events[i] for i in fast]
         owners = sorted({e.owner for e in events})
         rows = await pool.fetch(
-            "SELECT * FROM ts_append($1::uuid[], $2::int[], $3::text[], $4::float8[],"
-            " $5::text[], $6::jsonb[], $7::text[], $8::jsonb)",
-            [e.task_id for e in fe], [e.attempt for e in fe], [e.type for e in fe],
-            [e.progress for e in fe], [e.message for e in fe], [e.data for e in fe],
+            _APPEND_FAST,
+            [(e.task_id, e.attempt, e.type, e.progress, e.message, e.data) for e in fe],
             owners if len(owners) > 1 else None, slow_json or None,
         )
     order = fast + slow  # row idx (1-based) -> position in ``events``
