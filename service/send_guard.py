@@ -4,14 +4,17 @@ A stream's client that takes no bytes for ``timeout`` seconds (its TCP window fu
 off so it resumes with Last-Event-ID. Arming a timeout around every send (asyncio.timeout,
 anyio's move_on_after) costs a timer handle per frame — about a fifth of a fan-out burst's
 CPU at thousands of streams — although a send only ever waits when the server's write buffer
-is full. The guard keeps one timer per stream instead, re-armed only when it fires: then, if
-a send has been waiting for ``timeout`` seconds, it cancels the sending task and the send
-raises ``SendTimeout`` in place of the cancellation.
+is full. The guard registers each send's deadline with the process's deadlines
+(``service.deadlines``: no timer of its own, ~0.5 KB less per stream); when one passes while
+that send is still waiting, it cancels the sending task and the send raises ``SendTimeout``
+in place of the cancellation.
 """
 
 import asyncio
 
 from starlette.types import Message, Send
+
+from service.deadlines import Deadlines, of_running_loop
 
 
 class SendTimeout(TimeoutError):
@@ -19,22 +22,23 @@ class SendTimeout(TimeoutError):
 
 
 class SendGuard:
-    __slots__ = ("_fired", "_send", "_since", "_task", "_timeout", "_timer")
+    __slots__ = ("_deadlines", "_fired", "_send", "_since", "_task", "_timeout")
 
     def __init__(self, send: Send, timeout: float) -> None:
         self._send = send
         self._timeout = timeout
         self._since: float | None = None  # when the send under way started
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadlines: Deadlines | None = None
         self._task: asyncio.Task[object] | None = None
         self._fired = False
 
     async def __call__(self, message: Message) -> None:
-        loop = asyncio.get_running_loop()
-        self._since = since = loop.time()
-        if self._timer is None:
+        deadlines = self._deadlines
+        if deadlines is None:
+            self._deadlines = deadlines = of_running_loop()
             self._task = asyncio.current_task()
-            self._timer = loop.call_at(since + self._timeout, self._check)
+        self._since = since = deadlines.loop.time()
+        deadlines.add(self, since + self._timeout)
         try:
             await self._send(message)
         except asyncio.CancelledError:
@@ -47,19 +51,16 @@ class SendGuard:
         finally:
             self._since = None
 
-    def _check(self) -> None:
-        self._timer = None
+    def expire(self) -> None:
         since = self._since
-        if since is None or self._task is None:
-            return  # no send waiting: the next send arms the timer again
-        loop = asyncio.get_running_loop()
-        if loop.time() >= since + self._timeout:
+        if since is None or self._task is None or self._deadlines is None:
+            return  # no send waiting: the next send registers its deadline again
+        if self._deadlines.loop.time() >= since + self._timeout:
             self._fired = True
             self._task.cancel()
-        else:
-            self._timer = loop.call_at(since + self._timeout, self._check)
+        else:  # a later send's deadline, or a bucket's time rounded below it: again
+            self._deadlines.add(self, since + self._timeout)
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._deadlines is not None:
+            self._deadlines.discard(self)
