@@ -12,8 +12,11 @@ decides for itself whether that still matters (its wait may have ended since).
 """
 
 import asyncio
+import logging
 import math
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 #: Seconds per bucket: how late a deadline may fire.
 GRANULARITY = 0.1
@@ -75,7 +78,10 @@ class Deadlines:
         for key in sorted(k for k in self._buckets if k * GRANULARITY <= now):
             for item in self._buckets.pop(key):
                 del self._bucket_of[item]
-                item.expire()  # may add the item again, to a later bucket
+                try:
+                    item.expire()  # may add the item again, to a later bucket
+                except Exception:  # one item's bug must not cost the others their wake-up
+                    log.exception("deadline of %r", item)
         if self._buckets and self._timer is None:
             self._arm(min(self._buckets))
 

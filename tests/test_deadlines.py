@@ -59,3 +59,19 @@ async def test_an_earlier_deadline_rearms_the_timer() -> None:
 async def test_one_per_running_loop() -> None:
     assert of_running_loop() is of_running_loop()
     assert of_running_loop().loop is asyncio.get_running_loop()
+
+
+async def test_an_item_that_raises_does_not_cost_the_others_their_wake_up() -> None:
+    loop = asyncio.get_running_loop()
+    d = Deadlines(loop)
+
+    class Broken(Item):
+        def expire(self) -> None:
+            raise RuntimeError("bug")
+
+    broken, fine = Broken(loop), Item(loop)
+    now = loop.time()
+    d.add(broken, now + 0.05)
+    d.add(fine, now + 0.05)
+    await asyncio.sleep(0.05 + 2 * GRANULARITY)
+    assert len(fine.fired) == 1
