@@ -52,6 +52,16 @@ def raise_fd_limit(want: int = 65536) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+#: Descriptors kept free beside the streams: pools, logs, the other processes' pipes.
+FD_HEADROOM = 1000
+
+
+def streams_allowed() -> int:
+    """How many streams one process can hold here: each is a descriptor in the bench's
+    process and one in the web's, under the same RLIMIT_NOFILE (raised as far as allowed)."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FD_HEADROOM
+
+
 #: The bench's own settings for every process it starts.
 BENCH_ENV = {
     "TASKSTREAM_SHUTDOWN_GRACE": "2",
