@@ -54,6 +54,14 @@ class Deadlines:
         if key < self._armed:
             self._arm(key)
 
+    def ensure(self, item: Expiring, when: float) -> None:
+        """Like ``add``, but an item already registered keeps its deadline: for deadlines
+        that only move later (a stream's next wait, its next send), whose ``expire`` adds
+        the item again when it fires early. One dict lookup per frame instead of a move
+        between buckets."""
+        if item not in self._bucket_of:
+            self.add(item, when)
+
     def discard(self, item: Expiring) -> None:
         key = self._bucket_of.pop(item, None)
         if key is not None:

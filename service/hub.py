@@ -138,7 +138,7 @@ class Subscription:
             deadlines = self._deadlines
             if deadlines is None:
                 self._deadlines = deadlines = of_running_loop()
-            deadlines.add(self, deadline)
+            deadlines.ensure(self, deadline)  # it only moves later: expire re-adds it
         while not self._items:
             self._waiter = waiter = loop.create_future()
             try:

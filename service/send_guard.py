@@ -38,7 +38,7 @@ class SendGuard:
             self._deadlines = deadlines = of_running_loop()
             self._task = asyncio.current_task()
         self._since = since = deadlines.loop.time()
-        deadlines.add(self, since + self._timeout)
+        deadlines.ensure(self, since + self._timeout)  # only moves later: expire re-adds
         try:
             await self._send(message)
         except asyncio.CancelledError:

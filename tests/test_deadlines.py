@@ -75,3 +75,17 @@ async def test_an_item_that_raises_does_not_cost_the_others_their_wake_up() -> N
     d.add(fine, now + 0.05)
     await asyncio.sleep(0.05 + 2 * GRANULARITY)
     assert len(fine.fired) == 1
+
+
+async def test_ensure_keeps_an_earlier_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    d = Deadlines(loop)
+    item = Item(loop)
+    now = loop.time()
+    d.ensure(item, now + 0.05)
+    d.ensure(item, now + 5.0)  # registered already: the earlier one stands
+    await asyncio.sleep(0.05 + 2 * GRANULARITY)
+    assert len(item.fired) == 1
+    d.ensure(item, loop.time() + 0.05)  # fired, so not registered: this one counts
+    await asyncio.sleep(0.05 + 2 * GRANULARITY)
+    assert len(item.fired) == 2

@@ -1,6 +1,7 @@
 """The hub's per-stream buffer: a slow consumer's progress is thinned (its stream reads what
 was skipped from the database), then cut off — never blocks."""
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -8,6 +9,7 @@ from typing import cast
 
 from redis.asyncio import Redis
 
+from service.deadlines import GRANULARITY
 from service.hub import RESYNC, Hub, Subscription
 from service.streams import StreamSpec, follow
 from taskstream.core.events import Event
@@ -103,3 +105,20 @@ async def test_a_stream_reads_the_progress_its_full_buffer_skipped() -> None:
                         datetime.now(UTC)))
     sub.push(stored[-1])
     assert [e.seq async for e in it] == [9]
+
+
+async def test_an_idle_wait_ends_after_its_own_deadline_across_waits() -> None:
+    """The idle deadline of each wait counts, not the first one registered: an item that
+    ends a wait early leaves that wait's deadline behind, and the next wait still lasts
+    its full ``idle`` (never shorter, at most a deadline bucket longer)."""
+    loop = asyncio.get_running_loop()
+    sub = Subscription("c", limit=3)
+    t0 = loop.time()
+    assert await sub.get(0.15) is None
+    assert 0.15 <= loop.time() - t0 <= 0.15 + GRANULARITY + 0.1
+    loop.call_later(0.05, sub.push, RESYNC)
+    assert await sub.get(0.3) == RESYNC  # an item ends the wait early
+    t1 = loop.time()
+    assert await sub.get(0.4) is None  # its first deadline (t1 - 0.05 + 0.3) has passed by
+    assert 0.4 <= loop.time() - t1 <= 0.4 + GRANULARITY + 0.1
+    sub.close()
