@@ -81,7 +81,7 @@ class Deadlines:
 
     def _fire(self) -> None:
         self._timer = None
-        self._armed = math.inf
+        self._armed = -math.inf  # while firing, adds do not arm: the earliest is armed below
         now = self.loop.time()
         for key in sorted(k for k in self._buckets if k * GRANULARITY <= now):
             for item in self._buckets.pop(key):
@@ -90,7 +90,8 @@ class Deadlines:
                     item.expire()  # may add the item again, to a later bucket
                 except Exception:  # one item's bug must not cost the others their wake-up
                     log.exception("deadline of %r", item)
-        if self._buckets and self._timer is None:
+        self._armed = math.inf
+        if self._buckets:
             self._arm(min(self._buckets))
 
 

@@ -89,3 +89,22 @@ async def test_ensure_keeps_an_earlier_deadline() -> None:
     d.ensure(item, loop.time() + 0.05)  # fired, so not registered: this one counts
     await asyncio.sleep(0.05 + 2 * GRANULARITY)
     assert len(item.fired) == 2
+
+
+async def test_an_item_moved_far_on_expiry_does_not_hold_back_nearer_deadlines() -> None:
+    loop = asyncio.get_running_loop()
+    d = Deadlines(loop)
+
+    class Again(Item):
+        def expire(self) -> None:
+            super().expire()
+            if len(self.fired) == 1:
+                d.add(self, self.loop.time() + 5.0)  # a send guard's next send, say
+
+    again, near = Again(loop), Item(loop)
+    now = loop.time()
+    d.add(again, now + 0.05)
+    d.add(near, now + 0.3)
+    await asyncio.sleep(0.3 + 2 * GRANULARITY)
+    assert len(again.fired) == 1 and len(near.fired) == 1
+    d.discard(again)
