@@ -24,37 +24,31 @@ import gc
 import logging
 import time
 
+from service.periodic import Periodic
+
 log = logging.getLogger(__name__)
 
 
-class HeapFreezer:
+class HeapFreezer(Periodic):
     def __init__(self, interval: float, full_interval: float) -> None:
-        self._interval = interval
+        super().__init__("heap-freezer", interval)
         self._full_interval = full_interval
-        self._task: asyncio.Task[None] | None = None
+        self._next_full: float | None = None  # loop time of the next full collection
         self.full_collections = 0
         #: What the last full collection freed: cycles that died while frozen.
         self.last_freed = 0
 
     def start(self) -> None:
-        if self._interval > 0 and self._task is None:
-            self._task = asyncio.create_task(self._run(), name="heap-freezer")
+        if self._full_interval > 0:
+            self._next_full = asyncio.get_running_loop().time() + self._full_interval
+        super().start()
 
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
+    async def tick(self) -> None:
         loop = asyncio.get_running_loop()
-        next_full = loop.time() + self._full_interval if self._full_interval > 0 else None
-        while True:
-            await asyncio.sleep(self._interval)
-            if next_full is not None and loop.time() >= next_full:
-                self.collect_all()
-                next_full = loop.time() + self._full_interval
-            gc.freeze()
+        if self._next_full is not None and loop.time() >= self._next_full:
+            self.collect_all()
+            self._next_full = loop.time() + self._full_interval
+        gc.freeze()
 
     def collect_all(self) -> int:
         """Unfreeze and collect everything (one full pause); returns the objects freed."""

@@ -11,7 +11,6 @@ Two checks, because an event is committed a moment before it is published: a str
 once is usually about to hear of it.
 """
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -19,6 +18,7 @@ from typing import Final
 import asyncpg
 
 from service.hub import RESYNC, Hub, Subscription
+from service.periodic import Periodic
 from taskstream.core import store
 from taskstream.core.db import TRANSIENT_DB_ERRORS
 
@@ -31,32 +31,19 @@ _HEADS: Final[dict[str, Callable[[asyncpg.Pool, list[str]], Awaitable[dict[str, 
     TASK_SOURCE: store.task_heads, TENANT_SOURCE: store.tenant_heads}
 
 
-class StaleStreams:
+class StaleStreams(Periodic):
     def __init__(self, hub: Hub, pool: asyncpg.Pool, interval: float) -> None:
+        super().__init__("stale-streams", interval)
         self._hub = hub
         self._pool = pool
-        self._interval = interval
         self._behind: dict[Subscription, int] = {}  # at the last check: the head it lacked
-        self._task: asyncio.Task[None] | None = None
         self.resynced = 0
 
-    def start(self) -> None:
-        if self._interval > 0 and self._task is None:
-            self._task = asyncio.create_task(self._run(), name="stale-streams")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.check()
-            except TRANSIENT_DB_ERRORS as exc:
-                log.info("stream check skipped: %s", exc)
+    async def tick(self) -> None:
+        try:
+            await self.check()
+        except TRANSIENT_DB_ERRORS as exc:
+            log.info("stream check skipped: %s", exc)
 
     async def check(self) -> int:
         """One check; the number of streams told to catch up."""
