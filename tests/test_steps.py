@@ -107,6 +107,14 @@ async def test_steps_in_another_order_or_twice_fail_clearly(api: httpx.AsyncClie
     assert "asked for twice" in done["error"]
 
 
+async def _parked(pool: asyncpg.Pool, tid: str) -> bool:
+    """The run has marked its wait suspended. That comes just after its ``suspended`` event
+    (``_suspended``): a signal sent in between finds no suspended run, answers
+    ``resumed: false``, and the run resumes itself."""
+    return bool(await pool.fetchval(
+        "SELECT suspended FROM task_waits WHERE task_id = $1::uuid", tid))
+
+
 async def _suspended(c: httpx.AsyncClient, tid: str) -> bool:
     t = (await c.get(f"/tasks/{tid}")).json()
     evs = await events(c, tid)
@@ -153,8 +161,7 @@ async def test_a_signal_whose_sender_died_is_resumed_by_the_sweeper(
     tid = await submit(api, "approval", dir=str(tmp_path))
     pool = await create_pool(cluster.database_url, min_size=1, max_size=2)
     try:  # stored, as the web process does, which then dies before it re-queues the run
-        await eventually(lambda: pool.fetchval(  # parked: its wait is marked suspended
-            "SELECT suspended FROM task_waits WHERE task_id = $1::uuid", tid))
+        await eventually(lambda: _parked(pool, tid))
         delivered = await store_steps.deliver_signal(pool, uuid.UUID(tid), None, "approval",
                                                      {"late": True})
         assert delivered is not None and delivered.suspended
@@ -176,10 +183,15 @@ async def test_a_signal_sent_before_the_wait_is_kept(api: httpx.AsyncClient,
     assert "suspended" not in [e["type"] for e in await events(api, tid)]
 
 
-async def test_signed_url_is_single_use_and_unforgeable(api: httpx.AsyncClient,
-                                                        tmp_path: Path) -> None:
+async def test_signed_url_is_single_use_and_unforgeable(
+        cluster: Cluster, api: httpx.AsyncClient, tmp_path: Path) -> None:
     tid = await submit(api, "approval", dir=str(tmp_path))
     await eventually(lambda: _suspended(api, tid))
+    pool = await create_pool(cluster.database_url, min_size=1, max_size=1)
+    try:  # ... and its wait marked suspended, or the link's signal finds no run to resume
+        await eventually(lambda: _parked(pool, tid))
+    finally:
+        await pool.close()
     minted = await api.post(f"/tasks/{tid}/signals/approval/url", params={"ttl": 600})
     assert minted.status_code == 201, minted.text
     url = minted.json()["url"]
