@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import orjson
+
 
 class HttpError(Exception):
     pass
@@ -117,13 +119,19 @@ class SSEProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = time.time()
-        self.buf += data
+        if self.buf:
+            self.buf += data
+            buf: bytes | bytearray = self.buf
+        else:
+            buf = data  # the usual read: whole chunks, parsed without a copy
+        pos = 0
         if not self.headers_done:
-            end = self.buf.find(b"\r\n\r\n")
+            end = buf.find(b"\r\n\r\n")
             if end < 0:
+                self.buf = bytearray(buf)
                 return
-            head = bytes(self.buf[:end]).decode("latin-1")
-            del self.buf[:end + 4]
+            head = bytes(buf[:end]).decode("latin-1")
+            pos = end + 4
             self.headers_done = True
             self.s.status = int(head.split(" ", 2)[1])
             self.s.opened_at = now
@@ -134,29 +142,43 @@ class SSEProtocol(asyncio.Protocol):
                 return
         # chunked transfer encoding
         while True:
-            nl = self.buf.find(b"\r\n")
+            nl = buf.find(b"\r\n", pos)
             if nl < 0:
-                return
-            size = int(bytes(self.buf[:nl]).split(b";")[0], 16)
+                break
+            size_field = buf[pos:nl]
+            size = int(size_field.split(b";")[0] if b";" in size_field else size_field, 16)
             if size == 0:
                 self._finish()
                 return
-            if len(self.buf) < nl + 2 + size + 2:
-                return
-            self.body += self.buf[nl + 2:nl + 2 + size]
-            del self.buf[:nl + 2 + size + 2]
+            end = nl + 2 + size
+            if len(buf) < end + 2:
+                break
+            self.body += buf[nl + 2:end]
+            pos = end + 2
             self._events(now)
+        self.buf = bytearray(buf[pos:]) if pos < len(buf) else bytearray()
 
     def _events(self, now: float) -> None:
-        body = self.body.replace(b"\r\n", b"\n")
+        body = self.body
+        if b"\r" in body:
+            body = body.replace(b"\r\n", b"\n")
         *blocks, rest = body.split(b"\n\n")
         self.body = bytearray(rest)
         for block in blocks:
-            data = [ln[5:].lstrip() for ln in block.split(b"\n") if ln.startswith(b"data:")]
-            if not data:
-                continue  # a keep-alive comment
-            msg = json.loads(b"\n".join(data))
-            self._message(msg, now)
+            at = block.find(b"data:")
+            if at < 0:
+                continue  # a keep-alive comment (or an id-only message)
+            raw: bytes | bytearray
+            if block.find(b"data:", at + 5) < 0 and (at == 0 or block[at - 1] == 10):
+                nl = block.find(b"\n", at)  # one data line (the usual message); then maybe retry:
+                raw = block[at + 5:] if nl < 0 else block[at + 5:nl]
+            else:
+                lines = [ln[5:].lstrip() for ln in block.split(b"\n")
+                         if ln.startswith(b"data:")]
+                if not lines:
+                    continue
+                raw = b"\n".join(lines)
+            self._message(orjson.loads(raw), now)
 
     def _message(self, msg: dict[str, Any], now: float) -> None:
         s = self.s
