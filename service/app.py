@@ -19,7 +19,7 @@ from fastapi.telemetry import TelemetryConfig
 
 from service import errors, sse
 from service.deps import Resources
-from service.fast_stream import FastStream
+from service.fast_stream import StreamFirstAPI
 from service.fast_submit import FastSubmit
 from service.heap import HeapFreezer
 from service.hub import Hub
@@ -144,7 +144,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             "the anonymous tenant; never expose this beyond your machine")
             yield
 
-    app = FastAPI(
+    app = StreamFirstAPI(
+        # Streams are opened outside every layer (service.fast_stream); with tracing on, by
+        # the route, so that they have their spans.
+        fast_stream=not tracing.enabled(),
         # Request spans come from our own instrumentation (core.tracing) when tracing is on;
         # FastAPI's native telemetry would otherwise ask the OpenTelemetry providers (and
         # the environment) on every request whether it is configured.
@@ -159,8 +162,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if not tracing.enabled():  # inside BodyLimit: a body over the limit is still its 413
         app.add_middleware(FastSubmit)
     app.add_middleware(BodyLimit, max_bytes=settings.max_json_bytes)
-    if not tracing.enabled():  # outermost of ours: an open stream keeps no layer below alive
-        app.add_middleware(FastStream)
     for router in routers:
         app.include_router(router)
 

@@ -4,8 +4,9 @@ An open stream keeps alive every ASGI layer it came through, for as long as it i
 each frame it sends goes back out through their send wrappers. Through FastAPI's router that
 is about twenty nested coroutines with their closures per stream: at thousands of streams,
 objects the garbage collector walks at every full collection, frames of CPU on every event,
-and a deep unwinding when a stream ends. This middleware, outside the router, opens the
-usual request — a Bearer key or a ticket, an optional Last-Event-ID (header or query) and
+and a deep unwinding when a stream ends. This layer, outside the router and outside FastAPI's
+own layers (its 500 handler, exception telemetry and body limit: ``StreamFirstAPI``), opens
+the usual request — a Bearer key or a ticket, an optional Last-Event-ID (header or query) and
 token cursor — with the route's own steps (``stream_caller``, ``cursor_from``,
 ``task_spec``, ``open_stream``) and the same response (sse-starlette's unless
 ``TASKSTREAM_SSE_RESPONSE=lean``). Anything else, and every refusal (400, 401, 404, 429,
@@ -15,7 +16,9 @@ two paths to the same answers.
 """
 
 from collections.abc import Awaitable
+from typing import Any
 
+from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -88,3 +91,24 @@ class FastStream:
         if spec is None:
             return Response(status_code=204)  # stops a reconnecting EventSource for good
         return open_stream(res, owner, spec, IdField.SEQ)
+
+
+class StreamFirstAPI(FastAPI):
+    """FastAPI with ``FastStream`` (when ``fast_stream``) outside every layer FastAPI builds.
+
+    FastAPI puts its own ``ServerErrorMiddleware``, exception telemetry and body limit outside
+    any user middleware, and an open stream keeps each of their coroutines alive and sends
+    every frame through the 500 handler's send wrapper. None of them acts on a stream: it has
+    no body; a failure before its response starts gets uvicorn's 500 (the same plain text as
+    FastAPI's default), after it a closed connection either way; telemetry is off whenever
+    this layer is on. Leans on Starlette building its stack with ``build_middleware_stack``
+    once, in ``__call__`` after setting ``scope["app"]``: ``tests/test_fast_stream.py`` pins it.
+    """
+
+    def __init__(self, *args: Any, fast_stream: bool = False, **kwargs: Any) -> None:
+        self.fast_stream = fast_stream
+        super().__init__(*args, **kwargs)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        return FastStream(stack) if self.fast_stream else stack

@@ -190,3 +190,46 @@ async def test_the_usual_request_never_reaches_the_route(
         inner.clear()
         await layer(unusual, receive, send)
         assert inner == ["/tasks/x/stream"], unusual
+
+
+async def test_streams_are_opened_outside_fastapis_own_layers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``StreamFirstAPI`` leans on: Starlette builds its stack with
+    ``build_middleware_stack`` and calls it after setting ``scope["app"]``. A stream request
+    then reaches ``FastStream`` with the server's own ``send`` (no FastAPI layer wraps it)
+    and the app in its scope; any other request goes through FastAPI's layers."""
+    from starlette.middleware.errors import ServerErrorMiddleware
+
+    from service.app import create_app
+    from taskstream.core.settings import Settings
+
+    app = create_app(Settings(fast_stream=True))
+    assert isinstance(app, fast_stream.StreamFirstAPI)
+    stack = app.build_middleware_stack()
+    assert isinstance(stack, fast_stream.FastStream)
+    assert isinstance(stack.app, ServerErrorMiddleware)
+    seen: list[tuple[str, Any, Any]] = []
+
+    async def opened(self: Any, res: Any, task_id: str, scope: Scope, receive: Any,
+                     send: Any) -> None:
+        seen.append((task_id, send, scope["app"]))
+
+    monkeypatch.setattr(fast_stream.FastStream, "_open", opened)
+    app.state.resources = SimpleNamespace(settings=SimpleNamespace(fast_stream=True))
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    def scope(path: str) -> Scope:
+        return {"type": "http", "method": "GET", "path": path, "query_string": b"",
+                "headers": [], "root_path": "", "scheme": "http",
+                "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1)}
+
+    await app(scope("/tasks/t1/stream"), receive, send)
+    assert seen == [("t1", send, app)]
+    await app(scope("/no-such-path"), receive, send)  # FastAPI's 404, not ours
+    assert len(seen) == 1 and sent[0]["status"] == 404
