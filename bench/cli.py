@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -121,10 +122,29 @@ async def meta(run: Run, args: argparse.Namespace) -> dict[str, Any]:
         "mode": run.mode,
         "sizes": asdict(run.sizes),
         "machine": {"cpus": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
+                    "cpu_reference_ms_start": round(cpu_reference_ms(), 1),
                     "memory_gb": round(os.sysconf("SC_PAGE_SIZE")
                                        * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
         "versions": versions,
     }
+
+
+#: The reference loop's size: ~0.4 s of one core on this sandbox when it is quiet.
+REFERENCE_LOOP = 3_000_000
+
+
+def cpu_reference_ms(repeat: int = 3) -> float:
+    """CPU milliseconds of a fixed pure-Python loop, the median of ``repeat``: how fast this
+    (shared, noisy) machine runs Python right now. The same loop took 360-660 ms within a
+    minute here; absolute-time figures of a run are read against it."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.process_time()
+        x = 0
+        for i in range(REFERENCE_LOOP):
+            x += i * i
+        times.append((time.process_time() - t0) * 1000)
+    return statistics.median(times)
 
 
 def _cpu_model() -> str:
@@ -204,6 +224,7 @@ async def amain(args: argparse.Namespace) -> int:
             failed += [f"{name}: {k}" for k, ok in out.checks.items() if not ok]
     finally:
         await env.destroy()
+    info["machine"]["cpu_reference_ms_end"] = round(cpu_reference_ms(), 1)
     report = {"meta": info, "results": results, "failed_checks": failed,
               "table": [asdict(r) for r in rows]}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -213,6 +234,9 @@ async def amain(args: argparse.Namespace) -> int:
     print(f"Taskstream bench ({args.mode}), {info['date']}; {info['machine']['cpus']} cpus "
           f"{info['machine']['cpu']}; medians of {sizes.rounds} rounds "
           f"({sizes.stream_rounds} for many-stream scenarios)")
+    m = info["machine"]
+    print(f"CPU reference loop (lower is faster): {m['cpu_reference_ms_start']:.0f} ms at the "
+          f"start, {m['cpu_reference_ms_end']:.0f} ms at the end")
     print(table(rows))
     print()
     for k, v in info["versions"].items():
