@@ -136,7 +136,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # 1,204-1,486 req/s.
             gc.collect()
             gc.freeze()
-            freezer = HeapFreezer(settings.heap_freeze_interval(), settings.gc_full_interval)
+            freezer = HeapFreezer(settings.gc_freeze_interval, settings.gc_full_interval,
+                                  ended=lambda: res.hub.ended,
+                                  full_after=settings.heap_full_after_streams())
             freezer.start()
             stack.push_async_callback(freezer.close)
             if not settings.auth:

@@ -186,6 +186,7 @@ class Hub:
         self._releases: set[asyncio.Future[None]] = set()
         self.reconnects = 0
         self.messages = 0
+        self.ended = 0  # subscriptions closed so far (service.heap counts ended streams)
         self.closing = False
 
     @property
@@ -231,6 +232,7 @@ class Hub:
             yield sub
         finally:
             sub.close()
+            self.ended += 1
             metrics.OPEN_STREAMS.dec()
             subs = self._subs.get(channel)
             if subs is not None:

@@ -53,8 +53,37 @@ def test_a_full_collection_frees_cycles_that_died_frozen(collector: None) -> Non
     assert gc.get_freeze_count() > 0  # frozen again after the collection
 
 
-def test_default_freezes_only_with_the_lean_response() -> None:
-    assert Settings(sse_response="lean").heap_freeze_interval() == 1.0
-    assert Settings(sse_response="starlette").heap_freeze_interval() == 0.0
-    assert Settings(sse_response="starlette",
-                    gc_freeze_interval=2.5).heap_freeze_interval() == 2.5
+async def test_a_full_collection_follows_every_n_ended_streams(collector: None) -> None:
+    """sse-starlette's ended streams leave cycles that freezing holds: their count bounds
+    how many, whatever the time schedule says."""
+    ended = 0
+    freezer = HeapFreezer(interval=0.02, full_interval=0, ended=lambda: ended, full_after=3)
+    freezer.start()
+    try:
+        node = Node()
+        dead = weakref.ref(node)
+        await asyncio.sleep(0.1)  # frozen
+        del node
+        ended = 2
+        await asyncio.sleep(0.1)
+        assert freezer.full_collections == 0 and dead() is not None  # 2 < 3: held
+        ended = 3
+        await asyncio.sleep(0.1)
+        assert freezer.full_collections == 1 and dead() is None
+        ended = 5
+        await asyncio.sleep(0.1)
+        assert freezer.full_collections == 1  # counted from the last full collection
+        ended = 6
+        await asyncio.sleep(0.1)
+        assert freezer.full_collections == 2
+    finally:
+        await freezer.close()
+
+
+def test_defaults_freeze_with_both_responses_and_bound_starlettes_cycles() -> None:
+    for response in ("lean", "starlette"):
+        assert Settings(sse_response=response).gc_freeze_interval == 1.0
+    assert Settings(sse_response="starlette").heap_full_after_streams() == 5_000
+    assert Settings(sse_response="lean").heap_full_after_streams() == 0
+    assert Settings(sse_response="lean",
+                    gc_full_after_streams=500).heap_full_after_streams() == 500

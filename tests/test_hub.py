@@ -14,6 +14,7 @@ from service.hub import RESYNC, Hub, Subscription
 from service.streams import StreamSpec, follow
 from taskstream.core.events import Event
 from taskstream.core.live import TextTracker, TokenFrame
+from taskstream.core.settings import Settings
 
 
 def ev(seq: int, etype: str = "progress", task: str = "t") -> Event:
@@ -122,3 +123,21 @@ async def test_an_idle_wait_ends_after_its_own_deadline_across_waits() -> None:
     assert await sub.get(0.4) is None  # its first deadline (t1 - 0.05 + 0.3) has passed by
     assert 0.4 <= loop.time() - t1 <= 0.4 + GRANULARITY + 0.1
     sub.close()
+
+
+async def test_the_hub_counts_ended_subscriptions(settings: Settings) -> None:
+    """What the heap freezer counts ended streams by: every closed subscription, however it
+    ended."""
+    hub = Hub(lambda: Redis.from_url(settings.redis_url),
+              control_channel=f"{settings.namespace}:hubtest:control")
+    await hub.start()
+    try:
+        channel = f"{settings.namespace}:hubtest:count"
+        async with hub.subscribe(channel), hub.subscribe(channel):
+            assert hub.ended == 0
+        with contextlib.suppress(RuntimeError):
+            async with hub.subscribe(channel):
+                raise RuntimeError("a stream that failed")
+        assert hub.ended == 3
+    finally:
+        await hub.close()

@@ -109,13 +109,14 @@ class Settings(BaseSettings):
     sse_response: Literal["starlette", "lean"] = "starlette"
     #: Web processes freeze what is alive every this many seconds, so the collector's full
     #: collections do not walk every open stream (service.heap); 0: CPython's default.
-    #: Unset: 1 s with the lean response, off with sse-starlette's, every ended stream of
-    #: which leaves ~40 objects in reference cycles that freezing would hold until the next
-    #: full collection.
-    gc_freeze_interval: float | None = None
+    gc_freeze_interval: float = 1.0
     #: ... and unfreeze and collect everything once every this many seconds (one pause of
     #: ~0.6 s here), to reclaim reference cycles that died while frozen; 0: never.
     gc_full_interval: float = 600.0
+    #: ... and after every this many ended streams; 0: never. Unset: 5,000 with
+    #: sse-starlette, every ended stream of which leaves ~40 objects in reference cycles that
+    #: stay frozen until a full collection; off with the lean response, whose do not.
+    gc_full_after_streams: Annotated[int | None, Field(ge=0)] = None
 
     # Language models (the built-in summarize and agent tasks; taskstream.builtin.llm).
     #: "auto": "openai" when llm_base_url is set, else "local" when the local-llm extra is
@@ -226,8 +227,8 @@ class Settings(BaseSettings):
     def _db(cls, v: str) -> str:
         return normalize_database_url(v)
 
-    def heap_freeze_interval(self) -> float:
-        """``gc_freeze_interval``, or its default for the configured SSE response."""
-        if self.gc_freeze_interval is not None:
-            return self.gc_freeze_interval
-        return 1.0 if self.sse_response == "lean" else 0.0
+    def heap_full_after_streams(self) -> int:
+        """``gc_full_after_streams``, or its default for the configured SSE response."""
+        if self.gc_full_after_streams is not None:
+            return self.gc_full_after_streams
+        return 0 if self.sse_response == "lean" else 5_000
