@@ -113,9 +113,10 @@ class Settings(BaseSettings):
     #: ... and unfreeze and collect everything once every this many seconds (one pause of
     #: ~0.6 s here), to reclaim reference cycles that died while frozen; 0: never.
     gc_full_interval: float = 600.0
-    #: ... and after every this many ended streams; 0: never. Unset: 5,000 with
-    #: sse-starlette, every ended stream of which leaves ~40 objects in reference cycles that
-    #: stay frozen until a full collection; off with the lean response, whose do not.
+    #: ... and after every this many ended streams (SSE or WebSocket subscriptions); 0: never.
+    #: Unset: 5,000 with sse-starlette, every ended stream of which leaves ~40 objects in
+    #: reference cycles that stay frozen until a full collection; off with the lean response,
+    #: whose streams leave almost none.
     gc_full_after_streams: Annotated[int | None, Field(ge=0)] = None
 
     # Language models (the built-in summarize and agent tasks; taskstream.builtin.llm).
