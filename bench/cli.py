@@ -129,14 +129,14 @@ async def meta(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-#: The reference loop's size: ~0.4 s of one core on this sandbox when it is quiet.
+#: The reference loop's size: 0.15-0.2 s of one core on this sandbox.
 REFERENCE_LOOP = 3_000_000
 
 
 def cpu_reference_ms(repeat: int = 3) -> float:
     """CPU milliseconds of a fixed pure-Python loop, the median of ``repeat``: how fast this
-    (shared, noisy) machine runs Python right now. The same loop took 360-660 ms within a
-    minute here; absolute-time figures of a run are read against it."""
+    (shared, noisy) machine runs Python right now. A loop like it moved 1.8x within a minute
+    here; absolute-time figures of a run are read against it."""
     times = []
     for _ in range(repeat):
         t0 = time.process_time()
