@@ -231,6 +231,7 @@ async def test_web_process_restart_mid_stream(env: dict[str, str], logs: Path,
 async def test_all_tasks_stream_resumes_too(ts: AsyncClient, proxy: Proxy) -> None:
     got: list[Event] = []
     ours: set[str] = set()
+    trickling: set[str] = set()
     finished: set[str] = set()
     done = asyncio.Event()
 
@@ -240,7 +241,10 @@ async def test_all_tasks_stream_resumes_too(ts: AsyncClient, proxy: Proxy) -> No
         async def consume() -> None:
             async for ev in stream:
                 got.append(ev)
-                if len(got) in (3, 9):
+                # The second cut comes mid-way through the trickling task (an event every
+                # 0.2 s), when nothing more is on its way: a cut at an event read from a
+                # burst, one the first cut had already ended, would need no reconnect.
+                if len(got) == 3 or (ev.task_id in trickling and ev.seq == 8):
                     proxy.cut()
                 if ev.terminal and ev.task_id in ours:
                     finished.add(ev.task_id)
@@ -250,10 +254,8 @@ async def test_all_tasks_stream_resumes_too(ts: AsyncClient, proxy: Proxy) -> No
         consumer = asyncio.create_task(consume())
         await eventually(lambda: asyncio.sleep(0, stream.connected))
         a = await ts.submit("noop", {"events": 6})
-        # Events that trickle for a while, so each cut (at the 3rd and 9th event) still
-        # leaves some to come: a stream that got the rest in one burst before the 9th
-        # event's cut had no reason to reconnect a second time.
         b = await ts.submit("demo", {"duration": 2.4, "steps": 12})
+        trickling.add(b.task_id)
         ours |= {a.task_id, b.task_id}
         await asyncio.wait_for(done.wait(), 20)
         consumer.cancel()
