@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 class HeapFreezer(Periodic):
     def __init__(self, interval: float, full_interval: float, *,
-                 ended: Callable[[], int] | None = None, full_after: int = 0) -> None:
+                 ended: Callable[[], int] = lambda: 0, full_after: int = 0) -> None:
         """``ended``: how many streams have ended so far (the hub's count); with
         ``full_after`` > 0, a full collection follows every that many of them."""
         super().__init__("heap-freezer", interval)
@@ -51,14 +51,13 @@ class HeapFreezer(Periodic):
     def start(self) -> None:
         if self._full_interval > 0:
             self._next_full = asyncio.get_running_loop().time() + self._full_interval
-        if self._ended is not None:
-            self._ended_at_full = self._ended()
+        self._ended_at_full = self._ended()
         super().start()
 
     async def tick(self) -> None:
         loop = asyncio.get_running_loop()
         due = self._next_full is not None and loop.time() >= self._next_full
-        if not due and self._full_after > 0 and self._ended is not None:
+        if not due and self._full_after > 0:
             due = self._ended() - self._ended_at_full >= self._full_after
         if due:
             self.collect_all()
@@ -73,8 +72,7 @@ class HeapFreezer(Periodic):
         gc.freeze()
         if self._next_full is not None:  # the schedule starts again from this pause
             self._next_full = asyncio.get_running_loop().time() + self._full_interval
-        if self._ended is not None:
-            self._ended_at_full = self._ended()
+        self._ended_at_full = self._ended()
         self.full_collections += 1
         self.last_freed = freed
         log.info("full collection: %d objects were frozen, %d unreachable freed, %.0f ms",
