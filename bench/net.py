@@ -128,7 +128,8 @@ class SSEProtocol(asyncio.Protocol):
         if not self.headers_done:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
-                self.buf = bytearray(buf)
+                if buf is not self.buf:
+                    self.buf = bytearray(buf)
                 return
             head = bytes(buf[:end]).decode("latin-1")
             pos = end + 4
@@ -156,7 +157,10 @@ class SSEProtocol(asyncio.Protocol):
             self.body += buf[nl + 2:end]
             pos = end + 2
             self._events(now)
-        self.buf = bytearray(buf[pos:]) if pos < len(buf) else bytearray()
+        if buf is self.buf:
+            del self.buf[:pos]  # what is left waits for the next read
+        elif pos < len(buf):
+            self.buf = bytearray(buf[pos:])
 
     def _events(self, now: float) -> None:
         body = self.body
