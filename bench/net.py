@@ -118,6 +118,8 @@ class SSEProtocol(asyncio.Protocol):
                         f"Accept: text/event-stream\r\n{_AUTH}\r\n".encode())
 
     def data_received(self, data: bytes) -> None:
+        if self.s.closed:
+            return  # after the body's last chunk (its rest of the input was never trimmed)
         now = time.time()
         if self.buf:
             self.buf += data

@@ -62,3 +62,38 @@ def test_bench_tiny_runs_every_scenario_and_its_checks_hold(
         assert "throughput celery x1: every task done" in checks
     table = {(r["scenario"], r["metric"]) for r in report["table"]}
     assert ("4 cost of waiting", "DB queries/s, 20 waiting streams") in table
+
+
+async def test_the_sse_client_reads_a_response_however_it_is_split() -> None:
+    """The bench's SSE reader (``bench.net``) gets the same messages whether a response
+    arrives whole or a few bytes per read: comments, multi-line data, a ``retry:`` after the
+    data, a named event whose data quotes ``data:``, and nothing read after the last chunk."""
+    import asyncio
+
+    from bench.net import SSEProtocol, Stream
+
+    class Transport:
+        def close(self) -> None:
+            pass
+
+    messages = [b'id: 1\r\ndata: {"seq": 1, "message": "not a stamp"}\r\n\r\n',
+                b": keep-alive\r\n\r\n",
+                b'id: 2\r\ndata: {"seq": 2,\r\ndata: "status": "running"}\r\nretry: 5\r\n\r\n',
+                b'event: token\r\ndata: {"delta": "data: x"}\r\n\r\n',
+                b'id: 3\r\ndata: {"seq": 3, "status": "completed"}\r\nretry: 100\r\n\r\n']
+    body = b"".join(b"%x\r\n%s\r\n" % (len(m), m) for m in messages) + b"0\r\n\r\n"
+    raw = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n" + body
+    loop = asyncio.get_running_loop()
+    for step in (1, 2, 3, 4, 5, 7, 11, 64, len(raw)):
+        s = Stream("/tasks/x/stream")
+        seen: list[dict[str, object]] = []
+        p = SSEProtocol(s, "h", 1, True, loop.create_future(),
+                        on_message=lambda _, msg, out=seen: out.append(msg))
+        p.transport = Transport()  # type: ignore[assignment]  # what close() needs
+        for i in range(0, len(raw), step):
+            p.data_received(raw[i:i + step])
+        p.data_received(b"\r\n")  # after the end: ignored
+        assert seen == [{"seq": 1, "message": "not a stamp"}, {"seq": 2, "status": "running"},
+                        {"delta": "data: x"}, {"seq": 3, "status": "completed"}], step
+        assert (s.status, s.last_seq, s.seqs_ok, s.terminal, s.closed) == \
+            (200, 3, True, True, True), step
