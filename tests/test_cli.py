@@ -30,6 +30,12 @@ MEASURE_RSS = ("import resource, sys; from taskstream.client.cli import main; "
                "rc = main(sys.argv[1:]); "
                "sys.stderr.write(f'maxrss_kb={resource.getrusage(resource.RUSAGE_SELF)"
                ".ru_maxrss}\\n'); sys.exit(rc)")
+# Ctrl-C reaches a foreground job, whose SIGINT a shell leaves at its default. A test run
+# started in the background (`cmd &` without job control: some CI runners) ignores SIGINT,
+# and its children inherit that, so the Ctrl-C tests reset it in the child, as an interactive shell does.
+FOREGROUND = [sys.executable, "-c",
+              "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "from taskstream.client.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
 @dataclass
@@ -304,7 +310,7 @@ async def test_timeout_and_ctrl_c_stop_following(cli_env: dict[str, str],
     assert (await ts.get(task)).status in ("pending", "running")
 
     # Ctrl-C stops following; the task carries on.
-    proc = await start(cli_env, "tail", task.task_id)
+    proc = await start(cli_env, "tail", task.task_id, argv=FOREGROUND)
     await read_until(proc, " running ")
     proc.send_signal(signal.SIGINT)
     _, err = await asyncio.wait_for(proc.communicate(), 20)
@@ -313,7 +319,8 @@ async def test_timeout_and_ctrl_c_stop_following(cli_env: dict[str, str],
     assert (await ts.get(task)).status == "running"
 
     # ... unless asked to cancel it.
-    proc = await start(cli_env, "tail", task.task_id, "--cancel-on-interrupt")
+    proc = await start(cli_env, "tail", task.task_id, "--cancel-on-interrupt",
+                       argv=FOREGROUND)
     await read_until(proc, " running ")
     proc.send_signal(signal.SIGINT)
     _, err = await asyncio.wait_for(proc.communicate(), 20)
