@@ -31,7 +31,7 @@ from service.worker_types import WorkerTypes
 from taskstream.core import logs, metrics, queue, redisconn, store, tracing
 from taskstream.core.auth import KeyCache
 from taskstream.core.constants import control_channel, hub_client_name
-from taskstream.core.db import create_engine, create_pool, until_reachable
+from taskstream.core.db import close_pool, create_engine, create_pool, until_reachable
 from taskstream.core.eventlog import EventLog
 from taskstream.core.settings import Settings
 from taskstream.core.tasktypes import Catalogue
@@ -71,7 +71,7 @@ async def _open(stack: AsyncExitStack, settings: Settings) -> Resources:
     pool = await create_pool(settings.database_url, min_size=settings.db_pool_min,
                              max_size=settings.db_pool_max,
                              statement_cache_size=settings.db_statement_cache_size)
-    stack.push_async_callback(pool.close)
+    stack.push_async_callback(close_pool, pool)
     engine = create_engine(settings.database_url, pool_size=settings.db_engine_pool_size,
                            statement_cache_size=settings.db_statement_cache_size)
     stack.push_async_callback(engine.dispose)

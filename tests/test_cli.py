@@ -30,9 +30,9 @@ MEASURE_RSS = ("import resource, sys; from taskstream.client.cli import main; "
                "rc = main(sys.argv[1:]); "
                "sys.stderr.write(f'maxrss_kb={resource.getrusage(resource.RUSAGE_SELF)"
                ".ru_maxrss}\\n'); sys.exit(rc)")
-# Ctrl-C reaches a foreground job, whose SIGINT a shell leaves at its default. A test run
-# started in the background (`cmd &` without job control: some CI runners) ignores SIGINT,
-# and its children inherit that, so the Ctrl-C tests reset it in the child, as an interactive shell does.
+# Ctrl-C reaches a foreground job, whose SIGINT an interactive shell leaves at its default.
+# A test run started in the background (`cmd &` without job control: some CI runners)
+# ignores SIGINT and its children inherit that, so the Ctrl-C tests reset it in the child.
 FOREGROUND = [sys.executable, "-c",
               "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
               "from taskstream.client.cli import main; sys.exit(main(sys.argv[1:]))"]

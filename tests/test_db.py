@@ -94,3 +94,45 @@ async def test_a_process_starting_during_an_outage_waits_for_the_database(
         await pool.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_transaction_cancelled_anywhere_gives_its_connection_back(
+        settings: Settings) -> None:
+    """A worker's shutdown cancels its loops, then closes the pool, which waits for every
+    connection to come back: one kept by a transaction cancelled while it began (BEGIN in
+    flight) hung that shutdown. Cancelled after each of its first loop turns in turn, a
+    transaction leaves every connection free, and the pool closes."""
+    from taskstream.core.store import transaction
+
+    pool = await db.create_pool(settings.database_url, min_size=1, max_size=1)
+    try:
+        for turns in range(12):
+            async def one() -> None:
+                async with transaction(pool) as conn:
+                    await conn.execute("SELECT 1")
+
+            task = asyncio.create_task(one())
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            # The pool's one connection is free again (not held by the cancelled task).
+            async with asyncio.timeout(5):
+                assert await pool.fetchval("SELECT 1") == 1
+    finally:
+        await asyncio.wait_for(pool.close(), 10)
+
+
+async def test_closing_a_pool_with_a_connection_kept_is_bounded(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """A connection that never comes back (a bug) costs a shutdown ``within`` seconds and a
+    log line that says so, not a hang until SIGKILL."""
+    pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
+    await pool.acquire()  # never released
+    await asyncio.wait_for(db.close_pool(pool, within=0.3), 10)
+    assert pool.is_closing()  # and the kept connection terminated with it
+    assert "1 connection(s) still in use 0.3s into shutdown" in caplog.text
+
+    pool = await db.create_pool(settings.database_url, min_size=1, max_size=2)
+    await asyncio.wait_for(db.close_pool(pool, within=5), 10)  # none kept: closes at once
+    assert pool.is_closing()

@@ -20,7 +20,7 @@ from arq.connections import ArqRedis
 from taskstream.core import control, logs, metrics, queue, store, tracing
 from taskstream.core.backoff import Backoff
 from taskstream.core.constants import control_channel
-from taskstream.core.db import TRANSIENT_DB_ERRORS, create_pool
+from taskstream.core.db import TRANSIENT_DB_ERRORS, close_pool, create_pool
 from taskstream.core.eventlog import EventLog
 from taskstream.core.settings import Settings
 from taskstream.core.states import RunOutcome
@@ -77,7 +77,7 @@ async def _start(ctx: dict[str, Any], stack: AsyncExitStack, settings: Settings,
                              max_size=settings.db_pool_max,
                              statement_cache_size=settings.db_statement_cache_size,
                              wait=settings.startup_db_wait)
-    stack.push_async_callback(pool.close)
+    stack.push_async_callback(close_pool, pool)
     eventlog = EventLog(pool, redis, settings.namespace, max_batch=settings.eventlog_max_batch)
     eventlog.start()
     stack.push_async_callback(eventlog.close)

@@ -2,6 +2,7 @@
 SQLAlchemy async engine (SQLModel reads and key management); jsonb is orjson in both. Also
 what counts as the database being briefly away."""
 
+import asyncio
 import logging
 import time
 import uuid
@@ -92,6 +93,27 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, wait: 
             await pool.close()
             raise
     return pool
+
+
+#: How long a process's shutdown waits for its pool's connections to come back. asyncpg's
+#: close() waits for every one with no bound: a connection kept by a bug would hang the
+#: shutdown until the platform's SIGKILL, and name nothing.
+POOL_CLOSE_WAIT = 10.0
+
+
+async def close_pool(pool: Pool, within: float = POOL_CLOSE_WAIT) -> None:
+    """Close the pool; after ``within`` seconds, say so and drop the connections in use."""
+    closing = asyncio.ensure_future(pool.close())
+    try:
+        await asyncio.wait({closing}, timeout=within)
+    finally:
+        if not closing.done():
+            log.error("database pool: %d connection(s) still in use %gs into shutdown; "
+                      "terminating them", pool.get_size() - pool.get_idle_size(), within)
+            closing.cancel()  # close() terminates the pool when cancelled
+            await asyncio.wait({closing})
+    if not closing.cancelled():
+        closing.result()  # close()'s own error, if any
 
 
 def async_url(dsn: str) -> URL:

@@ -537,7 +537,14 @@ class transaction:
         else:
             self._conn = self._db
         self._tr = self._conn.transaction()
-        await self._tr.__aenter__()
+        try:
+            await self._tr.__aenter__()
+        except BaseException as exc:
+            # BEGIN failed or was cancelled: no __aexit__ follows, so the connection goes
+            # back here (kept, it hung the pool's close at a worker's shutdown).
+            if self._ctx is not None:
+                await self._ctx.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
         return self._conn  # type: ignore[no-any-return]
 
     async def __aexit__(self, *exc: Any) -> None:
