@@ -7,7 +7,6 @@ order at shutdown, and also when start-up fails half-way.
 """
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -29,6 +28,9 @@ from worker import batches, retention, scheduler, sweeper, webhooks
 from worker.runtime import Runtime
 
 log = logging.getLogger("worker")
+
+#: Cancellations (a second apart) a background loop gets at shutdown before it is left.
+STOP_TRIES = 10
 
 
 async def run_task(ctx: dict[str, Any], task_id: str) -> RunOutcome:
@@ -64,9 +66,18 @@ async def _listen_control(redis: ArqRedis, settings: Settings, runtime: Runtime)
 
 
 async def _stop(task: "asyncio.Task[None]") -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    """Cancel a background loop and wait for it. One still running a second after its
+    cancellation (a library swallowed it) is named in the log and cancelled again, so the
+    shutdown goes on instead of hanging until the platform's SIGKILL."""
+    for waited in range(1, STOP_TRIES + 1):
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+        if task.done():
+            break
+        log.warning("background loop %s still running %ds after its cancellation",
+                    task.get_name(), waited)
+    if task.done() and not task.cancelled():
+        task.result()  # its own error, if it ended with one
 
 
 async def _start(ctx: dict[str, Any], stack: AsyncExitStack, settings: Settings,
@@ -93,13 +104,14 @@ async def _start(ctx: dict[str, Any], stack: AsyncExitStack, settings: Settings,
     stack.push_async_callback(store.forget_worker_types, pool, worker_id)
     await scheduler.declare(pool, catalogue, settings)
     ctx["runtime"] = runtime
-    for loop in (_listen_control(redis, settings, runtime),
-                 sweeper.run_forever(pool, redis, eventlog, runtime, settings),
-                 scheduler.run_forever(pool, redis, eventlog, catalogue, settings),
-                 batches.run_forever(pool, eventlog, redis, settings),
-                 webhooks.run_forever(pool, settings),
-                 retention.run_forever(pool, settings)):
-        stack.push_async_callback(_stop, asyncio.create_task(loop))
+    loops = {"control": _listen_control(redis, settings, runtime),
+             "sweeper": sweeper.run_forever(pool, redis, eventlog, runtime, settings),
+             "scheduler": scheduler.run_forever(pool, redis, eventlog, catalogue, settings),
+             "batches": batches.run_forever(pool, eventlog, redis, settings),
+             "webhooks": webhooks.run_forever(pool, settings),
+             "retention": retention.run_forever(pool, settings)}
+    for name, loop in loops.items():
+        stack.push_async_callback(_stop, asyncio.create_task(loop, name=name))
 
 
 def build_worker(settings: Settings, *, burst: bool = False,
