@@ -2,5 +2,5 @@
 
 Run ``python -m bench --quick`` (a few minutes) or ``python -m bench --full``; see
 ``bench/README.md``. This package imports nothing at import time, so the Celery peer can run
-``python -m bench.celery_peer`` from its own virtualenv (bench/.venv-celery).
+``python -m bench.celery_peer`` from its own virtualenv (``bench.celery_env``).
 """

@@ -1,15 +1,19 @@
-"""Celery's own virtualenv (bench/.venv-celery, git-ignored), created on first use.
+"""Celery's own virtualenv, created on first use, under the user's cache directory
+(``~/.cache/taskstream/bench-celery-<key>``, or ``TASKSTREAM_BENCH_CELERY_VENV``): every
+clone on the machine shares it, so a fresh clone's test run (CI) does not install Celery
+again. The key covers the requirements and the Python version, so a change makes a new one.
 
 Celery 5.7 needs redis-py >= 6.1 while the product pins redis < 6 for arq 0.28, so the peer
 cannot share the project venv. The tutorial peer (``bench.tutorial_app``) runs from it too. ``python
 -m bench.celery_env`` creates it by hand.
 """
 
+import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-VENV = Path(__file__).resolve().parent / ".venv-celery"
 REQUIREMENTS = [
     "celery[redis]==5.7.0",
     # The tutorial's own web stack (``bench.tutorial_app``): the product's versions of FastAPI,
@@ -20,6 +24,15 @@ REQUIREMENTS = [
     "sqlalchemy==2.1.9",
     "psycopg[binary]==3.3.9",
 ]
+
+
+def _shared_venv() -> Path:
+    key = hashlib.sha256("\n".join([sys.version, *REQUIREMENTS]).encode()).hexdigest()[:12]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "taskstream" / f"bench-celery-{key}"
+
+
+VENV = Path(os.environ.get("TASKSTREAM_BENCH_CELERY_VENV") or _shared_venv())
 
 
 def python() -> Path:
@@ -33,6 +46,7 @@ def ensure(quiet: bool = True) -> Path:
     if python().exists() and marker.exists() and marker.read_text() == want:
         return python()
     if not python().exists():
+        VENV.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     q = ["-q"] if quiet else []
     subprocess.run([str(python()), "-m", "pip", "install", *q, "--disable-pip-version-check",

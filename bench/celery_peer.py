@@ -1,4 +1,4 @@
-"""The Celery peer, run from Celery's own venv: ``.venv-celery/bin/python -m bench.celery_peer``.
+"""The Celery peer: ``python -m bench.celery_peer`` from Celery's own venv (``bench.celery_env``).
 
 Imports only the standard library, celery and redis. Environment: BENCH_CELERY_BROKER (a
 Redis URL with the baselines' DB index), BENCH_CELERY_PREFIX (this run's key prefix),
