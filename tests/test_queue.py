@@ -184,3 +184,40 @@ async def test_a_poll_goes_on_claiming_as_slots_free_up(settings: Settings) -> N
         with warnings.catch_warnings():  # arq's close() calls redis-py's deprecated close()
             warnings.simplefilter("ignore", DeprecationWarning)
             await w.close()
+
+
+async def test_a_poll_reads_past_a_page_of_jobs_held_elsewhere(settings: Settings) -> None:
+    """Jobs taken by a worker that then died keep arq's in-progress marker for the job
+    timeout. A poll that read only the first page (queue_read_limit ids) would find them all
+    held, every time, and never reach the jobs behind them (seen in the chaos run: hundreds
+    of tasks never started after worker kills and a Redis restart)."""
+    s = settings.model_copy(update={"namespace": f"q{uuid.uuid4().hex[:8]}",
+                                    "worker_max_jobs": 2})
+    ran: list[str] = []
+
+    async def nothing(ctx: dict[str, object]) -> None: ...
+
+    async def run(ctx: dict[str, object], task_id: str) -> None:
+        ran.append(task_id)
+
+    arq = await queue.connect(s)
+    w = queue.build_worker(s, run, on_startup=nothing, on_shutdown=nothing, burst=True)
+    w._pool = arq
+    w.ctx["redis"] = arq
+    try:
+        page = w.queue_read_limit
+        held = [(str(uuid.uuid4()), 1) for _ in range(page + 3)]
+        await queue.enqueue(arq, s, held)
+        for t, n in held:
+            await arq.psetex(in_progress_key_prefix + queue.job_id(t, n), 60_000, b"1")
+        behind = (str(uuid.uuid4()), 1)
+        await asyncio.sleep(0.01)  # a later score: behind every held job
+        await queue.enqueue(arq, s, [behind])
+
+        await asyncio.wait_for(w._poll_iteration(), 5)
+        await asyncio.wait_for(asyncio.gather(*w.tasks.values()), 5)
+        assert ran == [behind[0]]
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            await w.close()

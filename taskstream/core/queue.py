@@ -358,6 +358,10 @@ end
 """
 
 
+#: Pages of ``queue_read_limit`` due jobs one poll reads at most, past jobs held elsewhere.
+MAX_POLL_PAGES = 8
+
+
 class _Finisher(Batcher[Callable[[Pipeline], None], None]):
     """arq's per-job end-of-run transaction, for every job that ends meanwhile in one."""
 
@@ -402,6 +406,7 @@ class BatchingWorker(Worker):
         at most one poll delay for a slot, so long jobs never stall the poll loop."""
         ids: Sequence[bytes | str] = job_ids
         first = True
+        read, pages = len(job_ids), 1  # queue positions read so far, in pages
         while first or ids:
             free = self.max_jobs - self.job_counter
             if free <= 0:
@@ -418,6 +423,16 @@ class BatchingWorker(Worker):
                 t = self.loop.create_task(self._run_claimed(c))
                 t.add_done_callback(self._job_done)
                 self.tasks[c.job_id] = t
+            if (not ids and read == pages * self.queue_read_limit and pages < MAX_POLL_PAGES
+                    and self.job_counter < self.max_jobs):
+                # A full page, and slots still free: the page's jobs are held by other
+                # workers. Jobs held by a worker that died keep arq's marker for the job
+                # timeout, and a page of them read again at every poll would starve every
+                # job behind it (the sweeper's rescues included): read on.
+                ids = await self.pool.zrangebyscore(
+                    self.queue_name, min=float("-inf"), max=timestamp_ms(), start=read,
+                    num=self.queue_read_limit)
+                read, pages = read + len(ids), pages + 1
 
     _slot: asyncio.Event | None = None
 
