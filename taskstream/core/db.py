@@ -108,8 +108,8 @@ async def close_pool(pool: Pool, within: float = POOL_CLOSE_WAIT) -> None:
         await asyncio.wait({closing}, timeout=within)
     finally:
         if not closing.done():
-            log.error("database pool: %d connection(s) still in use %gs into shutdown; "
-                      "terminating them", pool.get_size() - pool.get_idle_size(), within)
+            log.error("database pool: %d connection(s) still in use %gs after its close "
+                      "began; terminating them", pool.get_size() - pool.get_idle_size(), within)
             closing.cancel()  # close() terminates the pool when cancelled
             await asyncio.wait({closing})
     if not closing.cancelled():

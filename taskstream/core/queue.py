@@ -430,8 +430,8 @@ class BatchingWorker(Worker):
                 # timeout, and a page of them read again at every poll would starve every
                 # job behind it (the sweeper's rescues included): read on.
                 ids = await self.pool.zrangebyscore(
-                    self.queue_name, min=float("-inf"), max=timestamp_ms(), start=read,
-                    num=self.queue_read_limit)
+                    self.queue_name, min=float("-inf"), max=timestamp_ms(),
+                    start=self._queue_read_offset + read, num=self.queue_read_limit)
                 read, pages = read + len(ids), pages + 1
 
     _slot: asyncio.Event | None = None
