@@ -10,11 +10,13 @@ spending an attempt of their budget.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +46,12 @@ from worker import limits
 from worker.context import Suspend, WorkerContext
 
 log = logging.getLogger(__name__)
+
+#: A run's end as queued: its event type, and the future of its write.
+Ending = tuple[EventType, "asyncio.Future[store.Appended]"]
+#: What a written end means for arq's log and the metrics.
+_ENDS = {EventType.COMPLETED: RunOutcome.COMPLETED, EventType.FAILED: RunOutcome.FAILED,
+         EventType.CANCELLED: RunOutcome.CANCELLED}
 
 
 class TaskLoader(Batcher[uuid.UUID, "store.Task | None"]):
@@ -161,29 +169,41 @@ class Runtime:
                                     FailureReason.ERROR)
 
         timeout = opts.get("timeout") or spec.timeout or self.settings.worker_job_timeout
-        job = asyncio.create_task(_run_impl(spec, ctx, params), name=f"task:{task_id}")
+        # The run's end, queued by the job in the very step its code returns (``_queue_end``):
+        # the run's last reports are then still queued too, and share its batch.
+        ended: list[Ending] = []
+        job = asyncio.create_task(
+            _run_impl(spec, ctx, params, lambda result: ended.append(self._queue_end(ctx, result))),
+            name=f"task:{task_id}")
         self.running[task_id] = job
         try:
             async with asyncio.timeout(timeout):
-                result = await asyncio.shield(job)
+                await asyncio.shield(job)
         except TimeoutError:
             job.cancel()
             await _settle(job)
+            if ended:  # it returned in the loop turn its limit passed, or ignored the cancel
+                return await self._ended(ctx, *ended[0])
             return await self._failed_attempt(ctx, task, spec, FailureReason.TIMEOUT,
                                               f"timed out after {timeout:g}s (hard limit)")
         except asyncio.CancelledError:
             if task_id in self._cancel_requested:
                 # The cancel endpoint's request: record it and finish normally.
                 await _settle(job)
-                await self._terminal(ctx, EventType.CANCELLED, error="cancelled by request")
-                return RunOutcome.CANCELLED
+                if ended:  # the task swallowed its cancellation: its end says "cancelled"
+                    return await self._ended(ctx, *ended[0])
+                return await self._terminal(ctx, EventType.CANCELLED,
+                                            error="cancelled by request")
             # The worker is shutting down past its grace period: stop the task and put it
             # back to pending (no attempt spent); arq re-queues this job for another worker.
-            job.cancel()
-            await _settle(job)
-            await self._append(ctx.owner, task_id, EventType.REQUEUED, attempt=attempt,
-                               message="worker shutting down; task re-queued",
-                               data={"reason": FailureReason.SHUTDOWN})
+            # A run whose end is already queued is over: the event log writes it on close.
+            if not ended:
+                job.cancel()
+                await _settle(job)  # it may still return meanwhile, and so end the run
+            if not ended:
+                await self._append(ctx.owner, task_id, EventType.REQUEUED, attempt=attempt,
+                                   message="worker shutting down; task re-queued",
+                                   data={"reason": FailureReason.SHUTDOWN})
             raise
         except AttemptSuperseded:
             return RunOutcome.SUPERSEDED
@@ -191,8 +211,8 @@ class Runtime:
             return await self._suspend(ctx, parked)
         except Exception as exc:
             if task_id in self._cancel_requested:
-                await self._terminal(ctx, EventType.CANCELLED, error="cancelled by request")
-                return RunOutcome.CANCELLED
+                return await self._terminal(ctx, EventType.CANCELLED,
+                                            error="cancelled by request")
             if isinstance(exc, SoftTimeLimitExceeded):
                 return await self._failed_attempt(ctx, task, spec, FailureReason.TIMEOUT,
                                                   f"timed out: soft limit of {soft:g}s")
@@ -204,17 +224,20 @@ class Runtime:
                                               f"{type(exc).__name__}: {exc}")
         finally:
             self.running.pop(task_id, None)
+        assert ended, "the job returned, so it queued its end"
+        return await self._ended(ctx, *ended[0])
 
-        if task_id in self._cancel_requested:  # the task swallowed its cancellation
-            await self._terminal(ctx, EventType.CANCELLED, error="cancelled by request")
-            return RunOutcome.CANCELLED
+    def _queue_end(self, ctx: WorkerContext, result: Any) -> "Ending":
+        """The end of a run whose code returned ``result``, queued now (no I/O, no wait)."""
+        if ctx.task_id in self._cancel_requested:  # the task swallowed its cancellation
+            return self._queue_terminal(ctx, EventType.CANCELLED, error="cancelled by request")
         try:
             payload = _jsonable(result)
         except (TypeError, ValueError) as exc:
-            return await self._fail(ctx, f"result is not JSON-serializable: {exc}",
-                                    FailureReason.ERROR)
-        await self._terminal(ctx, EventType.COMPLETED, result=payload)
-        return RunOutcome.COMPLETED
+            return self._queue_terminal(
+                ctx, EventType.FAILED, error=f"result is not JSON-serializable: {exc}"[:4000],
+                data={"reason": FailureReason.ERROR})
+        return self._queue_terminal(ctx, EventType.COMPLETED, result=payload)
 
     async def _suspend(self, ctx: WorkerContext, parked: Suspend) -> RunOutcome:
         """Park the run (``ctx.wait_for``): the task goes back to pending with no job queued,
@@ -257,16 +280,37 @@ class Runtime:
         return RunOutcome.RETRYING
 
     async def _fail(self, ctx: WorkerContext, error: str, reason: FailureReason) -> RunOutcome:
-        await self._terminal(ctx, EventType.FAILED, error=error[:4000], data={"reason": reason})
-        return RunOutcome.FAILED
+        return await self._terminal(ctx, EventType.FAILED, error=error[:4000],
+                                    data={"reason": reason})
 
     async def _terminal(self, ctx: WorkerContext, etype: EventType, *, result: Any = None,
-                        error: str | None = None, data: Any = None) -> None:
-        res = await self._append(ctx.owner, ctx.task_id, etype, attempt=ctx.attempt,
-                                 result=result, error=error, data=data,
-                                 progress=ctx.current_progress)
-        if res.outcome != Outcome.OK:
-            log.info("terminal %s for %s refused: %s", etype, ctx.task_id, res.outcome)
+                        error: str | None = None, data: Any = None) -> RunOutcome:
+        return await self._ended(ctx, *self._queue_terminal(ctx, etype, result=result,
+                                                            error=error, data=data))
+
+    def _queue_terminal(self, ctx: WorkerContext, etype: EventType, *, result: Any = None,
+                        error: str | None = None, data: Any = None) -> "Ending":
+        """The attempt's end, queued behind its reports without waiting for them: those
+        still queued share its batch, so one commit and one publish end the task, and a
+        stream sends the last progress and the end in one write."""
+        return etype, self.eventlog.enqueue(NewEvent(
+            task_id=ctx.task_id, owner=ctx.owner, type=etype, attempt=ctx.attempt,
+            progress=ctx.current_progress, result=result, error=error, data=data))
+
+    async def _ended(self, ctx: WorkerContext, etype: EventType,
+                     written: "asyncio.Future[store.Appended]") -> RunOutcome:
+        """Wait for the run's reports and its queued end. Events are written in the order
+        queued, so a report refused (the attempt superseded, or the task ended meanwhile)
+        means its end is refused for the same reason: the end's outcome decides."""
+        # A report's batch that failed (outages are retried there, not raised) is logged by
+        # the event log; the end, written in a later batch, may still stand.
+        with contextlib.suppress(Exception):
+            await ctx.flush()
+        res = await written
+        if res.outcome == Outcome.OK:
+            return _ENDS[etype]
+        log.info("terminal %s for %s refused: %s", etype, ctx.task_id, res.outcome)
+        return RunOutcome.SUPERSEDED if etype == EventType.COMPLETED else _ENDS[etype]
 
     async def _append(self, owner: str, task_id: str, etype: EventType, **kw: Any
                       ) -> store.Appended:
@@ -310,12 +354,10 @@ def backoff(failures: int, base: float, cap: float) -> float:
     return float(raw * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not cryptography
 
 
-async def _run_impl(spec: TaskDef[Any, Any], ctx: WorkerContext, params: BaseModel) -> Any:
-    """The task's code, then its reports made durable: a refused or failed report fails the
-    attempt here, inside its time limit, rather than after it claimed success."""
-    result = await spec.fn(ctx, params)
-    await ctx.flush()
-    return result
+async def _run_impl(spec: TaskDef[Any, Any], ctx: WorkerContext, params: BaseModel,
+                    end: Callable[[Any], None]) -> None:
+    """The task's code; ``end`` queues the run's end in the same step it returns in."""
+    end(await spec.fn(ctx, params))
 
 
 async def _settle(job: asyncio.Task[Any]) -> None:
