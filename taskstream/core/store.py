@@ -9,6 +9,7 @@ connection while it waits (an SSE stream in particular holds none).
 
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -520,39 +521,18 @@ async def iter_upload(pool: asyncpg.Pool, upload_id: uuid.UUID) -> AsyncIterator
         idx += 1
 
 
-class transaction:
+@asynccontextmanager
+async def transaction(db: Executor) -> AsyncIterator[asyncpg.Connection]:
     """``async with transaction(pool_or_conn) as conn``: a transaction on a pooled or given
-    connection."""
-
-    def __init__(self, db: Executor) -> None:
-        self._db = db
-        self._conn: Any = None
-        self._ctx: Any = None
-        self._tr: Any = None
-
-    async def __aenter__(self) -> asyncpg.Connection:
-        if isinstance(self._db, asyncpg.Pool):
-            self._ctx = self._db.acquire()
-            self._conn = await self._ctx.__aenter__()
-        else:
-            self._conn = self._db
-        self._tr = self._conn.transaction()
-        try:
-            await self._tr.__aenter__()
-        except BaseException as exc:
-            # BEGIN failed or was cancelled: no __aexit__ follows, so the connection goes
-            # back here (kept, it hung the pool's close at a worker's shutdown).
-            if self._ctx is not None:
-                await self._ctx.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        return self._conn  # type: ignore[no-any-return]
-
-    async def __aexit__(self, *exc: Any) -> None:
-        try:
-            await self._tr.__aexit__(*exc)
-        finally:
-            if self._ctx is not None:
-                await self._ctx.__aexit__(*exc)
+    connection. Nested ``async with`` blocks, so the connection goes back to the pool however
+    the transaction ends, BEGIN failing or cancelled included (a connection kept that way
+    hung the pool's close at a worker's shutdown)."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn, conn.transaction():
+            yield conn  # type: ignore[misc]  # a proxy, used as a Connection
+    else:
+        async with db.transaction():
+            yield db  # type: ignore[misc]
 
 
 # --- leases, sweeping, dead letters ----------------------------------------------------------
