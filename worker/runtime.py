@@ -169,41 +169,40 @@ class Runtime:
                                     FailureReason.ERROR)
 
         timeout = opts.get("timeout") or spec.timeout or self.settings.worker_job_timeout
-        # The run's end, queued by the job in the very step its code returns (``_queue_end``):
+        # The job queues the run's end in the very step its code returns (``_queue_end``):
         # the run's last reports are then still queued too, and share its batch.
-        ended: list[Ending] = []
-        job = asyncio.create_task(
-            _run_impl(spec, ctx, params, lambda result: ended.append(self._queue_end(ctx, result))),
-            name=f"task:{task_id}")
+        job = asyncio.create_task(_run_impl(spec, ctx, params, self._queue_end),
+                                  name=f"task:{task_id}")
         self.running[task_id] = job
         try:
             async with asyncio.timeout(timeout):
-                await asyncio.shield(job)
+                ending = await asyncio.shield(job)
         except TimeoutError:
             job.cancel()
             await _settle(job)
-            if ended:  # it returned in the loop turn its limit passed, or ignored the cancel
-                return await self._ended(ctx, *ended[0])
+            if ended := _end_of(job):  # it returned as its limit passed, or ignored the cancel
+                return await self._ended(ctx, *ended)
             return await self._failed_attempt(ctx, task, spec, FailureReason.TIMEOUT,
                                               f"timed out after {timeout:g}s (hard limit)")
         except asyncio.CancelledError:
             if task_id in self._cancel_requested:
                 # The cancel endpoint's request: record it and finish normally.
                 await _settle(job)
-                if ended:  # the task swallowed its cancellation: its end says "cancelled"
-                    return await self._ended(ctx, *ended[0])
+                if ended := _end_of(job):  # it swallowed its cancellation: "cancelled" end
+                    return await self._ended(ctx, *ended)
                 return await self._terminal(ctx, EventType.CANCELLED,
                                             error="cancelled by request")
             # The worker is shutting down past its grace period: stop the task and put it
             # back to pending (no attempt spent); arq re-queues this job for another worker.
             # A run whose end is already queued is over: the event log writes it on close.
-            if not ended:
+            if not _end_of(job):
                 job.cancel()
-                await _settle(job)  # it may still return meanwhile, and so end the run
-            if not ended:
-                await self._append(ctx.owner, task_id, EventType.REQUEUED, attempt=attempt,
-                                   message="worker shutting down; task re-queued",
-                                   data={"reason": FailureReason.SHUTDOWN})
+                await _settle(job)
+                if not _end_of(job):  # it may still have returned meanwhile
+                    await self._append(ctx.owner, task_id, EventType.REQUEUED,
+                                       attempt=attempt,
+                                       message="worker shutting down; task re-queued",
+                                       data={"reason": FailureReason.SHUTDOWN})
             raise
         except AttemptSuperseded:
             return RunOutcome.SUPERSEDED
@@ -224,8 +223,7 @@ class Runtime:
                                               f"{type(exc).__name__}: {exc}")
         finally:
             self.running.pop(task_id, None)
-        assert ended, "the job returned, so it queued its end"
-        return await self._ended(ctx, *ended[0])
+        return await self._ended(ctx, *ending)
 
     def _queue_end(self, ctx: WorkerContext, result: Any) -> "Ending":
         """The end of a run whose code returned ``result``, queued now (no I/O, no wait)."""
@@ -234,9 +232,8 @@ class Runtime:
         try:
             payload = _jsonable(result)
         except (TypeError, ValueError) as exc:
-            return self._queue_terminal(
-                ctx, EventType.FAILED, error=f"result is not JSON-serializable: {exc}"[:4000],
-                data={"reason": FailureReason.ERROR})
+            return self._queue_failure(ctx, f"result is not JSON-serializable: {exc}",
+                                       FailureReason.ERROR)
         return self._queue_terminal(ctx, EventType.COMPLETED, result=payload)
 
     async def _suspend(self, ctx: WorkerContext, parked: Suspend) -> RunOutcome:
@@ -280,7 +277,11 @@ class Runtime:
         return RunOutcome.RETRYING
 
     async def _fail(self, ctx: WorkerContext, error: str, reason: FailureReason) -> RunOutcome:
-        return await self._terminal(ctx, EventType.FAILED, error=error[:4000],
+        return await self._ended(ctx, *self._queue_failure(ctx, error, reason))
+
+    def _queue_failure(self, ctx: WorkerContext, error: str, reason: FailureReason
+                       ) -> "Ending":
+        return self._queue_terminal(ctx, EventType.FAILED, error=error[:4000],
                                     data={"reason": reason})
 
     async def _terminal(self, ctx: WorkerContext, etype: EventType, *, result: Any = None,
@@ -355,9 +356,16 @@ def backoff(failures: int, base: float, cap: float) -> float:
 
 
 async def _run_impl(spec: TaskDef[Any, Any], ctx: WorkerContext, params: BaseModel,
-                    end: Callable[[Any], None]) -> None:
+                    end: Callable[[WorkerContext, Any], Ending]) -> Ending:
     """The task's code; ``end`` queues the run's end in the same step it returns in."""
-    end(await spec.fn(ctx, params))
+    return end(ctx, await spec.fn(ctx, params))
+
+
+def _end_of(job: "asyncio.Task[Ending]") -> Ending | None:
+    """The end a finished job queued, or None if its code did not return."""
+    if job.done() and not job.cancelled() and job.exception() is None:
+        return job.result()
+    return None
 
 
 async def _settle(job: asyncio.Task[Any]) -> None:
