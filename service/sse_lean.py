@@ -71,6 +71,9 @@ class LeanEventStream(Response):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 del chunk  # sent: an idle stream need not hold its last chunk (~0.5 KB)
             await send({"type": "http.response.body", "body": last, "more_body": False})
+            # The teardown below waits behind the other streams woken with this one: when a
+            # task ends, its N streams' last writes go out first, not one per teardown.
+            await asyncio.sleep(0)
         except SendTimeout:
             # Returning with the response unfinished makes the server close the connection.
             log.warning("SSE client stopped reading for %ss; closing its stream",

@@ -12,7 +12,7 @@ a ``snapshot``, starts with the text so far of the task's live text streams.
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -58,7 +58,7 @@ class StreamSpec:
 
 
 async def follow(hub: Hub, spec: StreamSpec, *, flush: bool = False
-                 ) -> AsyncIterator[Event | TokenFrame | Flush | None]:
+                 ) -> AsyncGenerator[Event | TokenFrame | Flush | None, None]:
     """Yield events in order, and None when the stream has been idle for ``keepalive``
     seconds; returns after a terminal event (task streams), on overflow, or at the end of
     its lifetime. With ``flush``, also ``FLUSH`` whenever the subscription's queue is empty

@@ -3,15 +3,26 @@ the wire, and a client that stops reading is cut off after ``stream_send_timeout
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 from starlette.types import Message
 
 from service import sse
+from service.deps import Resources
+from service.hub import Hub
+from service.limits import StreamSlots
+from service.routes.streams import open_stream
 from service.sse_lean import LastChunk, LeanEventStream
+from service.streams import StreamSpec
+from taskstream.core.events import Event, IdField
+from taskstream.core.settings import Settings
 from taskstream.devservices.processes import WebServer, WorkerProc
 from tests.conftest import SSE_RESPONSES, eventually, wait_terminal
 from tests.test_tasks_api import submit
@@ -107,3 +118,87 @@ async def test_lean_response_ends_the_body_with_the_last_chunk() -> None:
     bodies = [(m["body"], m["more_body"]) for m in sent[1:]]
     assert bodies == [(b"id: 1\n\n", True), (b"id: 2\n\n", False)]
     assert cleaned.is_set()
+
+
+async def test_lean_streams_that_end_together_write_before_they_tear_down() -> None:
+    """When a task ends, its N streams wake at once: each one's last write goes out before
+    any of them tears down (closes its iterator), so the Nth stream's end does not wait for
+    N-1 teardowns (the 5,000-stream push latency bench)."""
+    order: list[str] = []
+    ended = asyncio.get_running_loop().create_future()
+
+    def response(name: str) -> LeanEventStream:
+        async def frames() -> AsyncIterator[bytes]:
+            try:
+                await ended
+                yield LastChunk(b"id: 1\n\n")
+            finally:
+                order.append(f"teardown {name}")
+
+        return LeanEventStream(frames())
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()  # the clients never leave
+        raise AssertionError
+
+    def sender(name: str) -> Callable[[Message], Awaitable[None]]:
+        async def send(message: Message) -> None:
+            if not message.get("more_body", True):
+                order.append(f"end {name}")
+        return send
+
+    runs = [asyncio.create_task(response(n)({"type": "http"}, receive, sender(n)))
+            for n in "ab"]
+    await asyncio.sleep(0.01)  # both wait for their task's end
+    ended.set_result(None)
+    await asyncio.gather(*runs)
+    assert order == ["end a", "end b", "teardown a", "teardown b"]
+
+
+async def test_streams_ending_together_write_their_ends_while_still_subscribed(
+        settings: Settings) -> None:
+    """A task's two streams (the frames both responses send): each one's terminal frame
+    comes out while both subscriptions are still open. The unsubscribe (a write to Redis for
+    a channel's last stream) follows the writes, and one stream's teardown waits for the
+    other's end (sse-starlette reads the iterator to its end, as this test does). Then
+    every subscription is closed."""
+    hub = Hub(lambda: Redis.from_url(settings.redis_url),
+              control_channel=f"{settings.namespace}:ssetest:control")
+    await hub.start()
+    channel = f"{settings.namespace}:ssetest:ends"
+
+    async def nothing_stored(cursor: int, limit: int) -> list[Event]:
+        return []
+
+    res = cast(Resources, SimpleNamespace(hub=hub, streams=StreamSlots(10, 10),
+                                          settings=settings))
+    spec = StreamSpec(channel, 0, IdField.SEQ, nothing_stored, ends_on_terminal=True)
+    subscribed_at_end: list[int] = []
+
+    async def read_to_the_end() -> list[bytes]:
+        stream = open_stream(res, "tenant", spec, IdField.SEQ)
+        frames = stream.frames if isinstance(stream, LeanEventStream) \
+            else cast(Any, stream).body_iterator  # sse-starlette's
+        chunks = []
+        async for chunk in frames:  # the progress may come alone, before the end
+            chunks.append(chunk)
+            if type(chunk) is LastChunk:
+                subscribed_at_end.append(hub.streams)
+        return chunks
+
+    try:
+        readers = [asyncio.ensure_future(read_to_the_end()) for _ in range(2)]
+        await eventually(lambda: asyncio.sleep(0, hub.streams == 2 or None))
+        publisher = Redis.from_url(settings.redis_url)
+        now = datetime.now(UTC)
+        for seq, etype in ((1, "progress"), (2, "completed")):
+            await publisher.publish(channel, Event("t", seq, seq, etype, etype, 1.0, None,
+                                                   None, 1, now).encode())
+        await publisher.aclose()
+        for chunks in await asyncio.wait_for(asyncio.gather(*readers), 10):
+            assert type(chunks[-1]) is LastChunk
+            assert b"".join(chunks).count(b"id: ") == 2
+        assert subscribed_at_end == [2, 2]
+        assert hub.streams == 0 and hub.ended == 2
+    finally:
+        await hub.close()

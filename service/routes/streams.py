@@ -6,6 +6,8 @@ and whose ``id:`` is a short sequence number, so a reconnecting EventSource resu
 Last-Event-ID.
 """
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -85,20 +87,32 @@ def open_stream(res: Resources, tenant: str, spec: StreamSpec, id_field: IdField
             buf: list[bytes] = []
             size = 0
             try:
-                async for ev in follow(res.hub, spec, flush=True):
-                    if isinstance(ev, Flush):
-                        if buf:
+                async with contextlib.aclosing(follow(res.hub, spec, flush=True)) as events:
+                    async for ev in events:
+                        if isinstance(ev, Flush):
+                            if buf:
+                                yield b"".join(buf)
+                                buf.clear()
+                                size = 0
+                            continue
+                        frame = sse.any_frame(ev, id_field)
+                        buf.append(frame)
+                        size += len(frame)
+                        if spec.ends_on_terminal and isinstance(ev, Event) and ev.terminal:
+                            # The stream's end goes out while its subscription is still
+                            # open: the unsubscribe (for a channel's last stream, a write to
+                            # Redis) comes after the write, not before it. When a task ends,
+                            # its N streams' writes then come before their N teardowns.
+                            yield LastChunk(b"".join(buf))
+                            # sse-starlette asks for more (the lean response closes the
+                            # iterator instead, and waits as this does): the other streams
+                            # woken with this one write their ends before it tears down.
+                            await asyncio.sleep(0)
+                            return
+                        if size >= BATCH_BYTES:
                             yield b"".join(buf)
                             buf.clear()
                             size = 0
-                        continue
-                    frame = sse.any_frame(ev, id_field)
-                    buf.append(frame)
-                    size += len(frame)
-                    if size >= BATCH_BYTES:
-                        yield b"".join(buf)
-                        buf.clear()
-                        size = 0
             except HubUnavailable:
                 pass  # Redis went away as we subscribed: end; the client resumes
             except TRANSIENT_DB_ERRORS:
