@@ -188,8 +188,13 @@ async def test_streams_ending_together_write_their_ends_while_still_subscribed(
 
     try:
         readers = [asyncio.ensure_future(read_to_the_end()) for _ in range(2)]
-        await eventually(lambda: asyncio.sleep(0, hub.streams == 2 or None))
         publisher = Redis.from_url(settings.redis_url)
+
+        async def subscribed() -> bool:  # both streams, and Redis has the SUBSCRIBE
+            [(_, n)] = await publisher.pubsub_numsub(channel)
+            return hub.streams == 2 and n == 1
+
+        await eventually(subscribed)
         now = datetime.now(UTC)
         for seq, etype in ((1, "progress"), (2, "completed")):
             await publisher.publish(channel, Event("t", seq, seq, etype, etype, 1.0, None,
