@@ -54,7 +54,9 @@ SIZES: dict[str, Sizes] = {
                   scaleout_streams=10, stream_rounds=1, token_runs=5, token_clients=20,
                   token_seconds=4.0),
     # events: a round of 10,000 events lasted ~0.25 s and moved ±25%; 50,000 take ~1 s
-    "quick": Sizes(rounds=3, throughput_tasks=1000, submit_concurrency=50, event_tasks=100,
+    # throughput: rounds of 1,000 no-op tasks lasted under a second and the 1-worker ratio
+    # against raw arq swung 0.84x-1.09x within a run; 3,000 (as --full) last ~2-3 s
+    "quick": Sizes(rounds=3, throughput_tasks=3000, submit_concurrency=50, event_tasks=100,
                    events_per_task=500, latency_streams=(1, 1000, 5000), latency_seconds=5.0,
                    capacity_streams=10_000, waiting_streams=1000, waiting_window=5.0,
                    submission_requests=3000, submission_concurrency=(32,),
