@@ -56,6 +56,10 @@ class StreamSpec:
     def key(self, ev: Event) -> int:
         return ev.position(self.id_field)
 
+    def ends_with(self, ev: Event) -> bool:
+        """Whether ``ev`` is the stream's last event (a task stream ends at its terminal)."""
+        return self.ends_on_terminal and ev.terminal
+
 
 async def follow(hub: Hub, spec: StreamSpec, *, flush: bool = False
                  ) -> AsyncGenerator[Event | TokenFrame | Flush | None, None]:
@@ -75,7 +79,7 @@ async def follow(hub: Hub, spec: StreamSpec, *, flush: bool = False
                 continue
             cursor = spec.key(ev)
             yield ev
-            if spec.ends_on_terminal and ev.terminal:
+            if spec.ends_with(ev):
                 return
         async for frame in _snapshot(spec):
             yield frame
@@ -124,7 +128,7 @@ async def follow(hub: Hub, spec: StreamSpec, *, flush: bool = False
                         continue
                     cursor = spec.key(ev)
                     yield ev
-                    if spec.ends_on_terminal and ev.terminal:
+                    if spec.ends_with(ev):
                         return
                 if item == RESYNC:  # token frames may have been lost too
                     async for frame in _snapshot(spec):
@@ -137,7 +141,7 @@ async def follow(hub: Hub, spec: StreamSpec, *, flush: bool = False
                     if rest is not None:
                         yield rest
                 yield ev
-                if spec.ends_on_terminal and ev.terminal:
+                if spec.ends_with(ev):
                     return
 
 

@@ -219,7 +219,7 @@ class Connection:
                     ev: Event = item
                     await self.send(f'{prefix_event}{ev.position(id_field)},"event":'
                                     f'{ev.encode()}}}')
-                    if spec.ends_on_terminal and ev.terminal:
+                    if spec.ends_with(ev):
                         reason = "terminal"
         except HubUnavailable:
             pass  # end: the client subscribes again and resumes

@@ -98,7 +98,7 @@ def open_stream(res: Resources, tenant: str, spec: StreamSpec, id_field: IdField
                         frame = sse.any_frame(ev, id_field)
                         buf.append(frame)
                         size += len(frame)
-                        if spec.ends_on_terminal and isinstance(ev, Event) and ev.terminal:
+                        if isinstance(ev, Event) and spec.ends_with(ev):
                             # The stream's end goes out while its subscription is still
                             # open: the unsubscribe (for a channel's last stream, a write to
                             # Redis) comes after the write, not before it. When a task ends,
