@@ -8,6 +8,7 @@ one clock.
 
 import asyncio
 import contextlib
+import os
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ from bench.common import (
     Outcome,
     Row,
     Run,
+    backend_pids,
     count_status,
     host_port,
     median,
@@ -26,6 +28,7 @@ from bench.common import (
     submit_many,
     wait_for,
 )
+from bench.cpu import CpuSampler
 from bench.env import streams_allowed
 from bench.net import HttpConn, SSEPool
 from bench.ticks import TICK
@@ -147,7 +150,7 @@ async def latency(run: Run) -> Outcome:
         for response in SSE_RESPONSES:
             web = await env.web(f"web-latency-{response}", TASKSTREAM_SSE_RESPONSE=response)
             try:
-                await _latency_of(run, out, web, pool, response)
+                await _latency_of(run, out, web, [w.pid for w in workers], pool, response)
             finally:
                 env.stop([web])
         out.notes.append("push latency includes the event's durable commit (persist, then "
@@ -165,18 +168,19 @@ async def latency(run: Run) -> Outcome:
     return out
 
 
-async def _latency_of(run: Run, out: Outcome, web: WebServer, pool: asyncpg.Pool,
-                      response: str) -> None:
+async def _latency_of(run: Run, out: Outcome, web: WebServer, worker_pids: list[int],
+                      pool: asyncpg.Pool, response: str) -> None:
     """Every stream count's rounds on one web process with this SSE response."""
     sz = run.sizes
     opened: tuple[float, int] | None = None  # seconds to submit and open n streams, measured
     for n in sz.latency_streams:
         per: dict[str, list[float]] = {"p50": [], "p95": [], "p99": [], "p99_before_end": [],
                                        "commit_max": [], "late": []}
+        cpu: dict[str, list[float]] = {}  # "<tick>:<figure>" -> rounds
         for r in range(sz.stream_rounds):
             for attempt in range(1, OPEN_ATTEMPTS + 1):
-                row, opened_s = await _latency_round(run, out, web, pool, n, r, attempt,
-                                                     opened)
+                row, opened_s = await _latency_round(run, out, web, worker_pids, pool, n, r,
+                                                     attempt, opened)
                 opened = (opened_s, n)
                 if row["opened_late_s"] == 0 or attempt == OPEN_ATTEMPTS:
                     break
@@ -192,6 +196,9 @@ async def _latency_of(run: Run, out: Outcome, web: WebServer, pool: asyncpg.Pool
                 if isinstance(v, float):
                     per[k].append(v)
             per["late"].append(row["opened_late_s"])
+            for tick in ("cpu_last_tick", "cpu_tick_before"):
+                for k, v in (row.get(tick) or {}).items():
+                    cpu.setdefault(f"{tick}:{k}", []).append(v)
         target = {1000: 10.0, 5000: 25.0}.get(n)
         p99 = median(per["p99"])
         late = max(per["late"])
@@ -209,10 +216,22 @@ async def _latency_of(run: Run, out: Outcome, web: WebServer, pool: asyncpg.Pool
             Row("3 push latency", f"streams opened after the first tick, {what} "
                 "(worst round)", late, "s", target="0 s (all open first)", met=late == 0),
         ]
+        # What bounds the slowest second: the web busy all of it, or waiting for a core.
+        for tick, when in (("cpu_last_tick", "the last tick's second (every stream ends)"),
+                           ("cpu_tick_before", "the second before it")):
+            for k, label in (("web_cpu", "web on a CPU"), ("web_sys", "web in the kernel"),
+                             ("web_wait", "web runnable, waiting for a CPU"),
+                             ("machine_busy", "machine busy (all CPUs)"),
+                             ("machine_steal", "machine stolen by the hypervisor")):
+                v = median(cpu.get(f"{tick}:{k}", []))
+                if v is not None:
+                    out.rows.append(Row("3 push latency", f"{label}, {when}, {what}",
+                                        100 * v, "%"))
 
 
-async def _latency_round(run: Run, out: Outcome, web: WebServer, pool: asyncpg.Pool, n: int,
-                         r: int, attempt: int, opened_before: tuple[float, int] | None
+async def _latency_round(run: Run, out: Outcome, web: WebServer, worker_pids: list[int],
+                         pool: asyncpg.Pool, n: int, r: int, attempt: int,
+                         opened_before: tuple[float, int] | None
                          ) -> tuple[dict[str, Any], float]:
     """One round: (its row, seconds from submitting the ticks to every stream open)."""
     env, sz = run.env, run.sizes
@@ -233,7 +252,9 @@ async def _latency_round(run: Run, out: Outcome, web: WebServer, pool: asyncpg.P
                                       interval=interval, lead=lead)
     rss0 = rss(web)
     streams = SSEPool(host, port)
-    with quiet_gc():
+    groups = {"web": [web.pid], "worker": worker_pids, "client": [os.getpid()],
+              "postgres": await backend_pids(pool, wal_writers=True)}
+    with quiet_gc(), CpuSampler(groups) as cpu:
         async with CommitProbe(env.database_url) as probe:
             await streams.open(
                 [f"/tasks/{ids[i % tasks]}/stream" for i in range(n)], parallel=200)
@@ -259,12 +280,30 @@ async def _latency_round(run: Run, out: Outcome, web: WebServer, pool: asyncpg.P
         "rss_per_stream_kb": (rss1 - rss0) / n / 1024,
         "commit_p50_ms": _ms(percentile(probe.latencies, 50)),
         "commit_max_ms": _ms(max(probe.latencies or [0]))}
+    if interval >= 0.5 and count >= 2:  # seconds long enough to read from 25 ms samples
+        last = start_at + (count - 1) * interval
+        row["cpu_last_tick"] = cpu.window(last, last + interval)
+        row["cpu_tick_before"] = cpu.window(last - interval, last)
     run.log(f"latency n={n} round {r} ({web.name}): p50 {row['p50_ms']:.1f} ms, p99 "
             f"{row['p99_ms']:.1f} ms ({len(lat)} samples); streams open "
             f"{opened - t0:.1f}s after submitting, {-late:.1f}s before the first tick; "
             f"durable commit meanwhile: p50 {row['commit_p50_ms'] or 0:.1f} ms, "
-            f"max {row['commit_max_ms'] or 0:.1f} ms")
+            f"max {row['commit_max_ms'] or 0:.1f} ms{_cpu_text(row)}")
     return row, opened - t0
+
+
+def _cpu_text(row: dict[str, Any]) -> str:
+    def one(w: dict[str, float]) -> str:
+        procs = ", ".join(f"{g} {100 * w[f'{g}_cpu']:.0f}% (kernel {100 * w[f'{g}_sys']:.0f}"
+                          f"%; +{100 * w[f'{g}_wait']:.0f}% waiting)"
+                          for g in ("web", "worker", "client", "postgres"))
+        return (f"{procs}; machine busy {100 * w['machine_busy']:.0f}%, stolen "
+                f"{100 * w['machine_steal']:.0f}%")
+    last, before = row.get("cpu_last_tick"), row.get("cpu_tick_before")
+    if not last or not before:
+        return ""
+    return f"; the last tick's second: {one(last)}; the second before: {one(before)}"
+
 
 
 async def capacity(run: Run) -> Outcome:
