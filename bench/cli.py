@@ -26,7 +26,18 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from bench import batches, celery_env, limits, llm, search, streams, tasks, tokens, tutorial
+from bench import (
+    batches,
+    celery_env,
+    ends,
+    limits,
+    llm,
+    search,
+    streams,
+    tasks,
+    tokens,
+    tutorial,
+)
 from bench.common import SIZES, Outcome, Row, Run
 from bench.env import RESULTS_DIR, make_env, raise_fd_limit
 from bench.net import set_token
@@ -36,6 +47,7 @@ SCENARIOS: dict[str, Callable[[Run], Awaitable[Outcome]]] = {
     "events": tasks.events,
     "latency": streams.latency,
     "capacity": streams.capacity,
+    "ends": ends.ends,
     "waiting": streams.waiting,
     "submission": tasks.submission,
     "scaleout": tasks.scaleout,

@@ -24,16 +24,20 @@ class Sample:
     total: float
 
 
-def _system_seconds(pids: list[int]) -> float:
-    """CPU seconds these processes spent in the kernel so far (/proc/PID/stat's stime)."""
-    total = 0
+def user_system_seconds(pids: list[int]) -> tuple[float, float]:
+    """CPU seconds these processes spent in user space and in the kernel so far
+    (/proc/PID/stat's utime and stime, all threads; clock ticks, so 10 ms steps)."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as fh:
-                total += int(fh.read().rsplit(")", 1)[1].split()[12])
+                fields = fh.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-    return total / os.sysconf("SC_CLK_TCK")
+        user += int(fields[11])
+        system += int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
 
 
 def _machine() -> tuple[float, float, float]:
@@ -76,7 +80,7 @@ class CpuSampler:
             for pid in pids:
                 r, w = sched_seconds(pid)
                 run, wait = run + r, wait + w
-            procs[name] = (run, wait, _system_seconds(pids))
+            procs[name] = (run, wait, user_system_seconds(pids)[1])
         busy, steal, total = _machine()
         return Sample(time.time(), procs, busy, steal, total)
 

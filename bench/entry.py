@@ -141,6 +141,50 @@ def polling(port: int, db_url: str, interval: float) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
+def ends(port: int, response: str) -> None:
+    """Streams that all end on one request (``GET /end``), with nothing of the product but
+    its SSE response (``lean``, ``starlette``) or none (``bare``: the ASGI messages written
+    by hand): what the web server itself costs per stream that ends (scenario ``ends``)."""
+    import uvicorn
+    from starlette.types import Receive, Scope, Send
+
+    from service.sse import StarletteEventStream
+    from service.sse_lean import LastChunk, LeanEventStream
+
+    end: asyncio.Event | None = None
+
+    async def frames(ended: asyncio.Event) -> Any:  # the product's shape: a last chunk
+        yield b"data: open\n\n"
+        await ended.wait()
+        yield LastChunk(b"data: end\n\n")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        nonlocal end
+        if scope["type"] != "http":
+            return
+        if end is None:
+            end = asyncio.Event()
+        if scope["path"] == "/end":
+            end.set()
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+        elif response == "lean":
+            await LeanEventStream(frames(end), send_timeout=30.0)(scope, receive, send)
+        elif response == "starlette":
+            await StarletteEventStream(frames(end), send_timeout=30.0)(scope, receive, send)
+        else:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})
+            await send({"type": "http.response.body", "body": b"data: open\n\n",
+                        "more_body": True})
+            await end.wait()
+            await send({"type": "http.response.body", "body": b"data: end\n\n",
+                        "more_body": False})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                lifespan="off")
+
+
 def main(argv: list[str]) -> None:
     kind, args = argv[0], argv[1:]
     if kind == "web":
@@ -154,6 +198,8 @@ def main(argv: list[str]) -> None:
                              int(args[5]), int(args[6])))
     elif kind == "polling":
         polling(int(args[0]), args[1], float(args[2]))
+    elif kind == "ends":
+        ends(int(args[0]), args[1])
     else:
         raise SystemExit(f"unknown kind {kind!r}")
 

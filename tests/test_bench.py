@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = {"throughput", "events", "latency", "capacity", "waiting", "submission", "scaleout",
-             "limits", "summaries", "batches", "search", "tokens"}
+SCENARIOS = {"throughput", "events", "latency", "capacity", "ends", "waiting", "submission",
+             "scaleout", "limits", "summaries", "batches", "search", "tokens"}
 
 
 @pytest.mark.timeout(1200)
@@ -48,6 +48,9 @@ def test_bench_tiny_runs_every_scenario_and_its_checks_hold(
                      "latency 20: every event received",
                      "capacity 50 starlette: every stream reached the terminal event",
                      "capacity 50 lean: every stream reached the terminal event",
+                     "ends 20 bare: every stream opened and ended",
+                     "ends 20 lean: every stream opened and ended",
+                     "ends 20 starlette: every stream opened and ended",
                      "waiting taskstream: every event received",
                      "scale-out streams on web b: every event received",
                      "batches submit 100: 202 and every child stored",
