@@ -138,15 +138,22 @@ def quiet_gc() -> Iterator[None]:
 
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds used so far by these processes (Linux /proc)."""
-    total = 0
+    return sum(user_system_seconds(pids))
+
+
+def user_system_seconds(pids: list[int]) -> tuple[float, float]:
+    """CPU seconds these processes spent in user space and in the kernel so far
+    (/proc/PID/stat's utime and stime, all threads; clock ticks, so 10 ms steps)."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / _TICK
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / _TICK, system / _TICK
 
 
 def sched_seconds(pid: int) -> tuple[float, float]:

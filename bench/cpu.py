@@ -11,33 +11,18 @@ import threading
 import time
 from dataclasses import dataclass
 
-from bench.common import sched_seconds
+from bench.common import sched_seconds, user_system_seconds
 
 
 @dataclass(frozen=True)
 class Sample:
     at: float
-    procs: dict[str, tuple[float, float, float]]  # name -> seconds on a CPU, waiting, in the
-    # kernel (of those on a CPU; clock ticks, so coarse: 10 ms)
+    #: name -> seconds on a CPU, runnable but waiting, and in the kernel (a part of the first;
+    #: counted in clock ticks, so in 10 ms steps)
+    procs: dict[str, tuple[float, float, float]]
     busy: float  # every CPU's busy seconds so far (not idle, not iowait, not steal)
     steal: float
     total: float
-
-
-def user_system_seconds(pids: list[int]) -> tuple[float, float]:
-    """CPU seconds these processes spent in user space and in the kernel so far
-    (/proc/PID/stat's utime and stime, all threads; clock ticks, so 10 ms steps)."""
-    user = system = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        user += int(fields[11])
-        system += int(fields[12])
-    tick = os.sysconf("SC_CLK_TCK")
-    return user / tick, system / tick
 
 
 def _machine() -> tuple[float, float, float]:

@@ -11,9 +11,18 @@ kernel's cost of a last write and a closed connection, which no response can go 
 
 import asyncio
 import time
+from typing import cast
 
-from bench.common import Outcome, Row, Run, median, ratio, sched_seconds, wait_for
-from bench.cpu import user_system_seconds
+from bench.common import (
+    Outcome,
+    Row,
+    Run,
+    median,
+    ratio,
+    sched_seconds,
+    user_system_seconds,
+    wait_for,
+)
 from bench.env import free_port
 from bench.net import HttpConn
 
@@ -30,8 +39,9 @@ class _Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's: not a subclass
-        transport.write(b"GET /s HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n")  # type: ignore[attr-defined]
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.write(b"GET /s HTTP/1.1\r\nHost: bench\r\n"
+                             b"Accept: text/event-stream\r\n\r\n")
 
     def data_received(self, data: bytes) -> None:
         seen = self.tail + data

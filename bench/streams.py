@@ -305,7 +305,6 @@ def _cpu_text(row: dict[str, Any]) -> str:
     return f"; the last tick's second: {one(last)}; the second before: {one(before)}"
 
 
-
 async def capacity(run: Run) -> Outcome:
     """Open N (10,000) idle streams on one fresh web process, once per SSE response: memory
     each, and all alive. The responses alternate in order round by round (the machine's
