@@ -252,5 +252,15 @@ async def wait_for(check: Callable[[], Awaitable[bool]], within: float,
     return False
 
 
+async def port_open(port: int) -> bool:
+    """Whether something accepts connections on this loopback port (a server we started)."""
+    try:
+        _, w = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    w.close()
+    return True
+
+
 async def count_status(pool: asyncpg.Pool, status: str) -> int:
     return int(await pool.fetchval("SELECT count(*) FROM tasks WHERE status = $1", status) or 0)

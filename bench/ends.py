@@ -18,6 +18,7 @@ from bench.common import (
     Row,
     Run,
     median,
+    port_open,
     ratio,
     sched_seconds,
     user_system_seconds,
@@ -106,15 +107,7 @@ async def _round(n: int, port: int, pid: int) -> dict[str, float] | None:
     """Open n streams, end them all with one request; None if one did not open or end."""
     loop = asyncio.get_running_loop()
 
-    async def up() -> bool:
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            return False
-        w.close()
-        return True
-
-    if not await wait_for(up, 20, 0.05):
+    if not await wait_for(lambda: port_open(port), 20, 0.05):
         return None
     sem = asyncio.Semaphore(200)  # connects in flight: no SYN-backlog overflow
     opened = [loop.create_future() for _ in range(n)]

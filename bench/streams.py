@@ -23,6 +23,7 @@ from bench.common import (
     host_port,
     median,
     percentile,
+    port_open,
     quiet_gc,
     ratio,
     submit_many,
@@ -443,7 +444,7 @@ async def waiting(run: Run) -> Outcome:
     settle = 11.0 if run.mode != "tiny" else 1.0
     res: dict[str, dict[str, list[float]]] = {}
     try:
-        await wait_for(lambda: _port_open(pport), 20, 0.1)
+        await wait_for(lambda: port_open(pport), 20, 0.1)
         for r in range(max(1, sz.stream_rounds - 1)):
             for system, (h, p) in (("taskstream", host_port(web.url)),
                                    ("seed polling", ("127.0.0.1", pport))):
@@ -503,15 +504,6 @@ async def waiting(run: Run) -> Outcome:
         await pool.close()
         env.stop([*workers, web, poller])
     return out
-
-
-async def _port_open(port: int) -> bool:
-    try:
-        _, w = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    w.close()
-    return True
 
 
 def _ms(x: float | None) -> float | None:

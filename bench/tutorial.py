@@ -28,6 +28,7 @@ from bench.common import (
     host_port,
     median,
     percentile,
+    port_open,
     ratio,
 )
 from bench.env import BenchEnv
@@ -121,7 +122,7 @@ async def _tutorial_stack(env: BenchEnv, prefix: str) -> Stack:
         f"--concurrency={os.cpu_count() or 1}", "--loglevel=WARNING", "-Q", f"{prefix}:q",
         "-n", f"{prefix}@%h"], e)
     deadline = time.monotonic() + 60
-    while not await _port_open(port):
+    while not await port_open(port):
         for p in (web, worker):
             if not p.alive:
                 raise RuntimeError(f"{p.name} died:\n{p.tail()}")
@@ -129,15 +130,6 @@ async def _tutorial_stack(env: BenchEnv, prefix: str) -> Stack:
             raise RuntimeError(f"tutorial web not listening:\n{web.tail()}")
         await asyncio.sleep(0.1)
     return Stack("tutorial", f"http://127.0.0.1:{port}", [web, worker], {}, "tutorial_tasks")
-
-
-async def _port_open(port: int) -> bool:
-    try:
-        _, w = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    w.close()
-    return True
 
 
 async def _completed(conn: asyncpg.Connection, table: str) -> int:
